@@ -1,0 +1,79 @@
+"""The sub-spot layout: the one structure every stage after geometry reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SubspotLayout:
+    """Sub-spots of N spots, stored ragged (CSR style) so spots may have different numbers of sub-spots.
+
+    All coordinates are in the *intrinsic* coordinate system of the spots element (the one its geometry
+    is written in); transformations are carried separately by the caller.
+
+    Attributes
+    ----------
+    geometry
+        ``(M,)`` object array of shapely polygons, one per sub-spot, sorted by parent then ``subspot``.
+    spot_index
+        ``(M,)`` int64, position (0..N-1) of each sub-spot's parent in the spots' row order.
+    subspot
+        ``(M,)`` int32, index of the sub-spot within its parent (0..K_i-1).
+    offsets
+        ``(N+1,)`` int64, sub-spots of spot ``i`` are rows ``offsets[i]:offsets[i+1]``.
+    area
+        ``(M,)`` float64 polygon areas (intrinsic units squared).
+    footprint_weight
+        ``(M,)`` float64 in [0, 1]: area of the polygon inside the parent's measured footprint / polygon
+        area. A spot's expected counts are ``sum_k footprint_weight_k * expected_counts_in_polygon_k``.
+    centroid
+        ``(M, 2)`` float64 polygon centroids (x, y).
+    scheme
+        The scheme that made them (``"hex7"``, ``"grid:3"``, ``"rings:2"``, or ``"cells:<element>"``).
+    """
+
+    geometry: np.ndarray
+    spot_index: np.ndarray
+    subspot: np.ndarray
+    offsets: np.ndarray
+    area: np.ndarray
+    footprint_weight: np.ndarray
+    centroid: np.ndarray
+    scheme: str
+
+    @property
+    def n_spots(self) -> int:
+        """Number of parent spots N."""
+        return len(self.offsets) - 1
+
+    @property
+    def n_subspots(self) -> int:
+        """Total number of sub-spots M."""
+        return len(self.spot_index)
+
+    @property
+    def counts_per_spot(self) -> np.ndarray:
+        """``(N,)`` number of sub-spots of each spot."""
+        return np.diff(self.offsets)
+
+    def subset(self, spots: np.ndarray) -> SubspotLayout:
+        """Layout restricted to the given spot positions (re-indexed 0..len(spots)-1, in that order)."""
+        spots = np.asarray(spots, dtype=np.int64)
+        counts = self.counts_per_spot[spots]
+        rows = np.concatenate([np.arange(self.offsets[s], self.offsets[s + 1]) for s in spots]) if len(
+            spots
+        ) else np.zeros(0, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return SubspotLayout(
+            geometry=self.geometry[rows],
+            spot_index=np.repeat(np.arange(len(spots), dtype=np.int64), counts),
+            subspot=self.subspot[rows],
+            offsets=offsets,
+            area=self.area[rows],
+            footprint_weight=self.footprint_weight[rows],
+            centroid=self.centroid[rows],
+            scheme=self.scheme,
+        )
