@@ -63,10 +63,9 @@ class SubspotLayout:
         """Layout restricted to the given spot positions (re-indexed 0..len(spots)-1, in that order)."""
         spots = np.asarray(spots, dtype=np.int64)
         counts = self.counts_per_spot[spots]
-        rows = np.concatenate([np.arange(self.offsets[s], self.offsets[s + 1]) for s in spots]) if len(
-            spots
-        ) else np.zeros(0, dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        # vectorised concatenation of the row ranges offsets[s]:offsets[s+1]
+        rows = np.repeat(self.offsets[spots] - offsets[:-1], counts) + np.arange(offsets[-1])
         return SubspotLayout(
             geometry=self.geometry[rows],
             spot_index=np.repeat(np.arange(len(spots), dtype=np.int64), counts),
