@@ -1,0 +1,30 @@
+"""Image features per sub-spot (H&E / IF / DAPI), computed tile by tile with Dask.
+
+Public functions
+----------------
+* :func:`subspot_image_features` — features of every sub-spot of a layout from an image element.
+* :func:`spots_to_image_pixels` — affine from the spots' intrinsic coordinates to image pixels.
+* :func:`precomputed_features` — features stored in a table's ``obsm``, aligned to sub-spots.
+* :func:`morphology_feature_names` — names of the default morphology features.
+"""
+
+from soscope.features._extract import (
+    SubspotFeatures,
+    choose_level,
+    precomputed_features,
+    subspot_image_features,
+)
+from soscope.features._morphology import MorphologySpec, morphology_feature_names
+from soscope.features._transform import ImageLevel, image_levels, spots_to_image_pixels
+
+__all__ = [
+    "ImageLevel",
+    "MorphologySpec",
+    "SubspotFeatures",
+    "choose_level",
+    "image_levels",
+    "morphology_feature_names",
+    "precomputed_features",
+    "spots_to_image_pixels",
+    "subspot_image_features",
+]

@@ -33,6 +33,11 @@ class SubspotLayout:
         ``(M, 2)`` float64 polygon centroids (x, y).
     scheme
         The scheme that made them (``"hex7"``, ``"grid:3"``, ``"rings:2"``, or ``"cells:<element>"``).
+    source_index
+        ``(M,)`` int64 or ``None``. For ``"cells"`` layouts: the row *position* (0..C-1) in the ``cells``
+        GeoDataFrame of each sub-spot (map to labels with ``cells.index[source_index]``); ``None`` for
+        layouts generated from a scheme.
+
     """
 
     geometry: np.ndarray
@@ -43,6 +48,7 @@ class SubspotLayout:
     footprint_weight: np.ndarray
     centroid: np.ndarray
     scheme: str
+    source_index: np.ndarray | None = None
 
     @property
     def n_spots(self) -> int:
@@ -59,13 +65,19 @@ class SubspotLayout:
         """``(N,)`` number of sub-spots of each spot."""
         return np.diff(self.offsets)
 
+    def rows_of(self, spots: np.ndarray) -> np.ndarray:
+        """Sub-spot rows of the given spot positions, in the order of ``spots`` (vectorised, no loop)."""
+        spots = np.asarray(spots, dtype=np.int64)
+        counts = self.counts_per_spot[spots]
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        return np.repeat(self.offsets[spots] - starts, counts) + np.arange(counts.sum(), dtype=np.int64)
+
     def subset(self, spots: np.ndarray) -> SubspotLayout:
         """Layout restricted to the given spot positions (re-indexed 0..len(spots)-1, in that order)."""
         spots = np.asarray(spots, dtype=np.int64)
         counts = self.counts_per_spot[spots]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        # vectorised concatenation of the row ranges offsets[s]:offsets[s+1]
-        rows = np.repeat(self.offsets[spots] - offsets[:-1], counts) + np.arange(offsets[-1])
+        rows = self.rows_of(spots)
         return SubspotLayout(
             geometry=self.geometry[rows],
             spot_index=np.repeat(np.arange(len(spots), dtype=np.int64), counts),
@@ -75,4 +87,5 @@ class SubspotLayout:
             footprint_weight=self.footprint_weight[rows],
             centroid=self.centroid[rows],
             scheme=self.scheme,
+            source_index=None if self.source_index is None else self.source_index[rows],
         )

@@ -1,0 +1,39 @@
+"""Reading soscope's inputs from a SpatialData and writing its results back (atomically on zarr stores)."""
+
+from soscope.io._select import MODALITY_COLUMNS, SINGLE_MODALITY, Selection, counts_matrix, select
+from soscope.io._validate import (
+    SOSCOPE_KEY,
+    check_counts,
+    check_element_name,
+    check_image,
+    check_image_coordinate_system,
+    check_min_spots,
+    check_output_names,
+    check_values,
+    is_integer_valued,
+    is_soscope_output,
+    zero_spots_mask,
+    zero_variance_mask,
+)
+from soscope.io._write import write_results
+
+__all__ = [
+    "MODALITY_COLUMNS",
+    "SINGLE_MODALITY",
+    "SOSCOPE_KEY",
+    "Selection",
+    "check_counts",
+    "check_element_name",
+    "check_image",
+    "check_image_coordinate_system",
+    "check_min_spots",
+    "check_output_names",
+    "check_values",
+    "counts_matrix",
+    "is_integer_valued",
+    "is_soscope_output",
+    "select",
+    "write_results",
+    "zero_spots_mask",
+    "zero_variance_mask",
+]

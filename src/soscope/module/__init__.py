@@ -1,0 +1,31 @@
+"""Pure-torch parts of soscope: likelihoods, layers and the soScope network (no SpatialData here)."""
+
+from ._distributions import (
+    COUNT_LIKELIHOODS,
+    LIKELIHOODS,
+    CountPresence,
+    Gaussian,
+    NegativeBinomial,
+    Poisson,
+    ZeroInflatedNegativeBinomial,
+    spot_likelihood,
+)
+from ._layers import GraphAttention, ResidualBlock
+from ._soscope import ModalitySpec, ModuleConfig, SoScopeModule, SpotBatch
+
+__all__ = [
+    "COUNT_LIKELIHOODS",
+    "LIKELIHOODS",
+    "CountPresence",
+    "Gaussian",
+    "GraphAttention",
+    "ModalitySpec",
+    "ModuleConfig",
+    "NegativeBinomial",
+    "Poisson",
+    "ResidualBlock",
+    "SoScopeModule",
+    "SpotBatch",
+    "ZeroInflatedNegativeBinomial",
+    "spot_likelihood",
+]

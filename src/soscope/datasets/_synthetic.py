@@ -1,0 +1,663 @@
+"""A synthetic tissue with an H&E-like image, spot counts and the true sub-spot counts.
+
+Design (all lengths in µm unless said otherwise)
+------------------------------------------------
+* **Tissue.** Cells on a jittered hexagonal lattice (~``cell_spacing`` apart after thinning), each with a
+  cell type. Types have roles: *domain* types fill regions given by the argmax of smooth random fields
+  (correlation length ``domain_size``) perturbed by rough fields (~25 µm) so borders are irregular at
+  sub-spot scale; a *layer* type forms thin bands (20–40 µm) along level sets of a smooth field; an
+  *island* type forms small clusters (~20–40 µm) in immune-rich zones; 4 % of cells take a random type.
+  Cell density depends on the type (thinning of the lattice), so nuclear density carries information.
+* **Profiles.** A per-type mean expression per cell (``counts_per_cell`` on average) over ``n_features``:
+  a shared log-normal baseline, ``informative_fraction`` of the features have type-specific fold changes
+  (``var["informative"]``), and 20 % of the features follow a smooth multiplicative gradient over the
+  tissue (``var["gradient"]``, log-scale slope) on top of a mild capture-efficiency field on all features.
+  Counts are overdispersed like a negative binomial with feature-wise inverse dispersion per cell
+  ``var["theta"]`` (a sum of ``n`` cells: ``n * theta``; drawn as Poisson–log-normal, see ``_nb``).
+* **Geometry.** ``k=7``: Visium-like circles (55 µm diameter) on a 100 µm hexagonal lattice, sub-spots
+  ``"hex7"`` tiling each lattice cell. ``k=K*K``: square spots of side ``spot_size`` (default 50 µm)
+  tiling a square grid, sub-spots ``"grid:K"``. Spots are stored in **pixel** units of the image with a
+  ``Scale(microns_per_pixel)`` to the coordinate system ``"global"`` (µm); the image has the same
+  transformation.
+* **Observation model.** Cells are assigned to sub-spot polygons (their centres; point in polygon) and
+  split by whether they lie in the spot's footprint. Expected counts of each part = cell-type counts @
+  type profiles × gradient(sub-spot centre); the inside and outside parts are sampled independently.
+  Truth sub-spot counts = inside + outside parts; a spot's counts = the sum of the inside parts of its
+  sub-spots (exactly; without ``section_bias``).
+* **Image.** Rendered from the cells: each pixel takes its nearest cell (a Voronoi tessellation, via a
+  distance transform); the background colour, fibre-like streaks and nucleus size/colour/visibility
+  follow that cell's type (two domain types look almost alike), plus per-cell and pixel noise.
+* **Sections.** ``n_sections > 1``: sections ``"A", "B", ...`` each with its own tissue layout (same type
+  profiles), stored as ``spots_<S>``, ``image_<S>``, ``spots_<S>_truth_subspots``, placed side by side in
+  ``"global"``; one ``table`` annotates every ``spots_<S>`` (obs ``section``) and one ``truth`` table
+  every ``spots_<S>_truth_subspots``. Spot ids are unique across sections. ``section_bias`` scales the
+  *observed* counts of each section (library factor × per-feature log-normal factor, stochastic
+  rounding), never the truth.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import shapely
+from scipy import ndimage
+
+from .._errors import SoscopeInputError
+
+__all__ = ["synthetic"]
+
+_VISIUM_SPACING = 100.0
+_VISIUM_DIAMETER = 55.0
+_ROUGH = 1.1
+_ISLAND = 1.7
+
+
+# --------------------------------------------------------------------------------------------- fields
+class _Field:
+    """A smooth Gaussian random field (unit variance, correlation length ``length``) evaluated anywhere."""
+
+    def __init__(self, rng: np.random.Generator, width: float, height: float, length: float):
+        self.step = length / 3.0
+        self.pad = 8
+        nx = int(np.ceil(width / self.step)) + 2 * self.pad + 1
+        ny = int(np.ceil(height / self.step)) + 2 * self.pad + 1
+        grid = ndimage.gaussian_filter(rng.standard_normal((ny, nx)), sigma=3.0, mode="wrap")
+        grid = (grid - grid.mean()) / grid.std()
+        self.coef = ndimage.spline_filter(grid, order=3)
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        coords = np.stack([np.asarray(y) / self.step + self.pad, np.asarray(x) / self.step + self.pad])
+        return ndimage.map_coordinates(self.coef, coords, order=3, mode="nearest", prefilter=False)
+
+    def grad_norm(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        h = self.step / 10.0
+        gx = (self(x + h, y) - self(x - h, y)) / (2 * h)
+        gy = (self(x, y + h) - self(x, y - h)) / (2 * h)
+        return np.hypot(gx, gy)
+
+
+# ---------------------------------------------------------------------------------------------- roles
+@dataclass(frozen=True)
+class _Roles:
+    n_domain: int
+    layer: int | None
+    island: int
+
+    @staticmethod
+    def make(n_types: int) -> _Roles:
+        if n_types >= 4:
+            return _Roles(n_domain=n_types - 2, layer=n_types - 2, island=n_types - 1)
+        return _Roles(n_domain=n_types - 1, layer=None, island=n_types - 1)
+
+
+# H&E-like archetypes: background (cytoplasm / stroma) RGB, nucleus RGB, nucleus radius µm, fibre strength,
+# fraction of cells whose nucleus is in the section plane, density (lattice keep probability)
+_ARCHETYPES = {
+    "epithelial": ((214, 146, 196), (92, 56, 148), 3.6, 0.0, 0.9, 0.80),
+    "stroma": ((236, 160, 184), (112, 64, 140), 2.6, 1.0, 0.8, 0.55),
+    "pale": ((243, 212, 228), (120, 84, 160), 3.0, 0.25, 0.8, 0.45),
+    "epithelial2": ((208, 142, 194), (88, 52, 150), 2.9, 0.0, 0.9, 0.95),
+    "dense": ((200, 128, 186), (84, 48, 136), 3.2, 0.1, 0.9, 0.95),
+    "muscle": ((226, 120, 150), (104, 60, 132), 2.4, 0.8, 0.85, 0.80),
+    "immune": ((186, 116, 180), (52, 30, 112), 2.3, 0.0, 0.95, 1.00),
+}
+_DOMAIN_ORDER = ["epithelial", "stroma", "pale", "epithelial2", "dense"]
+
+
+def _appearance(rng: np.random.Generator, roles: _Roles, n_types: int) -> dict[str, np.ndarray]:
+    names = []
+    for t in range(n_types):
+        if t == roles.island:
+            names.append("immune")
+        elif roles.layer is not None and t == roles.layer:
+            names.append("muscle")
+        else:
+            names.append(_DOMAIN_ORDER[t % len(_DOMAIN_ORDER)])
+    arch = [_ARCHETYPES[n] for n in names]
+    jitter = lambda scale, shape: rng.normal(0.0, scale, shape)  # noqa: E731
+    return {
+        "name": np.array(names),
+        "bg": np.array([a[0] for a in arch], dtype=np.float32) + jitter(3.0, (n_types, 3)).astype(np.float32),
+        "nuc": np.array([a[1] for a in arch], dtype=np.float32) + jitter(3.0, (n_types, 3)).astype(np.float32),
+        "nuc_r": np.array([a[2] for a in arch]),
+        "fibre": np.array([a[3] for a in arch], dtype=np.float32),
+        "fibre_dir": rng.integers(0, 2, n_types),
+        "visible": np.array([a[4] for a in arch]),
+        "density": np.array([a[5] for a in arch]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- tissue
+def _tissue(
+    rng: np.random.Generator,
+    width: float,
+    height: float,
+    roles: _Roles,
+    look: dict[str, np.ndarray],
+    *,
+    cell_spacing: float,
+    domain_size: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cell centres ``(n, 2)`` (µm) and cell types ``(n,)``."""
+    dens = look["density"]
+    a = cell_spacing * np.sqrt(float(np.mean(dens)))  # lattice spacing before thinning
+    dy = a * np.sqrt(3) / 2
+    nx, ny = int(width / a) + 2, int(height / dy) + 2
+    jj, ii = np.meshgrid(np.arange(nx), np.arange(ny))
+    x = (jj * a + (ii % 2) * a / 2).ravel()
+    y = (ii * dy).ravel()
+    x = x + rng.uniform(-0.35 * a, 0.35 * a, x.shape)
+    y = y + rng.uniform(-0.35 * a, 0.35 * a, y.shape)
+    keep = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    x, y = x[keep], y[keep]
+
+    # domains: argmax of smooth fields, borders roughened at ~25 µm
+    score = np.empty((roles.n_domain, len(x)))
+    for d in range(roles.n_domain):
+        score[d] = _Field(rng, width, height, domain_size)(x, y) + _ROUGH * _Field(rng, width, height, 25.0)(x, y)
+    ctype = np.argmax(score, axis=0).astype(np.int16) if roles.n_domain > 1 else np.zeros(len(x), np.int16)
+    # thin layers along level sets of a smooth field (signed distance ≈ (f - c) / |grad f|)
+    if roles.layer is not None:
+        lf = _Field(rng, width, height, 2.0 * domain_size)
+        val, gn = lf(x, y), np.maximum(lf.grad_norm(x, y), 1e-6)
+        half_width = (20.0 + 20.0 * (0.5 + 0.5 * np.tanh(_Field(rng, width, height, 150.0)(x, y)))) / 2
+        wobble = 0.15 * _Field(rng, width, height, 60.0)(x, y)
+        in_layer = np.zeros(len(x), dtype=bool)
+        for c in (-1.0, 0.0, 1.0):
+            in_layer |= np.abs((val + wobble - c) / gn) < half_width
+        ctype[in_layer] = roles.layer
+    # islands: small blobs where an immune-rich zone meets a fine field
+    zone = _Field(rng, width, height, domain_size)(x, y)
+    blobs = _Field(rng, width, height, 14.0)(x, y)
+    ctype[blobs + 0.6 * zone > _ISLAND] = roles.island
+    # scattered cells of any type
+    swap = rng.random(len(x)) < 0.04
+    ctype[swap] = rng.integers(0, len(dens), int(swap.sum()))
+    # type-dependent density
+    keep = rng.random(len(x)) < dens[ctype]
+    return np.column_stack([x[keep], y[keep]]), ctype[keep]
+
+
+# -------------------------------------------------------------------------------------------- profiles
+def _profiles(
+    rng: np.random.Generator, n_types: int, n_features: int, informative_fraction: float, counts_per_cell: float
+) -> dict[str, np.ndarray]:
+    n_inf = int(round(informative_fraction * n_features))
+    informative = np.zeros(n_features, dtype=bool)
+    informative[rng.permutation(n_features)[:n_inf]] = True
+    # markers tend to be well expressed (as in curated panels); the rest spans orders of magnitude
+    base = np.exp(rng.normal(0.0, 1.3, n_features) + 1.5 * informative)
+    lfc = np.zeros((n_types, n_features))
+    for f in np.flatnonzero(informative):
+        lfc[:, f] = rng.normal(0.0, 0.3, n_types)
+        n_up = rng.integers(1, 3)
+        lfc[rng.choice(n_types, n_up, replace=False), f] += rng.uniform(1.0, 2.5, n_up)
+        if rng.random() < 0.3:
+            lfc[rng.integers(n_types), f] -= rng.uniform(1.0, 2.0)
+    type_scale = rng.uniform(0.7, 1.4, n_types)
+    prof = base[None, :] * np.exp(lfc) * type_scale[:, None]
+    prof *= counts_per_cell / prof.sum(axis=1).mean()
+    gradient = np.where(rng.random(n_features) < 0.2, rng.normal(0.0, 0.3, n_features), 0.0)
+    theta = np.exp(rng.normal(np.log(20.0), 0.7, n_features))  # per cell; a sum of n cells has n * theta
+    return {"profiles": prof, "informative": informative, "gradient": gradient, "theta": theta}
+
+
+# -------------------------------------------------------------------------------------------- geometry
+def _spot_lattice(n_spots: int, k: int, spot_size: float | None, margin_cells: float = 1.0):
+    """Spot centres (µm), shape parameters, and the tissue extent."""
+    if k == 7:
+        s = _VISIUM_SPACING
+        ncol = max(1, int(round(np.sqrt(n_spots * np.sqrt(3) / 2))))  # rows are sqrt(3)/2 apart
+        r, c = np.divmod(np.arange(n_spots), ncol)
+        x = c * s + (r % 2) * s / 2
+        y = r * s * np.sqrt(3) / 2
+        size = _VISIUM_DIAMETER if spot_size is None else float(spot_size)
+        if size >= s:
+            raise SoscopeInputError(f"`spot_size` (the circle diameter) must be below the spacing {s} µm.")
+        kind = "circles"
+    else:
+        kk = int(round(np.sqrt(k)))
+        if k < 4 or kk * kk != k:
+            raise SoscopeInputError(
+                f"`k={k}` is not supported: use 7 (Visium circles, 'hex7') or a square K*K >= 4 "
+                "(square spots, 'grid:K')."
+            )
+        s = 50.0 if spot_size is None else float(spot_size)
+        size = s
+        ncol = max(1, int(round(np.sqrt(n_spots))))
+        r, c = np.divmod(np.arange(n_spots), ncol)
+        x, y = c * s + s / 2, r * s + s / 2
+        kind = "squares"
+    m = margin_cells * s + s
+    xy = np.column_stack([x + m, y + m])
+    width, height = float(x.max() + 2 * m), float(y.max() + 2 * m)
+    return xy, r.astype(np.int32), c.astype(np.int32), s, size, kind, width, height
+
+
+def _spots_gdf(xy_px: np.ndarray, size_px: float, kind: str, index: np.ndarray, rows, cols):
+    import geopandas as gpd
+
+    if kind == "circles":
+        geom = shapely.points(xy_px)
+        gdf = gpd.GeoDataFrame({"radius": np.full(len(xy_px), size_px / 2)}, geometry=geom)
+    else:
+        h = size_px / 2
+        geom = shapely.box(xy_px[:, 0] - h, xy_px[:, 1] - h, xy_px[:, 0] + h, xy_px[:, 1] + h)
+        gdf = gpd.GeoDataFrame(geometry=geom)
+    gdf["array_row"] = rows
+    gdf["array_col"] = cols
+    gdf.index = pd.Index(index, name="spot_id")
+    return gdf
+
+
+# ------------------------------------------------------------------------------------------------ truth
+def _parallel(fn, n: int) -> None:
+    """Run ``fn(0..n-1)`` on a few threads (numpy's samplers and ufuncs release the GIL)."""
+    workers = min(n, os.cpu_count() or 1, 8)
+    if workers <= 1:
+        for i in range(n):
+            fn(i)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(fn, range(n)))
+
+
+def _nb(rng: np.random.Generator, mu: np.ndarray, theta: np.ndarray, n_cells: np.ndarray) -> np.ndarray:
+    """Overdispersed counts of sums of ``n_cells`` cells: Poisson with a log-normal rate factor.
+
+    Each cell is negative binomial with inverse dispersion ``theta`` (per feature); a sum of ``n`` such
+    cells has inverse dispersion ``n * theta``. The gamma mixing of the exact negative binomial is replaced
+    by a log-normal factor of the same mean (1) and variance (``1 / (n * theta)``), which is several times
+    faster to draw; counts have the negative binomial's mean ``mu`` and variance ``mu + mu**2 / (n theta)``.
+    """
+    th = theta[None, :] * np.maximum(n_cells, 1).astype(np.float32)[:, None]
+    sigma2 = np.log1p(1.0 / th)
+    z = rng.standard_normal(mu.shape, dtype=np.float32)
+    rate = mu * np.exp(np.sqrt(sigma2) * z - 0.5 * sigma2)
+    return rng.poisson(rate).astype(np.int32)
+
+
+def _truth(
+    rng: np.random.Generator,
+    layout,
+    spot_xy_px: np.ndarray,
+    radius_px: float | None,
+    cells_px: np.ndarray,
+    ctype: np.ndarray,
+    prof: dict[str, np.ndarray],
+    grad_field: _Field,
+    capture_field: _Field,
+    mpp: float,
+    chunk: int = 2048,
+):
+    n_types = prof["profiles"].shape[0]
+    m = layout.n_subspots
+    tree = shapely.STRtree(layout.geometry)
+    ci, si = tree.query(shapely.points(cells_px), predicate="within")
+    ci, first = np.unique(ci, return_index=True)  # a centre on a shared border goes to one sub-spot
+    si = si[first]
+    if radius_px is None:
+        inside = np.ones(len(ci), dtype=bool)
+    else:
+        d = np.hypot(*(cells_px[ci] - spot_xy_px[layout.spot_index[si]]).T)
+        inside = d <= radius_px
+    t = ctype[ci].astype(np.int64)
+    tc_in = np.bincount(si[inside] * n_types + t[inside], minlength=m * n_types).reshape(m, n_types)
+    tc_out = np.bincount(si[~inside] * n_types + t[~inside], minlength=m * n_types).reshape(m, n_types)
+
+    P = prof["profiles"].astype(np.float32)
+    a = prof["gradient"].astype(np.float32)
+    theta = prof["theta"].astype(np.float32)
+    cx, cy = layout.centroid[:, 0] * mpp, layout.centroid[:, 1] * mpp  # µm
+    g_sub = grad_field(cx, cy).astype(np.float32)
+    cap = np.exp(0.1 * capture_field(cx, cy)).astype(np.float32)
+
+    n_in, n_out = tc_in.sum(axis=1), tc_out.sum(axis=1)
+    f = P.shape[1]
+    x = np.empty((m, f), dtype=np.int32)
+    foot = np.empty((m, f), dtype=np.int32)
+    mean = np.empty((m, f), dtype=np.float32)
+    starts = list(range(0, m, chunk))
+    seeds = rng.integers(0, 2**63 - 1, size=len(starts))
+
+    def work(i: int) -> None:  # chunks own their generator: the result does not depend on threading
+        s = starts[i]
+        e = min(m, s + chunk)
+        crng = np.random.default_rng(seeds[i])
+        factor = np.exp(g_sub[s:e, None] * a[None, :]) * cap[s:e, None]
+        mu_in = (tc_in[s:e].astype(np.float32) @ P) * factor
+        mu_out = (tc_out[s:e].astype(np.float32) @ P) * factor
+        x_in = _nb(crng, mu_in, theta, n_in[s:e])
+        x_out = _nb(crng, mu_out, theta, n_out[s:e])
+        foot[s:e] = x_in
+        np.add(x_in, x_out, out=x[s:e])
+        np.add(mu_in, mu_out, out=mean[s:e])
+
+    _parallel(work, len(starts))
+    tc = tc_in + tc_out
+    return x, foot, mean, tc, n_in
+
+
+# ------------------------------------------------------------------------------------------------ image
+def _render(
+    rng: np.random.Generator,
+    cells_px: np.ndarray,
+    ctype: np.ndarray,
+    look: dict[str, np.ndarray],
+    shape: tuple[int, int],
+    mpp: float,
+    stain: np.ndarray,
+    band: int = 256,
+) -> np.ndarray:
+    """``(3, H, W)`` uint8 H&E-like image of the cells (pixel (i, j) covers [j, j+1) × [i, i+1))."""
+    h, w = shape
+    n = len(cells_px)
+    ix = np.clip(np.floor(cells_px[:, 0]).astype(np.int64), 0, w - 1)
+    iy = np.clip(np.floor(cells_px[:, 1]).astype(np.int64), 0, h - 1)
+    canvas = np.zeros((h, w), dtype=np.int32)
+    canvas[iy, ix] = np.arange(1, n + 1, dtype=np.int32)
+    dist, idx = ndimage.distance_transform_edt(canvas == 0, return_indices=True)
+    nearest = canvas[idx[0], idx[1]] - 1
+    del idx, canvas
+    dist = dist.astype(np.float32)
+    # per-cell appearance
+    t = ctype.astype(np.int64)
+    r_nuc = (look["nuc_r"][t] / mpp * rng.uniform(0.75, 1.25, n)).astype(np.float32)
+    r_nuc[rng.random(n) >= look["visible"][t]] = -1.0  # nucleus out of the section plane
+    shade = (1.0 + 0.05 * rng.standard_normal(n)).astype(np.float32)[:, None] * stain.astype(np.float32)
+    bg_cell = look["bg"][t] * shade
+    nuc_cell = look["nuc"][t] * (1.0 + 0.12 * rng.standard_normal(n)).astype(np.float32)[:, None]
+    fibre = look["fibre"][t]
+    fdir = look["fibre_dir"][t]
+    # fibre-like streaks: anisotropic smoothed noise, horizontal and vertical
+    noise = rng.standard_normal((h, w), dtype=np.float32)
+    streak_h = ndimage.gaussian_filter(noise, sigma=(0.7, 6.0 / mpp))
+    streak_v = ndimage.gaussian_filter(noise, sigma=(6.0 / mpp, 0.7))
+    del noise
+    streak_h /= streak_h.std() + 1e-12
+    streak_v /= streak_v.std() + 1e-12
+    out = np.empty((3, h, w), dtype=np.uint8)
+    starts = list(range(0, h, band))
+    seeds = rng.integers(0, 2**63 - 1, size=len(starts))
+
+    def work(i: int) -> None:
+        s = starts[i]
+        e = min(h, s + band)
+        nb = nearest[s:e]
+        rgb = bg_cell[nb]  # (b, w, 3)
+        st = np.where(fdir[nb] == 0, streak_h[s:e], streak_v[s:e])
+        rgb += (fibre[nb] * 22.0 * np.tanh(st))[..., None]
+        alpha = np.clip(r_nuc[nb] - dist[s:e] + 0.5, 0.0, 1.0)[..., None]
+        rgb = rgb * (1.0 - alpha) + nuc_cell[nb] * alpha
+        rgb += np.random.default_rng(seeds[i]).standard_normal(rgb.shape, dtype=np.float32) * 7.0
+        out[:, s:e, :] = np.clip(rgb, 0, 255).astype(np.uint8).transpose(2, 0, 1)
+
+    _parallel(work, len(starts))
+    return out
+
+
+def _scale_factors(h: int, w: int, smallest: int = 256) -> list[int]:
+    f, size = [], min(h, w)
+    while size // 2 >= smallest and len(f) < 6:
+        f.append(2)
+        size //= 2
+    return f
+
+
+# ------------------------------------------------------------------------------------------------- main
+def synthetic(
+    n_spots: int = 1200,
+    n_features: int = 300,
+    k: int = 7,
+    image: bool = True,
+    seed: int = 0,
+    *,
+    n_types: int = 6,
+    informative_fraction: float = 0.3,
+    section_bias: float | None = None,
+    n_sections: int = 1,
+    microns_per_pixel: float = 1.5,
+    spot_size: float | None = None,
+    cell_spacing: float = 10.0,
+    counts_per_cell: float = 400.0,
+    domain_size: float = 200.0,
+):
+    """A synthetic spatial omics sample with an H&E-like image and the true sub-spot counts.
+
+    Parameters
+    ----------
+    n_spots
+        Spots per section (a near-square patch: ``~sqrt(n_spots)`` columns).
+    n_features
+        Number of features (``gene_0``, ``gene_1``, ...).
+    k
+        Sub-spots per spot: ``7`` gives Visium-like 55 µm circles on a 100 µm hexagonal lattice split by
+        ``"hex7"``; ``K*K`` (4, 9, 16, 36, ...) gives square spots of side ``spot_size`` split by
+        ``"grid:K"``.
+    image
+        Render an H&E-like RGB image (multiscale, ``uint8``).
+    seed
+        Seed of every random draw: the same seed gives the same object.
+    n_types
+        Number of cell types (>= 2). With >= 4 types: ``n_types - 2`` domain types, one thin-layer type and
+        one island (immune-like) type; with fewer there is no layer type.
+    informative_fraction
+        Share of the features whose mean differs between cell types (``var["informative"]``).
+    section_bias
+        ``None`` / ``0``: none. A float ``s``: each section's observed counts are multiplied by a library
+        factor ``exp(N(0, s))`` and per-feature factors ``exp(N(0, s))`` (stochastic rounding to
+        integers); the truth is not biased.
+    n_sections
+        Number of sections (each its own tissue layout; same cell-type profiles). See Returns.
+    microns_per_pixel
+        Image resolution; spots are stored in these pixel units.
+    spot_size
+        Circle diameter (``k=7``; default 55 µm) or square side (default 50 µm), in µm.
+    cell_spacing
+        Mean distance between neighbouring cells (µm).
+    counts_per_cell
+        Mean expected counts per cell (sets the library size: a Visium spot holds ~20 cells).
+    domain_size
+        Correlation length (µm) of the fields that lay out the tissue domains.
+
+    Returns
+    -------
+    SpatialData with, for one section,
+
+    * ``"image"``: ``(c, y, x)`` RGB ``uint8`` multiscale image (when ``image=True``);
+    * ``"spots"``: circles (Point + ``radius``) or square polygons, index = ``spot_id``, columns
+      ``array_row``, ``array_col``;
+    * ``"table"``: AnnData annotating ``spots`` (``region`` / instance key ``spot_id``): ``X`` integer counts
+      (CSR, int32); ``obs``: ``spot_id``, ``region``, ``section``, ``array_row``, ``array_col``,
+      ``n_cells`` (cells in the footprint); ``obsm["spatial"]`` (pixel centres); ``var``: ``informative``,
+      ``gradient``, ``theta``; ``uns["synthetic"]`` the parameters, type profiles and scheme;
+    * ``"spots_truth_subspots"``: sub-spot polygons (index ``subspot_id``, columns ``spot_id``,
+      ``subspot``);
+    * ``"truth"``: AnnData annotating it (instance key ``subspot_id``): ``X`` true sub-spot counts (dense
+      int32), ``layers["mean"]`` expected counts (float32), ``layers["footprint"]`` the part of the counts
+      inside the parent's footprint; ``obs``: ``spot_id``, ``subspot``, ``section``, ``n_cells``,
+      ``cell_type`` (dominant), ``cell_type_fraction`` (its share); ``obsm["cell_type_fractions"]``;
+      ``uns["subspots"]`` (``scheme``, ``spots``).
+
+    With ``n_sections > 1`` the elements of section ``S`` (``"A"``, ``"B"``, ...) are ``image_S``,
+    ``spots_S``, ``spots_S_truth_subspots``; ``table`` and ``truth`` annotate all sections (obs
+    ``section``, ``region``). All elements have a ``Scale`` (µm per pixel) to ``"global"``; sections lie
+    side by side there (a ``Sequence`` with a ``Translation``).
+    """
+    import anndata as ad
+    import geopandas as gpd
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Scale, Sequence, Translation
+
+    from ..geometry import make_subspots
+
+    if n_spots < 2:
+        raise SoscopeInputError("`n_spots` must be at least 2.")
+    if n_features < 1:
+        raise SoscopeInputError("`n_features` must be at least 1.")
+    if n_types < 2:
+        raise SoscopeInputError("`n_types` must be at least 2.")
+    if not 0.0 <= informative_fraction <= 1.0:
+        raise SoscopeInputError("`informative_fraction` must lie in [0, 1].")
+    if n_sections < 1 or n_sections > 26:
+        raise SoscopeInputError("`n_sections` must be between 1 and 26.")
+    if microns_per_pixel <= 0:
+        raise SoscopeInputError("`microns_per_pixel` must be positive.")
+
+    rng = np.random.default_rng(seed)
+    roles = _Roles.make(n_types)
+    look = _appearance(rng, roles, n_types)
+    prof = _profiles(rng, n_types, n_features, informative_fraction, counts_per_cell)
+    xy_um, rows, cols, spacing, size, kind, width, height = _spot_lattice(n_spots, k, spot_size)
+    scheme = "hex7" if k == 7 else f"grid:{int(round(np.sqrt(k)))}"
+    mpp = float(microns_per_pixel)
+    bias = float(section_bias) if section_bias else 0.0
+
+    sections = ["A"] if n_sections == 1 else list(string.ascii_uppercase[:n_sections])
+    multi = n_sections > 1
+    images: dict = {}
+    shapes: dict = {}
+    counts_list: list = []
+    obs_list: list = []
+    truth_x: list = []
+    truth_foot: list = []
+    truth_mean: list = []
+    truth_obs: list = []
+    fracs: list = []
+    regions: list[str] = []
+    truth_regions: list[str] = []
+    spot_offset = 0
+    sub_offset = 0
+    gap_um = 2 * spacing
+    for si, sec in enumerate(sections):
+        sec_rng = np.random.default_rng([seed, si + 1])
+        cells_um, ctype = _tissue(sec_rng, width, height, roles, look, cell_spacing=cell_spacing,
+                                  domain_size=domain_size)
+        grad_field = _Field(sec_rng, width, height, 1500.0)
+        capture_field = _Field(sec_rng, width, height, 800.0)
+        cells_px = cells_um / mpp
+        spot_px = xy_um / mpp
+        ids = np.arange(spot_offset, spot_offset + n_spots)
+        spots_name = f"spots_{sec}" if multi else "spots"
+        image_name = f"image_{sec}" if multi else "image"
+        truth_name = f"{spots_name}_truth_subspots"
+        scale = Scale([mpp, mpp], axes=("x", "y"))
+        if multi:
+            tr = {"global": Sequence([scale, Translation([si * (width + gap_um), 0.0], axes=("x", "y"))])}
+        else:
+            tr = {"global": scale}
+        gdf = _spots_gdf(spot_px, size / mpp, kind, ids, rows, cols)
+        layout = make_subspots(gdf, scheme, spacing=spacing / mpp)
+        x, foot, mean, tc, n_foot_cells_sub = _truth(
+            sec_rng, layout, spot_px, size / mpp / 2 if kind == "circles" else None, cells_px, ctype, prof,
+            grad_field, capture_field, mpp,
+        )
+        agg = sp.csr_matrix(
+            (np.ones(layout.n_subspots, dtype=np.int64), (layout.spot_index, np.arange(layout.n_subspots))),
+            shape=(n_spots, layout.n_subspots),
+        )
+        spot_counts = np.asarray(agg @ foot.astype(np.int64))  # exact integer sums of the inside parts
+        n_cells_spot = agg @ n_foot_cells_sub
+        if bias > 0:
+            lib = np.exp(sec_rng.normal(0.0, bias))
+            feat = np.exp(sec_rng.normal(0.0, bias, n_features))
+            scaled = spot_counts * (lib * feat)[None, :]
+            low = np.floor(scaled)
+            spot_counts = (low + (sec_rng.random(scaled.shape) < (scaled - low))).astype(np.int64)
+        counts_list.append(sp.csr_matrix(spot_counts.astype(np.int32)))
+        obs_list.append(pd.DataFrame({
+            "spot_id": ids,
+            "region": spots_name,
+            "section": sec,
+            "array_row": rows,
+            "array_col": cols,
+            "n_cells": n_cells_spot.astype(np.int64),
+        }))
+        shapes[spots_name] = ShapesModel.parse(gdf, transformations=tr)
+        m = layout.n_subspots
+        sub_ids = np.arange(sub_offset, sub_offset + m)
+        tgdf = gpd.GeoDataFrame(
+            {"spot_id": ids[layout.spot_index], "subspot": layout.subspot.astype(np.int64)},
+            geometry=list(layout.geometry),
+        )
+        tgdf.index = pd.Index(sub_ids, name="subspot_id")
+        shapes[truth_name] = ShapesModel.parse(tgdf, transformations=tr)
+        ncell = tc.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = np.where(ncell[:, None] > 0, tc / np.maximum(ncell, 1)[:, None], 0.0)
+        dom = np.argmax(tc, axis=1)
+        truth_obs.append(pd.DataFrame({
+            "subspot_id": sub_ids,
+            "region": truth_name,
+            "spot_id": ids[layout.spot_index],
+            "subspot": layout.subspot.astype(np.int64),
+            "section": sec,
+            "n_cells": ncell.astype(np.int64),
+            "cell_type": [f"type_{i}" for i in dom],
+            "cell_type_fraction": frac[np.arange(m), dom],
+            "footprint_weight": layout.footprint_weight,
+        }))
+        truth_x.append(x)
+        truth_foot.append(foot)
+        truth_mean.append(mean)
+        fracs.append(frac.astype(np.float32))
+        regions.append(spots_name)
+        truth_regions.append(truth_name)
+        if image:
+            hpx, wpx = int(np.ceil(height / mpp)), int(np.ceil(width / mpp))
+            stain = np.exp(sec_rng.normal(0.0, 0.03, 3))
+            arr = _render(sec_rng, cells_px, ctype, look, (hpx, wpx), mpp, stain)
+            images[image_name] = Image2DModel.parse(
+                arr,
+                dims=("c", "y", "x"),
+                c_coords=["r", "g", "b"],
+                transformations={"global": tr["global"]},
+                scale_factors=_scale_factors(hpx, wpx),
+                chunks=(3, 1024, 1024),
+            )
+        spot_offset += n_spots
+        sub_offset += m
+
+    var = pd.DataFrame(
+        {"informative": prof["informative"], "gradient": prof["gradient"], "theta": prof["theta"]},
+        index=pd.Index([f"gene_{i}" for i in range(n_features)]),
+    )
+    obs = pd.concat(obs_list, ignore_index=True)
+    obs.index = pd.Index([f"spot_{i}" for i in obs["spot_id"]])
+    obs["region"] = pd.Categorical(obs["region"], categories=regions)
+    obs["section"] = pd.Categorical(obs["section"], categories=sections)
+    params = {
+        "n_spots": int(n_spots), "n_features": int(n_features), "k": int(k), "image": bool(image),
+        "seed": int(seed), "n_types": int(n_types), "informative_fraction": float(informative_fraction),
+        "section_bias": float(bias), "n_sections": int(n_sections), "microns_per_pixel": mpp,
+        "spot_size_um": float(size), "spacing_um": float(spacing), "spot_kind": kind, "scheme": scheme,
+        "cell_spacing_um": float(cell_spacing), "counts_per_cell": float(counts_per_cell),
+        "domain_size_um": float(domain_size), "sections": sections, "regions": regions,
+        "cell_types": [f"type_{i}" for i in range(n_types)], "cell_type_looks": list(look["name"]),
+        "type_profiles": prof["profiles"].astype(np.float32),
+    }
+    table = ad.AnnData(X=sp.vstack(counts_list).tocsr(), obs=obs, var=var)
+    table.obsm["spatial"] = np.vstack([xy_um / mpp] * n_sections)
+    table.uns["synthetic"] = params
+    table = TableModel.parse(table, region=regions, region_key="region", instance_key="spot_id")
+
+    tobs = pd.concat(truth_obs, ignore_index=True)
+    tobs.index = pd.Index([f"subspot_{i}" for i in tobs["subspot_id"]])
+    tobs["region"] = pd.Categorical(tobs["region"], categories=truth_regions)
+    tobs["section"] = pd.Categorical(tobs["section"], categories=sections)
+    tobs["cell_type"] = pd.Categorical(tobs["cell_type"], categories=params["cell_types"])
+    truth = ad.AnnData(X=np.vstack(truth_x), obs=tobs, var=var.copy())
+    truth.layers["mean"] = np.vstack(truth_mean)
+    truth.layers["footprint"] = np.vstack(truth_foot)
+    truth.obsm["cell_type_fractions"] = np.vstack(fracs)
+    truth.uns["subspots"] = {"scheme": scheme, "spots": regions}
+    truth = TableModel.parse(truth, region=truth_regions, region_key="region", instance_key="subspot_id")
+
+    return SpatialData(images=images, shapes=shapes, tables={"table": table, "truth": truth})

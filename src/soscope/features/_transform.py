@@ -1,0 +1,212 @@
+"""Coordinate plumbing between a spots element and an image element (pyramid levels, affines)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from soscope._errors import SoscopeInputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import xarray as xr
+    from spatialdata import SpatialData
+
+__all__ = ["ImageLevel", "apply_affine", "image_levels", "level_array", "spots_to_image_pixels"]
+
+
+@dataclass(frozen=True)
+class ImageLevel:
+    """One resolution level of an image element.
+
+    Attributes
+    ----------
+    name
+        ``"scale0"``, ``"scale1"``, ... for a multiscale image; ``"scale0"`` for a single-scale one.
+    index
+        Position of the level in the pyramid (0 = full resolution).
+    shape
+        ``(height, width)`` in pixels of this level.
+    downscale
+        ``(fy, fx)``: size of one pixel of this level in full-resolution (``scale0``) pixels, i.e.
+        ``scale0_shape / shape``. A continuous ``scale0`` pixel coordinate ``u`` (pixel ``i`` spans
+        ``[i, i + 1)``) becomes ``u / f`` at this level.
+
+    """
+
+    name: str
+    index: int
+    shape: tuple[int, int]
+    downscale: tuple[float, float]
+
+
+def _is_datatree(image: Any) -> bool:
+    import xarray as xr
+
+    return isinstance(image, xr.DataTree)
+
+
+def _tree_level_names(image: Any) -> list[str]:
+    names = [k for k in image.keys() if str(k).startswith("scale")]
+    return sorted(names, key=lambda s: int(str(s)[len("scale") :]) if str(s)[len("scale") :].isdigit() else 0)
+
+
+def level_array(image: xr.DataArray | Any, level: str | int = 0) -> xr.DataArray:
+    """Return the ``(c, y, x)`` DataArray of one level of a single- or multiscale image element.
+
+    Parameters
+    ----------
+    image
+        A spatialdata image element: a ``DataArray`` or a multiscale ``DataTree``.
+    level
+        Level name (``"scale1"``) or index. A single-scale image has only level ``0`` / ``"scale0"``.
+
+    Returns
+    -------
+    The lazily backed DataArray, with dims ordered ``("c", "y", "x")``.
+
+    """
+    if _is_datatree(image):
+        names = _tree_level_names(image)
+        name = names[level] if isinstance(level, int | np.integer) else str(level)
+        if name not in names:
+            raise SoscopeInputError(
+                f"image has no level {level!r}; its levels are {names}. Set `target_resolution`."
+            )
+        node = image[name]
+        var = "image" if "image" in node.data_vars else next(iter(node.data_vars))
+        arr = node[var]
+    else:
+        if level not in (0, "scale0"):
+            raise SoscopeInputError(
+                f"image is single-scale (one level, 'scale0'); level {level!r} does not exist. "
+                "Set `target_resolution=None` or 0."
+            )
+        arr = image
+    if "c" not in arr.dims:
+        arr = arr.expand_dims("c")
+    return arr.transpose("c", "y", "x")
+
+
+def image_levels(image: xr.DataArray | Any) -> list[ImageLevel]:
+    """Resolution levels of an image element, finest first.
+
+    Parameters
+    ----------
+    image
+        A spatialdata image element (``DataArray`` or multiscale ``DataTree``).
+
+    Returns
+    -------
+    One :class:`ImageLevel` per level.
+
+    """
+    if _is_datatree(image):
+        names = _tree_level_names(image)
+    else:
+        names = ["scale0"]
+    shapes = [tuple(int(s) for s in level_array(image, n).shape[1:]) for n in names]
+    h0, w0 = shapes[0]
+    return [
+        ImageLevel(name=n, index=i, shape=(h, w), downscale=(h0 / h, w0 / w))
+        for i, (n, (h, w)) in enumerate(zip(names, shapes, strict=True))
+    ]
+
+
+def _transformation_to(element: Any, element_name: str, kind: str, coordinate_system: str) -> np.ndarray:
+    from spatialdata.transformations import get_transformation
+
+    systems = get_transformation(element, get_all=True)
+    if coordinate_system not in systems:
+        raise SoscopeInputError(
+            f"the {kind} element {element_name!r} has no transformation to the coordinate system "
+            f"{coordinate_system!r}; it has {sorted(systems)}. Set `coordinate_system` to one that both the "
+            "spots and the image have."
+        )
+    t = systems[coordinate_system]
+    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)
+
+
+def _element(sdata: SpatialData | None, element: Any, kind: str) -> tuple[Any, str]:
+    if isinstance(element, str):
+        if sdata is None:
+            raise SoscopeInputError(
+                f"the {kind} was given by name ({element!r}) but no SpatialData was passed."
+            )
+        try:
+            return sdata[element], element
+        except KeyError:
+            raise SoscopeInputError(
+                f"no element named {element!r} in the SpatialData (for the {kind}); set it to one of "
+                f"{sorted(k for _, k, _ in sdata.gen_elements())}."
+            ) from None
+    return element, f"<{type(element).__name__}>"
+
+
+def spots_to_image_pixels(
+    sdata: SpatialData | None,
+    spots_element_name: str | Any,
+    image_element_name: str | Any,
+    coordinate_system: str,
+) -> tuple[np.ndarray, list[ImageLevel]]:
+    """Affine from the spots' intrinsic coordinates to the image's full-resolution pixel coordinates.
+
+    The map is ``inverse(image -> cs) @ (spots -> cs)``, both read with
+    :func:`spatialdata.transformations.get_transformation`. Pixel coordinates are spatialdata's: pixel
+    ``(row i, column j)`` of ``scale0`` covers ``[j, j + 1) x [i, i + 1)`` (its centre is ``j + 0.5``).
+
+    Parameters
+    ----------
+    sdata
+        The SpatialData holding both elements (may be ``None`` when elements are passed directly).
+    spots_element_name
+        Name of the shapes element whose geometry the sub-spots share (or the element itself).
+    image_element_name
+        Name of the image element (or the element itself: ``DataArray`` or ``DataTree``).
+    coordinate_system
+        A coordinate system that both elements have a transformation to.
+
+    Returns
+    -------
+    affine
+        ``(3, 3)`` float64 matrix acting on homogeneous ``(x, y, 1)`` columns.
+    levels
+        The image's resolution levels (:class:`ImageLevel`), finest first; divide ``scale0`` pixel
+        coordinates by ``level.downscale`` (``(fy, fx)``) to reach level pixels.
+
+    Raises
+    ------
+    SoscopeInputError
+        If either element lacks ``coordinate_system`` (the message lists the systems each has), or the
+        image's transformation is not invertible.
+
+    """
+    spots, spots_name = _element(sdata, spots_element_name, "spots")
+    image, image_name = _element(sdata, image_element_name, "image")
+    missing = []
+    from spatialdata.transformations import get_transformation
+
+    for el, name, kind in ((spots, spots_name, "spots"), (image, image_name, "image")):
+        systems = get_transformation(el, get_all=True)
+        if coordinate_system not in systems:
+            missing.append(f"the {kind} element {name!r} has {sorted(systems)}")
+    if missing:
+        raise SoscopeInputError(
+            f"coordinate system {coordinate_system!r} is missing: " + "; ".join(missing) + ". Set "
+            "`coordinate_system` to one that both the spots and the image have."
+        )
+    t_spots = _transformation_to(spots, spots_name, "spots", coordinate_system)
+    t_image = _transformation_to(image, image_name, "image", coordinate_system)
+    if abs(np.linalg.det(t_image[:2, :2])) < 1e-300:
+        raise SoscopeInputError(
+            f"the transformation of image {image_name!r} to {coordinate_system!r} is not invertible."
+        )
+    affine = np.linalg.solve(t_image, t_spots)
+    return affine, image_levels(image)
+
+
+def apply_affine(affine: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Apply a ``(3, 3)`` affine to ``(n, 2)`` points (x, y)."""
+    xy = np.asarray(xy, dtype=np.float64)
+    return xy @ affine[:2, :2].T + affine[:2, 2]

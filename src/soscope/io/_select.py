@@ -1,0 +1,487 @@
+"""Find soscope's inputs in a SpatialData: the table, its spots, the image and the coordinate system."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from soscope._errors import SoscopeInputError
+from soscope.io._validate import (
+    _fmt_list,
+    check_has_table,
+    check_image,
+    check_image_coordinate_system,
+    check_instance_ids,
+    check_min_spots,
+    check_not_empty,
+    check_table_annotates_shapes,
+    coordinate_systems_of,
+    is_soscope_output,
+)
+
+logger = logging.getLogger(__name__)
+
+#: var columns looked at (in this order) to split a table into modalities when ``modality_key`` is not given.
+MODALITY_COLUMNS = ("feature_types", "modality", "feature_type")
+#: Name of the single modality of a table without a modality column.
+SINGLE_MODALITY = "all"
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """What soscope reads from a SpatialData, resolved once by :func:`select`.
+
+    Spots are ordered as in the shapes: all selected spots of ``spots[0]`` in its row order, then those of
+    ``spots[1]``, and so on. Every per-spot array below has that order and length ``n_spots``.
+
+    Attributes
+    ----------
+    table
+        Name of the table of spot profiles.
+    spots
+        Names of the shapes elements holding the spots (one per region the table annotates and that is used).
+    region_key, instance_key
+        The table's ``obs`` columns naming each row's region and spot id (``uns["spatialdata_attrs"]``).
+    image
+        Name of the image element, or None (no image).
+    coordinate_system
+        The coordinate system in which spots and image are related.
+    layer
+        The table layer holding the counts, or None for ``X``.
+    spot_rows
+        ``(N,)`` int64: row of the table for each spot.
+    spot_element
+        ``(N,)`` int64: index into ``spots`` of each spot's shapes element.
+    shape_rows
+        ``(N,)`` int64: position (``iloc``) of each spot in its shapes element.
+    instance_ids
+        ``(N,)``: each spot's instance id (the shapes' index value).
+    sections
+        ``(N,)`` object array of str: each spot's section (its region name, or ``obs[section_key]``).
+    section_names
+        The distinct sections, in order of first appearance.
+    section_key
+        The ``obs`` column defining sections, or None (sections are regions).
+    modality_key
+        The ``var`` column naming each feature's modality, or None.
+    modalities
+        Modality name → ``(n_features,)`` boolean mask; ``{"all": all-True}`` with a single modality.
+    var_names
+        The table's feature names.
+
+    """
+
+    table: str
+    spots: tuple[str, ...]
+    region_key: str
+    instance_key: str
+    image: str | None
+    coordinate_system: str
+    layer: str | None
+    spot_rows: np.ndarray
+    spot_element: np.ndarray
+    shape_rows: np.ndarray
+    instance_ids: np.ndarray
+    sections: np.ndarray
+    section_names: tuple[str, ...]
+    section_key: str | None
+    modality_key: str | None
+    modalities: dict[str, np.ndarray] = field(default_factory=dict)
+    var_names: tuple[str, ...] = ()
+
+    @property
+    def n_spots(self) -> int:
+        """Number of selected spots N."""
+        return len(self.spot_rows)
+
+    @property
+    def n_features(self) -> int:
+        """Number of features of the table."""
+        return len(self.var_names)
+
+    def spots_of(self, name: str) -> np.ndarray:
+        """Positions (0..N-1) of the selected spots that belong to shapes element ``name``."""
+        return np.flatnonzero(self.spot_element == self.spots.index(name))
+
+    def shape_rows_of(self, name: str) -> np.ndarray:
+        """``iloc`` rows of shapes element ``name`` that are selected, in selection order."""
+        return self.shape_rows[self.spots_of(name)]
+
+
+def _ambiguous(what: str, candidates: Sequence[str], arg: str, extra: str = "") -> SoscopeInputError:
+    return SoscopeInputError(
+        f"Several {what} fit: {_fmt_list(candidates)}; pass `{arg}=` to choose one{extra}."
+    )
+
+
+def _pick_table(sdata: Any, table: str | None, spots: Sequence[str] | None) -> str:
+    check_has_table(sdata)
+    if table is not None:
+        if table not in sdata.tables:
+            raise SoscopeInputError(
+                f"No table '{table}' in the SpatialData; tables present: {_fmt_list(sdata.tables)}. "
+                "Pass one of them as `table=`."
+            )
+        return table
+    candidates = [t for t in sdata.tables if not is_soscope_output(sdata, t)]
+    if not candidates:
+        raise SoscopeInputError(
+            f"The only tables are soscope outputs ({_fmt_list(sdata.tables)}); pass `table=` to use one "
+            "anyway."
+        )
+    usable: list[str] = []
+    errors: list[SoscopeInputError] = []
+    for name in candidates:
+        try:
+            regions = check_table_annotates_shapes(sdata, name)
+        except SoscopeInputError as e:
+            errors.append(e)
+            continue
+        if spots is None or any(s in regions for s in spots):
+            usable.append(name)
+    if len(usable) == 1:
+        return usable[0]
+    if len(usable) > 1:
+        raise _ambiguous("tables annotating shapes", usable, "table")
+    if spots is not None:
+        raise SoscopeInputError(
+            f"No table annotates shapes {_fmt_list(spots)}; tables present: {_fmt_list(candidates)}. Pass "
+            "`table=` and link it with `sdata.set_table_annotates_spatialelement(table_name, region=...)`."
+        )
+    if len(errors) == 1:
+        raise errors[0]
+    raise SoscopeInputError(
+        f"No table annotates a shapes element ({_fmt_list(candidates)}): "
+        + " | ".join(str(e) for e in errors)
+    )
+
+
+def _pick_coordinate_system(
+    sdata: Any,
+    spots: Sequence[str],
+    image: str | None | Literal[False],
+    coordinate_system: str | None,
+) -> tuple[str, str | None]:
+    """Resolve the coordinate system and the image together."""
+    spot_cs = {s: coordinate_systems_of(sdata.shapes[s]) for s in spots}
+    shared = [c for c in spot_cs[spots[0]] if all(c in v for v in spot_cs.values())]
+    desc = "; ".join(f"'{s}': {_fmt_list(v)}" for s, v in spot_cs.items())
+    if not shared:
+        raise SoscopeInputError(
+            f"The spots elements share no coordinate system ({desc}): pass `spots=` to use one of them, or "
+            "add a common one with `sd.transformations.set_transformation(sdata[name], transformation, "
+            "to_coordinate_system=...)`."
+        )
+    if coordinate_system is not None:
+        if coordinate_system not in shared:
+            raise SoscopeInputError(
+                f"coordinate_system='{coordinate_system}' is not a coordinate system of the spots ({desc}): "
+                f"pass one of {_fmt_list(shared)}."
+            )
+        shared = [coordinate_system]
+
+    img: str | None
+    if image is False:
+        img = None
+    elif image is not None:
+        if image not in sdata.images:
+            raise SoscopeInputError(
+                f"No image '{image}' in the SpatialData; images present: {_fmt_list(sdata.images)}. Pass one "
+                "of them as `image=`, or `image=False` to run without an image."
+            )
+        common = check_image_coordinate_system(sdata, image, spots)
+        in_shared = [c for c in shared if c in common]
+        if not in_shared:
+            raise SoscopeInputError(
+                f"Image '{image}' is in coordinate systems "
+                f"{_fmt_list(coordinate_systems_of(sdata.images[image]))}, not in "
+                f"coordinate_system='{shared[0]}' of the spots: pass `coordinate_system=` one of "
+                f"{_fmt_list(common)}, or register the image with `sd.transformations.set_transformation`."
+            )
+        shared, img = in_shared, image
+    else:
+        cands = [n for n, el in sdata.images.items() if any(c in shared for c in coordinate_systems_of(el))]
+        if len(cands) > 1:
+            raise _ambiguous(
+                f"images in the spots' coordinate system{'s' if len(shared) > 1 else ''} {_fmt_list(shared)}",
+                cands,
+                "image",
+                ", or `image=False` to run without an image",
+            )
+        img = cands[0] if cands else None
+        if img is not None:
+            shared = [c for c in shared if c in coordinate_systems_of(sdata.images[img])]
+
+    if len(shared) == 1:
+        return shared[0], img
+    if img is None:
+        # Without an image the coordinate system only labels the frame: choose one deterministically.
+        cs = "global" if "global" in shared else sorted(shared)[0]
+        logger.info("Spots are in coordinate systems %s; using '%s' (no image).", shared, cs)
+        return cs, None
+    raise _ambiguous(f"coordinate systems shared by the spots and image '{img}'", shared, "coordinate_system")
+
+
+def _pick_modalities(adata: Any, modality_key: str | None) -> tuple[str | None, dict[str, np.ndarray]]:
+    if modality_key is not None:
+        if modality_key not in adata.var.columns:
+            raise SoscopeInputError(
+                f"modality_key='{modality_key}' is not a column of the table's var; columns: "
+                f"{_fmt_list(adata.var.columns)}. Pass one of them, or leave it unset."
+            )
+        key = modality_key
+    else:
+        key = None
+        for col in MODALITY_COLUMNS:
+            if col in adata.var.columns and adata.var[col].nunique(dropna=False) >= 2:
+                key = col
+                logger.info("Modalities taken from var['%s'].", col)
+                break
+    if key is None:
+        return None, {SINGLE_MODALITY: _readonly(np.ones(adata.n_vars, bool))}
+    values = np.array([str(v) for v in adata.var[key].to_numpy(dtype=object)], dtype=object)
+    names = list(dict.fromkeys(values.tolist()))
+    return key, {m: _readonly(values == m) for m in names}
+
+
+def select(
+    sdata: Any,
+    *,
+    table: str | None = None,
+    spots: str | Sequence[str] | None = None,
+    image: str | None | Literal[False] = None,
+    layer: str | None = None,
+    coordinate_system: str | None = None,
+    sections: str | Sequence[str] | None = None,
+    section_key: str | None = None,
+    modality_key: str | None = None,
+) -> Selection:
+    """Find the table, spots, image and coordinate system soscope works on.
+
+    Every argument naming an element may be left out when the choice is unambiguous; when it is ambiguous
+    the error lists the candidates and names the argument to set. Tables and shapes written by soscope
+    (``uns["soscope"]``) are skipped when choosing automatically.
+
+    Parameters
+    ----------
+    sdata
+        The SpatialData.
+    table
+        The table of spot profiles (an AnnData annotating a shapes element).
+    spots
+        The shapes element(s) with the spots, among those the table annotates; default all of them (each is
+        a section unless ``section_key`` is given).
+    image
+        The image element; None picks the only image in the spots' coordinate system (if any), False uses no
+        image.
+    layer
+        The table layer holding the counts; None for ``X``.
+    coordinate_system
+        The coordinate system relating spots and image; default the one they share. Without an image,
+        when the spots have several, ``"global"`` (else the first in sorted order) is used: it then only
+        labels the frame.
+    sections
+        Restrict to these sections (region names, or values of ``obs[section_key]``).
+    section_key
+        An ``obs`` column whose values define sections; default: one section per shapes element.
+    modality_key
+        A ``var`` column naming each feature's modality; default ``feature_types`` / ``modality`` /
+        ``feature_type`` when present with at least two values.
+
+    Returns
+    -------
+    The resolved :class:`Selection`.
+
+    Raises
+    ------
+    SoscopeInputError
+        Missing or ambiguous inputs, tables that do not annotate shapes, mismatched instance ids, images
+        that do not fit, fewer than two spots.
+
+    """
+    spots_req = [spots] if isinstance(spots, str) else (list(spots) if spots is not None else None)
+    if spots_req is not None:
+        missing = [s for s in spots_req if s not in sdata.shapes]
+        if missing:
+            raise SoscopeInputError(
+                f"No shapes {_fmt_list(missing)} in the SpatialData; shapes present: "
+                f"{_fmt_list(sdata.shapes)}. Pass them as `spots=`."
+            )
+
+    tname = _pick_table(sdata, table, spots_req)
+    adata = sdata.tables[tname]
+    regions = check_table_annotates_shapes(sdata, tname)
+    attrs = adata.uns["spatialdata_attrs"]
+    region_key, instance_key = str(attrs["region_key"]), str(attrs["instance_key"])
+    for col in (region_key, instance_key):
+        if col not in adata.obs.columns:
+            raise SoscopeInputError(
+                f"Table '{tname}' declares obs['{col}'] in uns['spatialdata_attrs'] but has no such column: "
+                "re-parse it with `TableModel.parse(adata, region=..., region_key=..., instance_key=...)`."
+            )
+
+    if spots_req is not None:
+        not_annot = [s for s in spots_req if s not in regions]
+        if not_annot:
+            raise SoscopeInputError(
+                f"Table '{tname}' does not annotate shapes {_fmt_list(not_annot)}; it annotates "
+                f"{_fmt_list(regions)}. Pass `spots=` one of those, or another `table=`."
+            )
+        chosen = spots_req
+    else:
+        # soscope's own sub-spot shapes are never spots, unless named explicitly
+        chosen = [r for r in regions if not is_soscope_output(sdata, r)] or regions
+
+    check_not_empty(adata, tname, layer)
+    if layer is not None and layer not in adata.layers:
+        raise SoscopeInputError(
+            f"Table '{tname}' has no layer '{layer}'; layers: {_fmt_list(adata.layers.keys())}. Pass one of "
+            "them as `layer=`, or `layer=None` for X."
+        )
+
+    # Match table rows to shapes rows, element by element, in shapes order.
+    region_col = adata.obs[region_key].astype(str).to_numpy(dtype=object)
+    inst_col = adata.obs[instance_key].to_numpy()
+    used: list[str] = []
+    rows_l, elem_l, shape_l, ids_l = [], [], [], []
+    for s in chosen:
+        rows = np.flatnonzero(region_col == s)
+        if rows.size == 0:
+            if spots_req is not None:
+                raise SoscopeInputError(
+                    f"Table '{tname}' has no rows for shapes '{s}' (obs['{region_key}'])."
+                )
+            logger.info("Table '%s' has no rows for region '%s'; skipped.", tname, s)
+            continue
+        gdf = sdata.shapes[s]
+        pos = check_instance_ids(gdf.index, inst_col[rows], spots=s, table=tname, instance_key=instance_key)
+        order = np.argsort(pos, kind="stable")
+        n_dropped = len(gdf) - rows.size
+        if n_dropped:
+            logger.info("%d spots of '%s' have no row in table '%s'; they are left out.", n_dropped, s, tname)
+        rows_l.append(rows[order])
+        shape_l.append(pos[order])
+        elem_l.append(np.full(rows.size, len(used), np.int64))
+        ids_l.append(np.asarray(gdf.index)[pos[order]])
+        used.append(s)
+    if not used:
+        raise SoscopeInputError(
+            f"Table '{tname}' has no rows for any of {_fmt_list(chosen)} (obs['{region_key}']): check the "
+            "table's region column."
+        )
+    spot_rows = np.concatenate(rows_l).astype(np.int64)
+    spot_element = np.concatenate(elem_l)
+    shape_rows = np.concatenate(shape_l).astype(np.int64)
+    instance_ids = (
+        np.concatenate([np.asarray(i, dtype=object) for i in ids_l]) if len(ids_l) > 1 else ids_l[0]
+    )
+
+    # Sections: regions, or the values of an obs column.
+    if section_key is not None:
+        if section_key not in adata.obs.columns:
+            raise SoscopeInputError(
+                f"section_key='{section_key}' is not a column of table '{tname}'.obs; columns: "
+                f"{_fmt_list(adata.obs.columns)}."
+            )
+        col = adata.obs[section_key].iloc[spot_rows]
+        if col.isna().any():
+            raise SoscopeInputError(
+                f"obs['{section_key}'] of table '{tname}' is missing for {int(col.isna().sum())} spots: fill "
+                "it, or leave `section_key` unset to use one section per shapes element."
+            )
+        labels = np.array([str(v) for v in col.to_numpy(dtype=object)], dtype=object)
+    else:
+        labels = np.array(used, dtype=object)[spot_element]
+    if sections is not None:
+        wanted = [sections] if isinstance(sections, str) else [str(x) for x in sections]
+        available = list(dict.fromkeys(labels.tolist()))
+        unknown = [w for w in wanted if w not in available]
+        if unknown:
+            by = f"values of obs['{section_key}']" if section_key else "regions (shapes elements)"
+            raise SoscopeInputError(
+                f"Unknown sections {_fmt_list(unknown)}; sections are {by}: {_fmt_list(available)}. "
+                + ("Pass `section_key=` to define sections by an obs column." if section_key is None else "")
+            )
+        keep = np.isin(labels, wanted)
+        spot_rows, spot_element, shape_rows = spot_rows[keep], spot_element[keep], shape_rows[keep]
+        instance_ids, labels = instance_ids[keep], labels[keep]
+        # Drop shapes elements left without spots and renumber.
+        present = [i for i in range(len(used)) if np.any(spot_element == i)]
+        remap = np.full(len(used), -1, np.int64)
+        remap[present] = np.arange(len(present))
+        spot_element = remap[spot_element]
+        used = [used[i] for i in present]
+    check_min_spots(len(spot_rows))
+
+    cs, img = _pick_coordinate_system(sdata, used, image, coordinate_system)
+    if img is not None:
+        check_image(sdata.images[img], img)
+    mkey, modalities = _pick_modalities(adata, modality_key)
+
+    return Selection(
+        table=tname,
+        spots=tuple(used),
+        region_key=region_key,
+        instance_key=instance_key,
+        image=img,
+        coordinate_system=cs,
+        layer=layer,
+        spot_rows=_readonly(spot_rows),
+        spot_element=_readonly(spot_element),
+        shape_rows=_readonly(shape_rows),
+        instance_ids=_readonly(np.asarray(instance_ids)),
+        sections=_readonly(labels),
+        section_names=tuple(dict.fromkeys(labels.tolist())),
+        section_key=section_key,
+        modality_key=mkey,
+        modalities=modalities,
+        var_names=tuple(str(v) for v in adata.var_names),
+    )
+
+
+def counts_matrix(sdata: Any, selection: Selection) -> sp.csr_matrix | np.ndarray:
+    """Return the selected spots' profiles, one row per spot in the selection's (shapes) order.
+
+    Parameters
+    ----------
+    sdata
+        The SpatialData the selection was made on.
+    selection
+        From :func:`select`.
+
+    Returns
+    -------
+    A ``scipy.sparse.csr_matrix`` when the table stores a sparse matrix (never densified), else a numpy array.
+
+    """
+    adata = sdata.tables[selection.table]
+    x = adata.layers[selection.layer] if selection.layer is not None else adata.X
+    rows = np.asarray(selection.spot_rows)
+    if sp.issparse(x):
+        csr = x if x.format == "csr" else x.tocsr()
+        return sp.csr_matrix(csr[rows])
+    if isinstance(x, np.ndarray):
+        return np.asarray(x)[rows]  # np.matrix → ndarray
+    if hasattr(x, "compute") and not hasattr(x, "to_memory"):  # dask array
+        out = x[rows]
+        out = out.compute()
+        return sp.csr_matrix(out) if sp.issparse(out) else np.asarray(out)
+    # Backed / lazy arrays (anndata sparse datasets, zarr, h5py): read sorted rows once, then reorder.
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    part = x[uniq]
+    if hasattr(part, "to_memory"):
+        part = part.to_memory()
+    if sp.issparse(part):
+        return sp.csr_matrix(part)[inverse]
+    return np.asarray(part)[inverse]

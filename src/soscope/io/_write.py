@@ -1,0 +1,350 @@
+"""Write soscope's results into a SpatialData and, when it is backed by zarr, into its store atomically.
+
+How the store is updated (local stores)
+---------------------------------------
+1. The new elements are put in a throwaway SpatialData and written with the public
+   :meth:`SpatialData.write` into ``<store>/.soscope_tmp_<uuid>/staged.zarr``. The ``.soscope_tmp_*`` folder
+   has no zarr metadata of its own, so zarr, spatialdata and metadata consolidation never see it (and a crash
+   leaves the store readable). The store itself is not touched in this phase.
+2. Commit: for each element, an existing ``<store>/<type>/<name>`` is renamed into the temporary folder and
+   the staged folder is renamed into place (``os.replace``, same filesystem). A missing ``shapes/`` or
+   ``tables/`` group is created from the staged one.
+3. When the store uses consolidated metadata it is re-consolidated, so readers see the new elements.
+4. Any exception (or interrupt) during 1–3 undoes the renames in reverse order (and re-consolidates when
+   step 3 had started), so the store is as before; the temporary folder is always removed.
+
+The elements are put into the in-memory SpatialData before step 1 and taken out again (the previous ones
+put back) if the store update fails, so memory and store agree either way. Only a hard kill during the
+renames of step 2 (milliseconds) can leave a replaced soscope output under ``.soscope_tmp_*/replaced``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from soscope._errors import SoscopeInputError
+from soscope.io._validate import _fmt_list, check_output_names, element_type
+
+logger = logging.getLogger(__name__)
+
+TMP_PREFIX = ".soscope_tmp_"
+_STAGED = "staged.zarr"
+_ASIDE = "replaced"
+
+
+def _local_store_path(sdata: Any) -> Path | None:
+    """Return the store as a local directory, or None when not backed / not local."""
+    path = getattr(sdata, "path", None)
+    if path is None:
+        return None
+    protocol = getattr(path, "protocol", "")  # UPath
+    if isinstance(protocol, (tuple, list)):
+        protocol = protocol[0] if protocol else ""
+    text = str(path)
+    if protocol not in ("", "file", "local") or ("://" in text and not text.startswith("file://")):
+        return None  # remote store
+    try:
+        p = Path(text[len("file://") :]) if text.startswith("file://") else Path(os.fspath(path))
+    except TypeError:
+        return None
+    if not p.is_dir():
+        raise SoscopeInputError(
+            f"The SpatialData is backed by {str(path)!r}, which is not a folder any more: set `sdata.path = "
+            "None` to keep the results in memory, or write the whole object with `sdata.write(new_path)`."
+        )
+    return p
+
+
+def _zarr_format(root: Path) -> int:
+    if (root / "zarr.json").is_file():
+        return 3
+    if (root / ".zgroup").is_file():
+        return 2
+    return 3
+
+
+def _is_consolidated(sdata: Any, root: Path) -> bool:
+    """Tell whether the store keeps consolidated metadata (read from the files: cheap, version-proof)."""
+    zj = root / "zarr.json"
+    if zj.is_file():
+        try:
+            meta = json.loads(zj.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        if meta.get("consolidated_metadata"):
+            return True
+    if (root / ".zmetadata").is_file():
+        return True
+    has = getattr(sdata, "has_consolidated_metadata", None)
+    if has is not None and not zj.is_file() and not (root / ".zgroup").is_file():
+        return bool(has())
+    return False
+
+
+def _consolidate(sdata: Any, root: Path) -> None:
+    if hasattr(sdata, "write_consolidated_metadata"):
+        sdata.write_consolidated_metadata()
+        return
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(root))
+
+
+def _validate_elements(shapes: Mapping[str, Any], tables: Mapping[str, Any], sdata: Any) -> None:
+    from spatialdata.models import ShapesModel, TableModel
+
+    for name, gdf in shapes.items():
+        try:
+            ShapesModel.validate(gdf)
+        except Exception as e:  # spatialdata raises ValueError / TypeError / AssertionError
+            raise SoscopeInputError(f"Shapes '{name}' to write are not valid spatialdata shapes: {e}") from e
+    for name, adata in tables.items():
+        try:
+            TableModel().validate(adata)  # a classmethod in 0.7, callable on an instance either way
+        except Exception as e:
+            raise SoscopeInputError(f"Table '{name}' to write is not a valid spatialdata table: {e}") from e
+        attrs = adata.uns.get("spatialdata_attrs") or {}
+        region = attrs.get("region")
+        if region is None:
+            continue
+        regions = [region] if isinstance(region, str) else [str(r) for r in region]
+        missing = [r for r in regions if r not in shapes and element_type(sdata, r) is None]
+        if missing:
+            raise SoscopeInputError(
+                f"Table '{name}' annotates {_fmt_list(missing)}, which is neither written with it nor in the "
+                "SpatialData: pass the shapes in `shapes=`."
+            )
+
+
+def _stale_tmp_warning(root: Path) -> None:
+    stale = [p.name for p in root.glob(f"{TMP_PREFIX}*")]
+    if stale:
+        logger.warning(
+            "The store %s holds leftover soscope temporary folders %s (an interrupted write); they are "
+            "ignored by readers and can be deleted.",
+            root,
+            stale,
+        )
+
+
+def write_results(
+    sdata: Any,
+    *,
+    shapes: Mapping[str, Any] | None = None,
+    tables: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Put soscope's shapes and tables into ``sdata`` and, if it is backed by zarr, into its store atomically.
+
+    Elements are stored as given: they must already carry their transformations (shapes) and region
+    metadata (tables, ``uns["spatialdata_attrs"]``), and should carry the ``uns["soscope"]`` marker (tables)
+    so that a later run may replace them.
+
+    Parameters
+    ----------
+    sdata
+        The SpatialData to write into.
+    shapes
+        Name → GeoDataFrame (parsed with ``ShapesModel.parse``).
+    tables
+        Name → AnnData (parsed with ``TableModel.parse``); may annotate shapes written alongside.
+    overwrite
+        Replace existing elements of the same names that soscope did not write (its own earlier outputs
+        are always replaced).
+
+    Raises
+    ------
+    SoscopeInputError
+        Invalid elements or names, or a name held by an element soscope did not write (without
+        ``overwrite``). Nothing is written then.
+
+    Notes
+    -----
+    On a local store the update is all-or-nothing: elements are written under a temporary folder and moved
+    into place once all are written; on any failure the store is left as it was. On a remote store
+    (fsspec/UPath) the elements are written one by one with spatialdata's ``write_element``, which is not
+    atomic.
+
+    """
+    shapes = dict(shapes or {})
+    tables = dict(tables or {})
+    both = set(shapes) & set(tables)
+    if both:
+        raise SoscopeInputError(f"Names used for both shapes and tables: {_fmt_list(sorted(both))}.")
+    if not shapes and not tables:
+        return
+    types = {**dict.fromkeys(shapes, "shapes"), **dict.fromkeys(tables, "tables")}
+
+    root = _local_store_path(sdata)
+    on_disk: list[str] = []
+    if root is not None:
+        on_disk = [
+            f"{t}/{n}" for t in ("images", "labels", "points", "shapes", "tables") for n in _ls(root / t)
+        ]
+        on_disk = [p for p in on_disk if element_type(sdata, p.split("/", 1)[1]) is None]
+    check_output_names(sdata, types, overwrite, on_disk=[p for p in on_disk if p.split("/", 1)[1] in types])
+    _validate_elements(shapes, tables, sdata)
+
+    # Memory first (it cannot fail after the checks above), then the store; undo memory if the store fails.
+    previous = _put_in_memory(sdata, shapes, tables)
+    try:
+        if root is not None:
+            _write_atomic(sdata, root, shapes, tables)
+        elif getattr(sdata, "path", None) is not None:
+            _write_remote(sdata, shapes, tables)
+    except BaseException:
+        _restore_memory(sdata, previous)
+        raise
+
+
+def _ls(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _put_in_memory(
+    sdata: Any, shapes: Mapping[str, Any], tables: Mapping[str, Any]
+) -> list[tuple[str, str, Any]]:
+    """Put the elements into ``sdata``; return ``(type, name, previous element or None)`` to undo it."""
+    previous = [("shapes", n, sdata.shapes.get(n)) for n in shapes]
+    previous += [("tables", n, sdata.tables.get(n)) for n in tables]
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*not present in the SpatialData.*")
+            for name, gdf in shapes.items():
+                sdata.shapes[name] = gdf
+            for name, adata in tables.items():
+                sdata.tables[name] = adata
+    except BaseException:
+        _restore_memory(sdata, previous)
+        raise
+    return previous
+
+
+def _restore_memory(sdata: Any, previous: list[tuple[str, str, Any]]) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not present in the SpatialData.*")
+        for etype, name, old in reversed(previous):  # tables first: they may annotate the shapes
+            container = getattr(sdata, etype)
+            if old is None:
+                if name in container:
+                    del container[name]
+            else:
+                container[name] = old
+
+
+def _staging_sdata(shapes: Mapping[str, Any], tables: Mapping[str, Any]) -> Any:
+    from spatialdata import SpatialData
+
+    with warnings.catch_warnings():
+        # tables may annotate shapes that live only in the target SpatialData
+        warnings.filterwarnings("ignore", message=".*not present in the SpatialData.*")
+        return SpatialData(shapes=dict(shapes), tables=dict(tables))
+
+
+def _staging_formats(root: Path) -> Any:
+    """Return formats matching the store: zarr v2 stores (old spatialdata) get the v2-era formats."""
+    if _zarr_format(root) != 2:
+        return None
+    try:
+        from spatialdata._io.format import SpatialDataContainerFormatV01
+
+        return SpatialDataContainerFormatV01()
+    except ImportError:  # pragma: no cover - layout of a future spatialdata
+        logger.warning(
+            "Could not find spatialdata's zarr v2 formats; writing zarr v3 elements into a v2 store."
+        )
+        return None
+
+
+def _stage(sdata_tmp: Any, staged: Path, formats: Any) -> None:
+    """Write the new elements into the staging store (a separate zarr store in the temporary folder)."""
+    kwargs: dict[str, Any] = {"consolidate_metadata": False}
+    if formats is not None:
+        kwargs["sdata_formats"] = formats
+    sdata_tmp.write(staged, **kwargs)
+
+
+def _write_atomic(sdata: Any, root: Path, shapes: Mapping[str, Any], tables: Mapping[str, Any]) -> None:
+    _stale_tmp_warning(root)
+    tmp = root / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    tmp.mkdir()
+    staged = tmp / _STAGED
+    aside = tmp / _ASIDE
+    consolidated = _is_consolidated(sdata, root)
+    # undo log: ("created_group", path) | ("aside", original, moved_to) | ("placed", path)
+    undo: list[tuple[str, Path, Path | None]] = []
+    consolidating = False
+    try:
+        _stage(_staging_sdata(shapes, tables), staged, _staging_formats(root))
+        items = [("shapes", n) for n in shapes] + [("tables", n) for n in tables]
+        for etype, name in items:
+            group = root / etype
+            if not group.exists():
+                group.mkdir()
+                undo.append(("created_group", group, None))
+                # copy the group's own metadata (zarr.json, or .zgroup/.zattrs)
+                for f in (staged / etype).iterdir():
+                    if f.is_file():
+                        shutil.copy2(f, group / f.name)
+            dst = group / name
+            if dst.exists():
+                moved = aside / etype / name
+                moved.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(dst, moved)
+                undo.append(("aside", dst, moved))
+            os.replace(staged / etype / name, dst)
+            undo.append(("placed", dst, None))
+        if consolidated:
+            consolidating = True
+            _consolidate(sdata, root)
+    except BaseException:
+        _rollback(undo)
+        if consolidating:
+            try:
+                _consolidate(sdata, root)
+            except Exception:  # pragma: no cover - report the original error
+                logger.exception("Re-consolidating the metadata of %s after a failed write failed.", root)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("Wrote %s to %s.", [f"{t}/{n}" for t, n in items], root)
+
+
+def _rollback(undo: list[tuple[str, Path, Path | None]]) -> None:
+    for kind, path, moved in reversed(undo):
+        try:
+            if kind == "placed":
+                shutil.rmtree(path)
+            elif kind == "aside":
+                assert moved is not None
+                os.replace(moved, path)
+            elif kind == "created_group":
+                shutil.rmtree(path)
+        except Exception:  # pragma: no cover - keep undoing the rest
+            logger.exception("Could not undo %s of %s while rolling back a failed write.", kind, path)
+
+
+def _write_remote(sdata: Any, shapes: Mapping[str, Any], tables: Mapping[str, Any]) -> None:
+    """Non-local stores: spatialdata's own element writes (delete, then write; not atomic)."""
+    logger.warning("The store %s is not a local folder: writing soscope's results is not atomic.", sdata.path)
+    on_disk = set()
+    try:
+        on_disk = {p.split("/", 1)[1] for p in sdata.elements_paths_on_disk()}
+    except Exception:  # pragma: no cover
+        pass
+    for name in [*shapes, *tables]:
+        if name in on_disk:
+            sdata.delete_element_from_disk(name)
+        sdata.write_element(name)

@@ -1,0 +1,136 @@
+"""Training and inference of the network on :class:`SpotData`, independent of SpatialData."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import numpy as np
+import torch
+
+from ..module import ModuleConfig, SoScopeModule, SpotBatch
+from ..tiling import adjacency, plan_chunks
+from ..train import History, TrainConfig, train_module
+from ._data import Normaliser, SpotData, make_batch
+
+logger = logging.getLogger("soscope")
+
+TRAIN_CHUNK_SPOTS = 256  # spots per training minibatch (plus their halo)
+INFER_CHUNK_SPOTS = 4096  # spots per inference task (plus their halo)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def receptive_hops(config: ModuleConfig) -> int:
+    """Graph hops a spot's result depends on: the encoder's layers and the spatial prior's kernel (2 hops)."""
+    return max(config.n_graph_layers if config.use_graph else 0, 2 if config.use_prior else 0)
+
+
+def default_epochs(n_spots: int, chunk_spots: int = TRAIN_CHUNK_SPOTS) -> int:
+    """Epochs giving ~2,000 optimizer steps, between 30 and 300 epochs."""
+    steps_per_epoch = max(1, math.ceil(n_spots / chunk_spots))
+    return int(np.clip(math.ceil(2000 / steps_per_epoch), 30, 300))
+
+
+def build_batches(
+    data: SpotData,
+    norm: Normaliser,
+    config: ModuleConfig,
+    *,
+    chunk_spots: int,
+    loss_spots: np.ndarray | None = None,
+) -> tuple[list, list[SpotBatch]]:
+    """Plan chunks over ``data`` and build their tensors."""
+    hops = receptive_hops(config)
+    chunks = plan_chunks(data.centres, data.edge_index, sections=data.sections, chunk_spots=chunk_spots, n_hops=hops)
+    adj = adjacency(data.edge_index, data.n_spots)
+    batches = [make_batch(data, c, norm, loss_spots=loss_spots, use_prior=config.use_prior, adj=adj) for c in chunks]
+    return chunks, batches
+
+
+def fit(
+    module: SoScopeModule,
+    data: SpotData,
+    norm: Normaliser,
+    train_config: TrainConfig,
+    *,
+    validation_fraction: float = 0.1,
+    device: torch.device,
+    progress: bool,
+    history: History | None = None,
+) -> History:
+    """Train ``module`` on the spots of ``data``, holding out ``validation_fraction`` of them for early stopping.
+
+    Held-out spots stay in the graph (their neighbours still see them) but their likelihood is used only
+    for validation.
+    """
+    rng = np.random.default_rng(train_config.seed)
+    held_out = rng.random(data.n_spots) < validation_fraction
+    chunks, batches = build_batches(data, norm, module.config, chunk_spots=TRAIN_CHUNK_SPOTS)
+    train, validation = [], []
+    for chunk, b in zip(chunks, batches, strict=True):
+        held = torch.as_tensor(held_out[chunk.nodes])
+        train.append(dataclasses.replace(b, loss_mask=b.loss_mask & ~held))
+        validation.append(dataclasses.replace(b, loss_mask=b.loss_mask & held))
+    if not any(bool(v.loss_mask.any()) for v in validation):
+        validation = None
+    return train_module(module, train, validation, train_config, device=device, progress=progress, history=history)
+
+
+@torch.no_grad()
+def predict(
+    module: SoScopeModule,
+    data: SpotData,
+    norm: Normaliser,
+    *,
+    device: torch.device,
+    n_samples: int = 0,
+    chunk_spots: int = INFER_CHUNK_SPOTS,
+    progress: bool = False,
+) -> list[dict[str, np.ndarray]]:
+    """Enhanced sub-spot profiles for every sub-spot of ``data`` (rows in layout order), per modality.
+
+    Runs chunk by chunk (core + halo) so memory is bounded by the chunk size; core results equal
+    untiled results because the halo covers the receptive field.
+    """
+    module.to(device).eval()
+    chunks = plan_chunks(data.centres, data.edge_index, sections=data.sections, chunk_spots=chunk_spots, n_hops=receptive_hops(module.config))
+    adj = adjacency(data.edge_index, data.n_spots)
+    out = [
+        {k: np.zeros((data.layout.n_subspots, m.n_features), dtype=np.float32) for k in (["enhanced", "mean"] + (["std"] if n_samples else []))}
+        for m in module.config.modalities
+    ]
+    if n_samples:
+        torch.manual_seed(0)
+    for chunk in chunks:
+        batch = make_batch(data, chunk, norm, use_prior=module.config.use_prior, adj=adj).to(device)
+        res = module.enhance(batch, n_samples=n_samples)
+        sub = data.layout.subset(chunk.nodes)
+        local_rows = sub.rows_of(chunk.core_in_nodes)
+        global_rows = data.layout.rows_of(chunk.core)
+        for mi, r in enumerate(res):
+            for key, arr in r.items():
+                out[mi][key][global_rows] = arr[local_rows].cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def latent(module: SoScopeModule, data: SpotData, norm: Normaliser, *, device: torch.device) -> np.ndarray:
+    """Posterior mean latent ``(N, n_latent)`` of every spot."""
+    module.to(device).eval()
+    chunks = plan_chunks(data.centres, data.edge_index, sections=data.sections, chunk_spots=INFER_CHUNK_SPOTS, n_hops=receptive_hops(module.config))
+    adj = adjacency(data.edge_index, data.n_spots)
+    z = np.zeros((data.n_spots, module.config.n_latent), dtype=np.float32)
+    for chunk in chunks:
+        batch = make_batch(data, chunk, norm, use_prior=False, adj=adj).to(device)
+        mu, _ = module.encode(batch)
+        z[chunk.core] = mu[chunk.core_in_nodes].cpu().numpy()
+    return z

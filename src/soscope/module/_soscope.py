@@ -1,0 +1,306 @@
+"""The soScope network: graph encoder over spots, image-driven sub-spot decoder, spot likelihoods.
+
+Pure torch: tensors in, tensors out. Nothing here knows about SpatialData.
+
+Generative model, per modality ``m`` with features ``g``::
+
+    z_i            ~ N(0, I)                                  spot latent (graph encoder posterior)
+    log rate_ikg   = s_i + r_g(z_i, batch_i) + h_g(y_ik) + p_ikg
+    rate_ikg       = a_ik * exp(log rate_ikg)                 expected counts in sub-spot k's polygon
+    E[x_ig]        = sum_k w_ik * rate_ikg                    the spot sees its footprint only
+
+with ``s_i`` the spot's (observed) log library size, ``r`` the spot's profile decoded from its latent,
+``h`` a function of the sub-spot's image features alone, ``p`` an optional fixed spatial prior (log ratio of
+neighbour interpolation within the spot), ``a`` the relative polygon area and ``w`` the polygon's share
+inside the spot's footprint. The *split* of a spot across its sub-spots is therefore set only by the image
+(and the fixed prior): spot-level information cannot leak into it, which is what keeps the split identifiable
+from spot observations (a decoder fed spot-level inputs per sub-spot learns splits that ignore the image).
+For Gaussian modalities the same terms are added without the exponential, and the spot observes the
+area-weighted mean over its footprint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ._distributions import COUNT_LIKELIHOODS, LIKELIHOODS, spot_likelihood
+from ._layers import GraphAttention, mlp
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """One modality's head: its name, number of features, likelihood and weight in the loss."""
+
+    name: str
+    n_features: int
+    likelihood: str = "nb"
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood {self.likelihood!r} is not one of {LIKELIHOODS}")
+
+    @property
+    def is_count(self) -> bool:
+        """Whether the head models counts (multiplicative, summed) rather than continuous values."""
+        return self.likelihood in COUNT_LIKELIHOODS
+
+
+@dataclass
+class SpotBatch:
+    """Tensors of a set of spots (a section, a chunk with its halo, or a minibatch) and their sub-spots.
+
+    Spot tensors have ``n`` rows, sub-spot tensors ``m`` rows; ``sub_spot`` maps sub-spots to spot rows.
+    """
+
+    x: list[torch.Tensor]  # per modality (n, F_m) observations
+    x_in: torch.Tensor  # (n, F_in) encoder input (normalised)
+    log_lib: list[torch.Tensor]  # per modality (n,) log library size relative to the data's mean
+    edge_index: torch.Tensor  # (2, E) spot graph, local indices
+    batch: torch.Tensor  # (n,) batch / section codes
+    sub_spot: torch.Tensor  # (m,) parent spot row
+    sub_area: torch.Tensor  # (m,) polygon area relative to the mean footprint area
+    sub_weight: torch.Tensor  # (m,) share of the polygon inside the parent's footprint
+    sub_image: torch.Tensor | None = None  # (m, D) standardised image features
+    sub_prior: list[torch.Tensor] | None = None  # per modality (m, F_m) fixed log prior, or None
+    loss_mask: torch.Tensor | None = None  # (n,) spots whose likelihood counts (core, training spots)
+    sub_edges: torch.Tensor | None = None  # (2, E') sub-spot neighbour edges for the image regulariser
+    sub_edge_sim: torch.Tensor | None = None  # (E',) image similarity of those pairs in [0, 1]
+
+    @property
+    def n_spots(self) -> int:
+        return self.x_in.shape[0]
+
+    def to(self, device: torch.device | str) -> SpotBatch:
+        """Move every tensor to ``device``."""
+
+        def mv(t):
+            if t is None:
+                return None
+            if isinstance(t, list):
+                return [u.to(device) for u in t]
+            return t.to(device)
+
+        return SpotBatch(**{k: mv(v) for k, v in self.__dict__.items()})
+
+
+@dataclass
+class ModuleConfig:
+    """Constructor arguments of :class:`SoScopeModule` (stored with saved models)."""
+
+    modalities: list[ModalitySpec]
+    n_input: int
+    n_image_features: int = 0
+    n_batches: int = 1
+    n_latent: int = 16
+    n_hidden: int = 128
+    n_graph_layers: int = 2
+    n_heads: int = 4
+    n_programs: int = 32
+    dropout: float = 0.1
+    use_graph: bool = True
+    use_image: bool = True
+    use_prior: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+class SoScopeModule(nn.Module):
+    """Graph VAE over spots with an image-driven sub-spot decoder (see the module docstring)."""
+
+    def __init__(self, config: ModuleConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.use_image = c.use_image and c.n_image_features > 0
+        # encoder: spot profiles over the spot graph -> variational latent
+        self.input_proj = nn.Sequential(nn.Linear(c.n_input, c.n_hidden), nn.LayerNorm(c.n_hidden), nn.GELU())
+        self.graph_layers = nn.ModuleList(
+            [GraphAttention(c.n_hidden, c.n_hidden, c.n_heads) for _ in range(c.n_graph_layers if c.use_graph else 0)]
+        )
+        self.graph_norms = nn.ModuleList([nn.LayerNorm(c.n_hidden) for _ in self.graph_layers])
+        self.to_latent = nn.Linear(c.n_hidden, 2 * c.n_latent)
+        # spot decoder: latent (+ batch) -> spot-level profile per modality
+        self.batch_embed = nn.Embedding(max(c.n_batches, 1), c.n_latent)
+        nn.init.zeros_(self.batch_embed.weight)
+        self.spot_trunk = mlp(c.n_latent, c.n_hidden, c.n_hidden, n_blocks=2, dropout=c.dropout)
+        self.spot_heads = nn.ModuleList([nn.Linear(c.n_hidden, m.n_features) for m in c.modalities])
+        # image decoder: sub-spot image features -> a few morphology programs -> per-feature log effect
+        if self.use_image:
+            self.image_trunk = mlp(c.n_image_features, c.n_hidden, c.n_programs, n_blocks=2, dropout=c.dropout)
+            self.image_heads = nn.ModuleList([nn.Linear(c.n_programs, m.n_features, bias=False) for m in c.modalities])
+            for head in self.image_heads:
+                nn.init.normal_(head.weight, std=1e-3)
+        # per-batch feature bias (technical): applied to spot observations, removed from enhanced output
+        self.batch_bias = nn.ParameterList([nn.Parameter(torch.zeros(max(c.n_batches, 1), m.n_features)) for m in c.modalities])
+        # likelihood shape parameters
+        self.log_theta = nn.ParameterList([nn.Parameter(torch.full((m.n_features,), 2.0)) for m in c.modalities])
+        self.zi_logits = nn.ParameterList([nn.Parameter(torch.full((m.n_features,), -3.0)) for m in c.modalities])
+        self.log_sigma = nn.ParameterList([nn.Parameter(torch.zeros(m.n_features)) for m in c.modalities])
+
+    # ----------------------------------------------------------------- inference
+    def encode(self, batch: SpotBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance of the spot latents, ``(n, n_latent)`` each."""
+        h = self.input_proj(batch.x_in)
+        for layer, norm in zip(self.graph_layers, self.graph_norms, strict=True):
+            h = norm(h + layer(h, batch.edge_index))
+        mu, logvar = self.to_latent(h).chunk(2, dim=-1)
+        return mu, logvar.clamp(-10, 6)
+
+    # ----------------------------------------------------------------- generative
+    def spot_profiles(self, z: torch.Tensor, batch_codes: torch.Tensor) -> list[torch.Tensor]:
+        """Spot-level log profile ``r`` per modality, ``(n, F_m)``."""
+        t = self.spot_trunk(z + self.batch_embed(batch_codes))
+        return [head(t) for head in self.spot_heads]
+
+    def image_effects(self, sub_image: torch.Tensor | None) -> list[torch.Tensor | None]:
+        """Sub-spot log effect ``h`` per modality from image features alone, ``(m, F_m)`` (None without image)."""
+        if not self.use_image or sub_image is None:
+            return [None] * len(self.config.modalities)
+        programs = self.image_trunk(sub_image)
+        return [head(programs) for head in self.image_heads]
+
+    def subspot_values(
+        self, batch: SpotBatch, z: torch.Tensor, *, with_batch_bias: bool
+    ) -> list[torch.Tensor]:
+        """Expected sub-spot values per modality, ``(m, F_m)``.
+
+        Count modalities: expected counts in each sub-spot polygon. Gaussian: the sub-spot's value.
+        ``with_batch_bias=False`` removes the per-batch technical bias (a common scale across batches).
+        """
+        r_all = self.spot_profiles(z, batch.batch)
+        h_all = self.image_effects(batch.sub_image)
+        out = []
+        for mi, spec in enumerate(self.config.modalities):
+            logit = r_all[mi][batch.sub_spot]
+            if with_batch_bias:
+                logit = logit + self.batch_bias[mi][batch.batch][batch.sub_spot]
+            if h_all[mi] is not None:
+                logit = logit + h_all[mi]
+            if self.config.use_prior and batch.sub_prior is not None and batch.sub_prior[mi] is not None:
+                logit = logit + batch.sub_prior[mi]
+            if spec.is_count:
+                log_rate = logit + batch.log_lib[mi][batch.sub_spot, None] + torch.log(batch.sub_area)[:, None]
+                out.append(torch.exp(log_rate.clamp(max=30.0)))
+            else:
+                out.append(logit)
+        return out
+
+    def spot_means(self, batch: SpotBatch, values: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per modality the spot mean and the sum of squared contributions, both ``(n, F_m)``."""
+        n = batch.n_spots
+        w = batch.sub_weight[:, None]
+        res = []
+        for spec, v in zip(self.config.modalities, values, strict=True):
+            if spec.is_count:
+                part = w * v
+                mean = torch.zeros((n, v.shape[1]), dtype=v.dtype, device=v.device).index_add_(0, batch.sub_spot, part)
+                sq = torch.zeros_like(mean).index_add_(0, batch.sub_spot, part * part)
+            else:
+                aw = (batch.sub_weight * batch.sub_area)[:, None]
+                num = torch.zeros((n, v.shape[1]), dtype=v.dtype, device=v.device).index_add_(0, batch.sub_spot, aw * v)
+                den = torch.zeros((n, 1), dtype=v.dtype, device=v.device).index_add_(0, batch.sub_spot, aw)
+                mean, sq = num / den.clamp_min(1e-8), None
+            res.append((mean, sq))
+        return res
+
+    def likelihoods(self, batch: SpotBatch, values: list[torch.Tensor]):
+        """The spot observation distributions per modality."""
+        dists = []
+        for mi, (spec, (mean, sq)) in enumerate(zip(self.config.modalities, self.spot_means(batch, values), strict=True)):
+            dists.append(
+                spot_likelihood(
+                    spec.likelihood,
+                    mean,
+                    sq,
+                    theta=torch.exp(self.log_theta[mi]),
+                    zi_logits=self.zi_logits[mi],
+                    sigma=torch.exp(self.log_sigma[mi]),
+                )
+            )
+        return dists
+
+    # ----------------------------------------------------------------- loss
+    def loss(
+        self, batch: SpotBatch, *, kl_weight: float = 1.0, image_reg_weight: float = 0.0, sample: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Negative ELBO per spot (reconstruction + KL) plus the image regulariser."""
+        mu, logvar = self.encode(batch)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+        values = self.subspot_values(batch, z, with_batch_bias=True)
+        dists = self.likelihoods(batch, values)
+        mask = batch.loss_mask if batch.loss_mask is not None else torch.ones(batch.n_spots, dtype=torch.bool)
+        n_used = mask.sum().clamp_min(1)
+        recon = torch.zeros((), device=mu.device)
+        per_modality = {}
+        for spec, dist, x in zip(self.config.modalities, dists, batch.x, strict=True):
+            nll = -(dist.log_prob(x).sum(-1) * mask).sum() / n_used
+            per_modality[spec.name] = nll.detach()
+            recon = recon + spec.weight * nll
+        kl = (0.5 * (mu**2 + torch.exp(logvar) - 1 - logvar).sum(-1) * mask).sum() / n_used
+        total = recon + kl_weight * kl
+        reg = torch.zeros((), device=mu.device)
+        if image_reg_weight > 0 and batch.sub_edges is not None and batch.sub_edges.shape[1] > 0:
+            reg = self.image_regulariser(batch, values)
+            total = total + image_reg_weight * reg
+        return {"loss": total, "reconstruction": recon.detach(), "kl": kl.detach(), "image_reg": reg.detach(), **{f"nll_{k}": v for k, v in per_modality.items()}}
+
+    def image_regulariser(self, batch: SpotBatch, values: list[torch.Tensor]) -> torch.Tensor:
+        """Neighbouring sub-spots with similar morphology should have similar (log-density) profiles.
+
+        Computed on the sparse sub-spot edges only: ``sum_e sim_e * mean_g (d_jg - d_lg)**2``.
+        """
+        j, l = batch.sub_edges
+        sim = batch.sub_edge_sim
+        reg = torch.zeros((), device=sim.device)
+        for spec, v in zip(self.config.modalities, values, strict=True):
+            d = torch.log1p(v / batch.sub_area[:, None]) if spec.is_count else v
+            reg = reg + (sim * ((d[j] - d[l]) ** 2).mean(-1)).sum() / sim.sum().clamp_min(1e-8)
+        return reg
+
+    # ----------------------------------------------------------------- outputs
+    @torch.no_grad()
+    def enhance(self, batch: SpotBatch, *, n_samples: int = 0, condition_on_observed: bool = True, remove_batch_bias: bool = True) -> list[dict[str, torch.Tensor]]:
+        """Enhanced sub-spot profiles per modality.
+
+        Returns per modality a dict with ``"mean"`` (model mean at the posterior-mean latent) and
+        ``"enhanced"``: for counts, the expected counts in each polygon given the spot's observation — the
+        part inside the footprint is the observed spot counts split in proportion to ``w * rate`` (the
+        conditional of independent Poisson parts given their sum), the part outside is the model's rate;
+        for Gaussian values, the model values shifted so their footprint-weighted mean equals the observed
+        value. With ``n_samples > 0`` also ``"std"``: the standard deviation over latent samples.
+        """
+        mu, logvar = self.encode(batch)
+        values = self.subspot_values(batch, mu, with_batch_bias=True)
+        means = self.spot_means(batch, values)
+        out = []
+        for mi, spec in enumerate(self.config.modalities):
+            v = values[mi]
+            mean, _ = means[mi]
+            x = batch.x[mi]
+            res = {}
+            if spec.is_count and spec.likelihood != "bernoulli" and condition_on_observed:
+                w = batch.sub_weight[:, None]
+                share = w * v / mean[batch.sub_spot].clamp_min(1e-12)
+                enhanced = (1 - w) * v + x[batch.sub_spot] * share
+            elif not spec.is_count and condition_on_observed:
+                enhanced = v + (x - mean)[batch.sub_spot]
+            else:
+                enhanced = v
+            if remove_batch_bias:
+                factor = self.batch_bias[mi][batch.batch][batch.sub_spot]
+                enhanced = enhanced * torch.exp(-factor) if spec.is_count else enhanced - factor
+                v = v * torch.exp(-factor) if spec.is_count else v - factor
+            res["enhanced"], res["mean"] = enhanced, v
+            out.append(res)
+        if n_samples > 0:
+            draws = [[] for _ in self.config.modalities]
+            for _ in range(n_samples):
+                z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+                for mi, v in enumerate(self.subspot_values(batch, z, with_batch_bias=not remove_batch_bias)):
+                    draws[mi].append(v)
+            for mi in range(len(out)):
+                out[mi]["std"] = torch.stack(draws[mi]).std(0)
+        return out

@@ -1,0 +1,199 @@
+"""The training loop: minibatches of spot chunks, KL warm-up, LR schedule, early stopping, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..module import SoScopeModule, SpotBatch
+
+logger = logging.getLogger("soscope")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (stored in the model's history)."""
+
+    epochs: int = 200
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    kl_weight: float = 1.0
+    kl_warmup_fraction: float = 0.2
+    image_reg_weight: float = 0.1
+    early_stopping: bool = True
+    patience: int = 30
+    min_epochs: int = 20
+    grad_clip: float = 10.0
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 25
+    resume: bool = False
+    seed: int = 0
+
+
+@dataclass
+class History:
+    """Per-epoch training curves."""
+
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    stopped_early: bool = False
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _lr_factor(step: int, total: int) -> float:
+    """Linear warm-up over 5% of the steps, then cosine decay to 10% of the base rate."""
+    warm = max(1, int(0.05 * total))
+    if step < warm:
+        return (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def train_module(
+    module: SoScopeModule,
+    batches: Sequence[SpotBatch],
+    validation: Sequence[SpotBatch] | None,
+    config: TrainConfig,
+    *,
+    device: torch.device,
+    progress: bool = True,
+    history: History | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    description: str = "training",
+) -> History:
+    """Fit ``module`` on ``batches`` (each one optimizer step), validating on ``validation`` batches.
+
+    Early stopping keeps the weights with the lowest validation loss (the held-out spots' negative
+    log-likelihood). Deterministic for a seed on CPU: the batch order is drawn from a seeded generator.
+    """
+    history = history or History()
+    module.to(device)
+    opt = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * len(batches)
+    start_epoch = 0
+    ckpt = Path(config.checkpoint_dir) / "checkpoint.pt" if config.checkpoint_dir else None
+    if ckpt is not None and config.resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        module.load_state_dict(state["module"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"]) + 1
+        for k, v in state["history"].items():
+            setattr(history, k, list(v) if isinstance(v, list) else v)
+        logger.info("resumed training from %s at epoch %d", ckpt, start_epoch)
+    rng = np.random.default_rng(config.seed + start_epoch)
+    batches = [b.to(device) for b in batches]
+    validation = [b.to(device) for b in validation] if validation else []
+    best = (math.inf, None)
+    if history.validation_loss:
+        best = (min(history.validation_loss), copy.deepcopy(module.state_dict()))
+    bad_epochs = 0
+    warmup_steps = max(1, int(config.kl_warmup_fraction * total_steps))
+    bar = _progress(progress, config.epochs - start_epoch, description)
+    for epoch in range(start_epoch, config.epochs):
+        module.train()
+        losses = []
+        for bi in rng.permutation(len(batches)):
+            step = epoch * len(batches) + len(losses)
+            factor = _lr_factor(step, total_steps)
+            for g in opt.param_groups:
+                g["lr"] = config.lr * factor
+            kl_w = config.kl_weight * min(1.0, (step + 1) / warmup_steps)
+            out = module.loss(batches[bi], kl_weight=kl_w, image_reg_weight=config.image_reg_weight)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
+            opt.step()
+            losses.append(float(out["loss"]))
+        train_loss = float(np.mean(losses))
+        val_loss = _validate(module, validation) if validation else train_loss
+        history.epoch.append(epoch)
+        history.train_loss.append(train_loss)
+        history.validation_loss.append(val_loss)
+        history.lr.append(config.lr * factor)
+        if not np.isfinite(train_loss):
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch} (loss {train_loss}); lower lr (now {config.lr}) or check the input"
+            )
+        if val_loss < best[0] - 1e-4 * abs(best[0]):
+            best = (val_loss, copy.deepcopy(module.state_dict()))
+            history.best_epoch = epoch
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        if bar is not None:
+            bar.update(1, f"loss {train_loss:.3g} val {val_loss:.3g}")
+        if on_epoch is not None:
+            on_epoch(epoch, train_loss)
+        if ckpt is not None and ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs):
+            _save_checkpoint(ckpt, module, opt, epoch, history)
+        if config.early_stopping and validation and epoch + 1 >= config.min_epochs and bad_epochs >= config.patience:
+            history.stopped_early = True
+            logger.info("early stopping at epoch %d (best %d)", epoch, history.best_epoch)
+            break
+    if bar is not None:
+        bar.close()
+    if config.early_stopping and validation and best[1] is not None:
+        module.load_state_dict(best[1])
+    module.eval()
+    return history
+
+
+@torch.no_grad()
+def _validate(module: SoScopeModule, batches: Sequence[SpotBatch]) -> float:
+    module.eval()
+    total, n = 0.0, 0
+    for b in batches:
+        k = int(b.loss_mask.sum()) if b.loss_mask is not None else b.n_spots
+        if k == 0:
+            continue
+        out = module.loss(b, kl_weight=1.0, image_reg_weight=0.0, sample=False)
+        total += float(out["reconstruction"] + out["kl"]) * k
+        n += k
+    module.train()
+    return total / max(n, 1)
+
+
+def _save_checkpoint(path: Path, module, opt, epoch: int, history: History) -> None:
+    """Write a checkpoint atomically (temporary file, then rename): an interrupted write leaves the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"module": module.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "history": history.as_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+class _progress:
+    """A small rich progress bar, or nothing when ``progress=False``."""
+
+    def __new__(cls, enabled: bool, total: int, description: str):
+        if not enabled:
+            return None
+        return super().__new__(cls)
+
+    def __init__(self, enabled: bool, total: int, description: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._p = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            transient=False,
+        )
+        self._p.start()
+        self._task = self._p.add_task(description, total=total, info="")
+
+    def update(self, n: int, info: str = "") -> None:
+        self._p.update(self._task, advance=n, info=info)
+
+    def close(self) -> None:
+        self._p.stop()
