@@ -92,7 +92,9 @@ def test_spot_graph_spacing_and_tolerance(hex_circles):
 
 
 # --------------------------------------------------------------------------------------- sub-spot graph
-@pytest.mark.parametrize(("theta", "scale", "jitter"), [(0.0, 1.0, 0.0), (0.3, 3.7, 0.0), (0.0, 1.0, 0.25)])
+@pytest.mark.parametrize(
+    ("theta", "scale", "jitter"), [(0.0, 1.0, 0.0), (0.3, 3.7, 0.0), (0.0, 1.0, 0.25), (0.2, 2.0, 0.5)]
+)
 def test_subspot_graph_hex7(hex_circles, theta, scale, jitter):
     spots = hex_circles(8, 8, theta=theta, scale=scale, jitter=jitter * scale)
     layout = make_subspots(spots, "hex7")
@@ -116,7 +118,7 @@ def test_subspot_graph_hex7(hex_circles, theta, scale, jitter):
             assert len(other) == 1
             (o,) = other
             assert layout.subspot[o] == (k - 1 + 3) % 6 + 1
-    # the graph does not change with jitter of 0.25% of the spacing (integer pixel rounding)
+    # the graph does not change with jitter of 0.25-0.5% of the spacing (integer pixel rounding)
     if jitter:
         exact = subspot_graph(make_subspots(hex_circles(8, 8, theta=theta, scale=scale), "hex7"))
         np.testing.assert_array_equal(edges, exact)
@@ -164,3 +166,14 @@ def test_subspot_graph_cells_and_tiny(square_spots):
     np.testing.assert_array_equal(edges, [[0, 2], [2, 0]])
     one = make_subspots(square_spots(1), "grid:1")
     assert subspot_graph(one).shape == (2, 0)
+
+
+def test_subspot_graph_exact_mode_and_errors(hex_circles):
+    layout = make_subspots(hex_circles(5, 5, theta=0.3), "rings:2")
+    # exact contact only: the same graph on a perfect lattice (float noise is tolerated)
+    np.testing.assert_array_equal(subspot_graph(layout, tolerance=0.0), subspot_graph(layout))
+    # a large min_shared keeps only long edges: the hexagon sides between neighbouring spots vanish
+    long_only = subspot_graph(layout, min_shared=40.0)
+    assert long_only.shape[1] == 0
+    with pytest.raises(SoscopeInputError, match="tolerance"):
+        subspot_graph(layout, tolerance=-1.0)

@@ -92,9 +92,20 @@ def test_hex7_footprint_weights(hex_circles, theta, scale):
     np.testing.assert_allclose(w[:, 0], 1.0, atol=1e-12)  # the centre hexagon lies inside the circle
     expected = (np.pi * r**2 - part) / 6 / part
     assert 0.14 < expected < 0.16
-    np.testing.assert_allclose(w[:, 1:], expected, rtol=2e-3)
+    np.testing.assert_allclose(w[:, 1:], expected, rtol=1e-9)  # exact: the overlap is analytic
     # the circle polygon has the circle's exact area, so the overlaps add up to pi r^2
     np.testing.assert_allclose((w * layout.area.reshape(-1, 7)).sum(1), np.pi * r**2, rtol=1e-9)
+
+
+@pytest.mark.parametrize(("scheme", "radius"), [("rings:2", 70.0), ("hex7", 45.0), ("grid:3", 40.0)])
+def test_circle_weights_match_shapely(hex_circles, scheme, radius):
+    # circles larger than the centre part, some even larger than the cell: every kind of crossing
+    spots = hex_circles(3, 3, radius=radius, theta=0.4, scale=1.3)
+    layout = make_subspots(spots, scheme)
+    disc = shapely.buffer(shapely.points(spot_centres(spots)), radius * 1.3, quad_segs=1024)
+    ref = shapely.area(shapely.intersection(layout.geometry, disc[layout.spot_index])) / layout.area
+    np.testing.assert_allclose(layout.footprint_weight, ref, atol=1e-5)
+    assert (layout.footprint_weight > 0).all() and (layout.footprint_weight < 1).any()
 
 
 @pytest.mark.parametrize("theta", [0.0, 0.3, -0.5])
@@ -279,6 +290,13 @@ def test_parse_auto(hex_circles, square_spots, square_circles):
     )
     assert parse_subspot_scheme("auto", beads) == "grid:2"
     assert make_subspots(hex_circles(3, 3), "auto").scheme == "hex7"
+    # hexagonal lattice of non-rectangular polygons (e.g. the circles drawn as polygons): hex7
+    polys = gpd.GeoDataFrame(geometry=spot_footprints(hex_circles(5, 5)))
+    assert parse_subspot_scheme("auto", polys) == "hex7"
+    by_poly, by_circle = make_subspots(polys, "auto"), make_subspots(hex_circles(5, 5), "hex7")
+    np.testing.assert_allclose(by_poly.area, by_circle.area, rtol=1e-9)
+    # (polygon footprints: shapely intersection with the 128-gon, close to the exact circle)
+    np.testing.assert_allclose(by_poly.footprint_weight, by_circle.footprint_weight, rtol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -340,6 +358,9 @@ def test_lattice_spacing(hex_circles):
     assert lattice_spacing(xy) == pytest.approx(250.0, rel=1e-9)
     dup = np.vstack([xy, xy[:3]])  # duplicated centres are ignored, not a spacing of 0
     assert lattice_spacing(dup) == pytest.approx(250.0, rel=1e-9)
+    # position jitter does not bias it (the nearest of 6 jittered neighbours would be too close)
+    jittered = xy + np.random.default_rng(0).uniform(-2.5, 2.5, xy.shape)
+    assert lattice_spacing(jittered) == pytest.approx(250.0, rel=2e-3)
     with pytest.raises(SoscopeInputError, match="spacing"):
         lattice_spacing(xy[:1])
     with pytest.raises(SoscopeInputError):

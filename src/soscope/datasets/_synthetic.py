@@ -54,7 +54,9 @@ __all__ = ["synthetic"]
 
 _VISIUM_SPACING = 100.0
 _VISIUM_DIAMETER = 55.0
+#: amplitude of the ~25 µm field that roughens domain borders (relative to the smooth domain fields)
 _ROUGH = 1.1
+#: threshold of the island field (lower: more islands)
 _ISLAND = 1.7
 
 
@@ -99,13 +101,13 @@ class _Roles:
 # H&E-like archetypes: background (cytoplasm / stroma) RGB, nucleus RGB, nucleus radius µm, fibre strength,
 # fraction of cells whose nucleus is in the section plane, density (lattice keep probability)
 _ARCHETYPES = {
-    "epithelial": ((214, 146, 196), (92, 56, 148), 3.6, 0.0, 0.9, 0.80),
-    "stroma": ((236, 160, 184), (112, 64, 140), 2.6, 1.0, 0.8, 0.55),
-    "pale": ((243, 212, 228), (120, 84, 160), 3.0, 0.25, 0.8, 0.45),
-    "epithelial2": ((208, 142, 194), (88, 52, 150), 2.9, 0.0, 0.9, 0.95),
-    "dense": ((200, 128, 186), (84, 48, 136), 3.2, 0.1, 0.9, 0.95),
-    "muscle": ((226, 120, 150), (104, 60, 132), 2.4, 0.8, 0.85, 0.80),
-    "immune": ((186, 116, 180), (52, 30, 112), 2.3, 0.0, 0.95, 1.00),
+    "epithelial": ((214, 146, 196), (92, 56, 148), 3.6, 0.0, 0.95, 0.80),
+    "stroma": ((236, 160, 184), (112, 64, 140), 2.6, 1.0, 0.9, 0.55),
+    "pale": ((243, 212, 228), (120, 84, 160), 3.0, 0.25, 0.9, 0.45),
+    "epithelial2": ((198, 136, 200), (80, 46, 150), 2.7, 0.0, 0.95, 0.95),
+    "dense": ((200, 128, 186), (84, 48, 136), 3.2, 0.1, 0.95, 0.95),
+    "muscle": ((226, 120, 150), (104, 60, 132), 2.4, 0.8, 0.9, 0.80),
+    "immune": ((186, 116, 180), (52, 30, 112), 2.3, 0.0, 1.0, 1.00),
 }
 _DOMAIN_ORDER = ["epithelial", "stroma", "pale", "epithelial2", "dense"]
 
@@ -124,7 +126,8 @@ def _appearance(rng: np.random.Generator, roles: _Roles, n_types: int) -> dict[s
     return {
         "name": np.array(names),
         "bg": np.array([a[0] for a in arch], dtype=np.float32) + jitter(3.0, (n_types, 3)).astype(np.float32),
-        "nuc": np.array([a[1] for a in arch], dtype=np.float32) + jitter(3.0, (n_types, 3)).astype(np.float32),
+        "nuc": np.array([a[1] for a in arch], dtype=np.float32)
+        + jitter(3.0, (n_types, 3)).astype(np.float32),
         "nuc_r": np.array([a[2] for a in arch]),
         "fibre": np.array([a[3] for a in arch], dtype=np.float32),
         "fibre_dir": rng.integers(0, 2, n_types),
@@ -160,7 +163,9 @@ def _tissue(
     # domains: argmax of smooth fields, borders roughened at ~25 µm
     score = np.empty((roles.n_domain, len(x)))
     for d in range(roles.n_domain):
-        score[d] = _Field(rng, width, height, domain_size)(x, y) + _ROUGH * _Field(rng, width, height, 25.0)(x, y)
+        smooth = _Field(rng, width, height, domain_size)
+        rough = _Field(rng, width, height, 25.0)
+        score[d] = smooth(x, y) + _ROUGH * rough(x, y)
     ctype = np.argmax(score, axis=0).astype(np.int16) if roles.n_domain > 1 else np.zeros(len(x), np.int16)
     # thin layers along level sets of a smooth field (signed distance ≈ (f - c) / |grad f|)
     if roles.layer is not None:
@@ -186,7 +191,11 @@ def _tissue(
 
 # -------------------------------------------------------------------------------------------- profiles
 def _profiles(
-    rng: np.random.Generator, n_types: int, n_features: int, informative_fraction: float, counts_per_cell: float
+    rng: np.random.Generator,
+    n_types: int,
+    n_features: int,
+    informative_fraction: float,
+    counts_per_cell: float,
 ) -> dict[str, np.ndarray]:
     n_inf = int(round(informative_fraction * n_features))
     informative = np.zeros(n_features, dtype=bool)
@@ -299,7 +308,9 @@ def _truth(
     n_types = prof["profiles"].shape[0]
     m = layout.n_subspots
     tree = shapely.STRtree(layout.geometry)
-    ci, si = tree.query(shapely.points(cells_px), predicate="within")
+    ci, si = tree.query(shapely.points(cells_px), predicate="intersects")
+    order = np.lexsort((si, ci))
+    ci, si = ci[order], si[order]
     ci, first = np.unique(ci, return_index=True)  # a centre on a shared border goes to one sub-spot
     si = si[first]
     if radius_px is None:
@@ -428,7 +439,7 @@ def synthetic(
     counts_per_cell: float = 400.0,
     domain_size: float = 200.0,
 ):
-    """A synthetic spatial omics sample with an H&E-like image and the true sub-spot counts.
+    """Make a synthetic spatial omics sample with an H&E-like image and the true sub-spot counts.
 
     Parameters
     ----------
@@ -483,12 +494,13 @@ def synthetic(
       int32), ``layers["mean"]`` expected counts (float32), ``layers["footprint"]`` the part of the counts
       inside the parent's footprint; ``obs``: ``spot_id``, ``subspot``, ``section``, ``n_cells``,
       ``cell_type`` (dominant), ``cell_type_fraction`` (its share); ``obsm["cell_type_fractions"]``;
-      ``uns["subspots"]`` (``scheme``, ``spots``).
+      ``uns["subspots"]`` (``scheme``, ``spots``, ``spacing`` in pixels).
 
     With ``n_sections > 1`` the elements of section ``S`` (``"A"``, ``"B"``, ...) are ``image_S``,
     ``spots_S``, ``spots_S_truth_subspots``; ``table`` and ``truth`` annotate all sections (obs
     ``section``, ``region``). All elements have a ``Scale`` (µm per pixel) to ``"global"``; sections lie
     side by side there (a ``Sequence`` with a ``Translation``).
+
     """
     import anndata as ad
     import geopandas as gpd
@@ -538,8 +550,9 @@ def synthetic(
     gap_um = 2 * spacing
     for si, sec in enumerate(sections):
         sec_rng = np.random.default_rng([seed, si + 1])
-        cells_um, ctype = _tissue(sec_rng, width, height, roles, look, cell_spacing=cell_spacing,
-                                  domain_size=domain_size)
+        cells_um, ctype = _tissue(
+            sec_rng, width, height, roles, look, cell_spacing=cell_spacing, domain_size=domain_size
+        )
         grad_field = _Field(sec_rng, width, height, 1500.0)
         capture_field = _Field(sec_rng, width, height, 800.0)
         cells_px = cells_um / mpp
@@ -556,8 +569,16 @@ def synthetic(
         gdf = _spots_gdf(spot_px, size / mpp, kind, ids, rows, cols)
         layout = make_subspots(gdf, scheme, spacing=spacing / mpp)
         x, foot, mean, tc, n_foot_cells_sub = _truth(
-            sec_rng, layout, spot_px, size / mpp / 2 if kind == "circles" else None, cells_px, ctype, prof,
-            grad_field, capture_field, mpp,
+            sec_rng,
+            layout,
+            spot_px,
+            size / mpp / 2 if kind == "circles" else None,
+            cells_px,
+            ctype,
+            prof,
+            grad_field,
+            capture_field,
+            mpp,
         )
         agg = sp.csr_matrix(
             (np.ones(layout.n_subspots, dtype=np.int64), (layout.spot_index, np.arange(layout.n_subspots))),
@@ -572,14 +593,18 @@ def synthetic(
             low = np.floor(scaled)
             spot_counts = (low + (sec_rng.random(scaled.shape) < (scaled - low))).astype(np.int64)
         counts_list.append(sp.csr_matrix(spot_counts.astype(np.int32)))
-        obs_list.append(pd.DataFrame({
-            "spot_id": ids,
-            "region": spots_name,
-            "section": sec,
-            "array_row": rows,
-            "array_col": cols,
-            "n_cells": n_cells_spot.astype(np.int64),
-        }))
+        obs_list.append(
+            pd.DataFrame(
+                {
+                    "spot_id": ids,
+                    "region": spots_name,
+                    "section": sec,
+                    "array_row": rows,
+                    "array_col": cols,
+                    "n_cells": n_cells_spot.astype(np.int64),
+                }
+            )
+        )
         shapes[spots_name] = ShapesModel.parse(gdf, transformations=tr)
         m = layout.n_subspots
         sub_ids = np.arange(sub_offset, sub_offset + m)
@@ -593,17 +618,21 @@ def synthetic(
         with np.errstate(invalid="ignore", divide="ignore"):
             frac = np.where(ncell[:, None] > 0, tc / np.maximum(ncell, 1)[:, None], 0.0)
         dom = np.argmax(tc, axis=1)
-        truth_obs.append(pd.DataFrame({
-            "subspot_id": sub_ids,
-            "region": truth_name,
-            "spot_id": ids[layout.spot_index],
-            "subspot": layout.subspot.astype(np.int64),
-            "section": sec,
-            "n_cells": ncell.astype(np.int64),
-            "cell_type": [f"type_{i}" for i in dom],
-            "cell_type_fraction": frac[np.arange(m), dom],
-            "footprint_weight": layout.footprint_weight,
-        }))
+        truth_obs.append(
+            pd.DataFrame(
+                {
+                    "subspot_id": sub_ids,
+                    "region": truth_name,
+                    "spot_id": ids[layout.spot_index],
+                    "subspot": layout.subspot.astype(np.int64),
+                    "section": sec,
+                    "n_cells": ncell.astype(np.int64),
+                    "cell_type": [f"type_{i}" for i in dom],
+                    "cell_type_fraction": frac[np.arange(m), dom],
+                    "footprint_weight": layout.footprint_weight,
+                }
+            )
+        )
         truth_x.append(x)
         truth_foot.append(foot)
         truth_mean.append(mean)
@@ -634,13 +663,27 @@ def synthetic(
     obs["region"] = pd.Categorical(obs["region"], categories=regions)
     obs["section"] = pd.Categorical(obs["section"], categories=sections)
     params = {
-        "n_spots": int(n_spots), "n_features": int(n_features), "k": int(k), "image": bool(image),
-        "seed": int(seed), "n_types": int(n_types), "informative_fraction": float(informative_fraction),
-        "section_bias": float(bias), "n_sections": int(n_sections), "microns_per_pixel": mpp,
-        "spot_size_um": float(size), "spacing_um": float(spacing), "spot_kind": kind, "scheme": scheme,
-        "cell_spacing_um": float(cell_spacing), "counts_per_cell": float(counts_per_cell),
-        "domain_size_um": float(domain_size), "sections": sections, "regions": regions,
-        "cell_types": [f"type_{i}" for i in range(n_types)], "cell_type_looks": list(look["name"]),
+        "n_spots": int(n_spots),
+        "n_features": int(n_features),
+        "k": int(k),
+        "image": bool(image),
+        "seed": int(seed),
+        "n_types": int(n_types),
+        "informative_fraction": float(informative_fraction),
+        "section_bias": float(bias),
+        "n_sections": int(n_sections),
+        "microns_per_pixel": mpp,
+        "spot_size_um": float(size),
+        "spacing_um": float(spacing),
+        "spot_kind": kind,
+        "scheme": scheme,
+        "cell_spacing_um": float(cell_spacing),
+        "counts_per_cell": float(counts_per_cell),
+        "domain_size_um": float(domain_size),
+        "sections": sections,
+        "regions": regions,
+        "cell_types": [f"type_{i}" for i in range(n_types)],
+        "cell_type_looks": list(look["name"]),
         "type_profiles": prof["profiles"].astype(np.float32),
     }
     table = ad.AnnData(X=sp.vstack(counts_list).tocsr(), obs=obs, var=var)
@@ -657,7 +700,7 @@ def synthetic(
     truth.layers["mean"] = np.vstack(truth_mean)
     truth.layers["footprint"] = np.vstack(truth_foot)
     truth.obsm["cell_type_fractions"] = np.vstack(fracs)
-    truth.uns["subspots"] = {"scheme": scheme, "spots": regions}
+    truth.uns["subspots"] = {"scheme": scheme, "spots": regions, "spacing": float(spacing / mpp)}
     truth = TableModel.parse(truth, region=truth_regions, region_key="region", instance_key="subspot_id")
 
     return SpatialData(images=images, shapes=shapes, tables={"table": table, "truth": truth})

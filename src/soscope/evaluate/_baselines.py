@@ -32,7 +32,9 @@ def _counts(spot_counts, layout: SubspotLayout) -> np.ndarray:
 
 
 def _footprint_area(layout: SubspotLayout) -> np.ndarray:
-    fa = np.bincount(layout.spot_index, weights=layout.area * layout.footprint_weight, minlength=layout.n_spots)
+    fa = np.bincount(
+        layout.spot_index, weights=layout.area * layout.footprint_weight, minlength=layout.n_spots
+    )
     if np.any(fa <= 0):
         raise SoscopeInputError(
             f"{int((fa <= 0).sum())} spot(s) have no sub-spot area inside their footprint, so their density "
@@ -83,6 +85,7 @@ def gaussian_interpolation(
     Returns
     -------
     ``(M, F)`` float32 expected counts.
+
     """
     d = spot_density(spot_counts, layout)
     c = np.asarray(spot_centres, dtype=np.float64)
@@ -92,7 +95,9 @@ def gaussian_interpolation(
         sigma = 0.45 * lattice_spacing(c) if len(c) > 1 else 1.0
     if not sigma > 0:
         raise SoscopeInputError(f"`sigma` must be positive; got {sigma!r}.")
-    pairs = cKDTree(layout.centroid).sparse_distance_matrix(cKDTree(c), truncate * sigma, output_type="ndarray")
+    pairs = cKDTree(layout.centroid).sparse_distance_matrix(
+        cKDTree(c), truncate * sigma, output_type="ndarray"
+    )
     w = np.exp(-0.5 * (pairs["v"] / sigma) ** 2)
     m = layout.n_subspots
     W = sp.csr_matrix((w, (pairs["i"], pairs["j"])), shape=(m, layout.n_spots))
@@ -138,12 +143,14 @@ def image_regression(
     Returns
     -------
     ``(M, F)`` float32 expected counts (densities clipped at 0, times area).
+
     """
     d = spot_density(spot_counts, layout)
     z = np.asarray(subspot_features, dtype=np.float64)
     if z.ndim != 2 or z.shape[0] != layout.n_subspots:
         raise SoscopeInputError(
-            f"`subspot_features` must be (n_subspots, D) with n_subspots = {layout.n_subspots}; got {z.shape}."
+            f"`subspot_features` must be (n_subspots, D) with n_subspots = {layout.n_subspots}; "
+            f"got {z.shape}."
         )
     col_mean = np.nanmean(z, axis=0) if np.isfinite(z).any() else np.zeros(z.shape[1])
     col_mean = np.where(np.isfinite(col_mean), col_mean, 0.0)
@@ -156,7 +163,9 @@ def image_regression(
         sd = z.std(axis=0)
         z = (z - z.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     wa = layout.area * layout.footprint_weight
-    agg = sp.csr_matrix((wa, (layout.spot_index, np.arange(layout.n_subspots))), shape=(layout.n_spots, len(wa)))
+    agg = sp.csr_matrix(
+        (wa, (layout.spot_index, np.arange(layout.n_subspots))), shape=(layout.n_spots, len(wa))
+    )
     x = np.asarray(agg @ z) / _footprint_area(layout)[:, None]
     xm, ym = x.mean(axis=0), d.mean(axis=0)
     xc, yc = x - xm, d - ym

@@ -78,6 +78,7 @@ def pearson_per_feature(pred, truth) -> np.ndarray:
     Returns
     -------
     ``(F,)`` correlations; NaN where either column is constant.
+
     """
     p, t = _pair(pred, truth)
     return _corr_columns(p, t)
@@ -118,6 +119,7 @@ def rmse_normalised(pred, truth, *, method: str = "log1p", target_sum: float | N
     Returns
     -------
     ``(F,)`` RMSE values (lower is better).
+
     """
     p, t = _pair(pred, truth)
     if method == "log1p":
@@ -169,12 +171,16 @@ def _raster_index(centroids: np.ndarray, grid_size: float | None, max_pixels: in
 
 
 def _ssim_stack(a: np.ndarray, b: np.ndarray, win_size: int, data_range: float) -> np.ndarray:
-    """SSIM maps of (H, W, C) stacks, the formula and defaults of ``skimage.metrics.structural_similarity``."""
+    """SSIM maps of (H, W, C) stacks: formula and defaults of ``skimage.metrics.structural_similarity``."""
     size = (win_size, win_size, 1)
     np_ = win_size**2
     cov_norm = np_ / (np_ - 1.0)
     ux, uy = uniform_filter(a, size=size), uniform_filter(b, size=size)
-    uxx, uyy, uxy = uniform_filter(a * a, size=size), uniform_filter(b * b, size=size), uniform_filter(a * b, size=size)
+    uxx, uyy, uxy = (
+        uniform_filter(a * a, size=size),
+        uniform_filter(b * b, size=size),
+        uniform_filter(a * b, size=size),
+    )
     vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
@@ -212,11 +218,12 @@ def ssim_maps(
     max_pixels
         Upper bound on the grid's pixel count.
     chunk
-        Features rasterised at once (bounds memory to ``pixels × chunk``).
+        Most features rasterised at once (fewer on large grids; memory ~ ``10 × pixels × chunk × 8`` bytes).
 
     Returns
     -------
     ``(F,)`` SSIM in [-1, 1]; 1 for identical maps; NaN where either map is constant.
+
     """
     p, t = _pair(pred, truth)
     c = np.asarray(centroids, dtype=np.float64)
@@ -224,6 +231,7 @@ def ssim_maps(
         raise SoscopeInputError(f"`centroids` has {len(c)} rows but `pred` has {p.shape[0]} sub-spots.")
     idx, mask = _raster_index(c, grid_size, max_pixels, win_size)
     n_mask = max(int(mask.sum()), 1)
+    chunk = max(1, min(chunk, 2_000_000 // idx.size))  # ~10 float64 stacks of pixels x chunk in memory
     out = np.full(p.shape[1], np.nan)
     for s in range(0, p.shape[1], chunk):
         pc, tc = p[:, s : s + chunk], t[:, s : s + chunk]
@@ -266,6 +274,7 @@ def summary(
     ``{"n_features": F, "mean": {method: {metric: mean}}, "median": {...},
     "beats": {other_method: {metric: share}}}`` (NaN features ignored; a share counts the features
     where both methods have a value). With single-method columns the method is ``"value"``.
+
     """
     direction = {"pearson": True, "spearman": True, "ssim": True, "rmse": False}
     if higher_is_better:
@@ -279,12 +288,18 @@ def summary(
         table.setdefault(method or "value", {})[metric] = col
     out: dict = {"n_features": int(len(per_feature)), "mean": {}, "median": {}, "beats": {}}
     for method, cols in table.items():
-        out["mean"][method] = {m: float(np.nanmean(per_feature[c].to_numpy(float))) if
-                               np.isfinite(per_feature[c].to_numpy(float)).any() else float("nan")
-                               for m, c in cols.items()}
-        out["median"][method] = {m: float(np.nanmedian(per_feature[c].to_numpy(float))) if
-                                 np.isfinite(per_feature[c].to_numpy(float)).any() else float("nan")
-                                 for m, c in cols.items()}
+        out["mean"][method] = {
+            m: float(np.nanmean(per_feature[c].to_numpy(float)))
+            if np.isfinite(per_feature[c].to_numpy(float)).any()
+            else float("nan")
+            for m, c in cols.items()
+        }
+        out["median"][method] = {
+            m: float(np.nanmedian(per_feature[c].to_numpy(float)))
+            if np.isfinite(per_feature[c].to_numpy(float)).any()
+            else float("nan")
+            for m, c in cols.items()
+        }
     if reference in table:
         for method, cols in table.items():
             if method == reference:

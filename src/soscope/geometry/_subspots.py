@@ -13,8 +13,10 @@ Conventions
   neighbours. The lattice orientation is estimated once per call from the directions between
   neighbouring centres (the phase of the 6-fold, resp. 4-fold, bond-orientational order parameter), so
   rotated slides and pixel coordinates work; with no clear order the cell is axis aligned.
-* The *footprint* of a spot is what it measured: the circle for circles (a 128-gon whose area equals
-  ``pi * r**2`` exactly), the polygon itself otherwise.
+* The *footprint* of a spot is what it measured: the circle for circles, the polygon itself otherwise.
+  Footprint weights of generated parts against circles are exact (analytic disc & polygon area, in
+  numpy); ``"cells"`` layouts and polygon spots use shapely intersections, circles there being 128-gons
+  scaled to the circle's exact area (:func:`spot_footprints`).
 """
 
 from __future__ import annotations
@@ -419,27 +421,22 @@ def parse_subspot_scheme(
     raise SoscopeInputError(f"Unknown sub-spot scheme {scheme!r}; valid: {_VALID}.")
 
 
-def _assemble(
+def _cells_layout(
     geoms: np.ndarray,
     spot_index: np.ndarray,
     n_spots: int,
-    footprints: np.ndarray | None,
+    footprints: np.ndarray,
     scheme: str,
-    source_index: np.ndarray | None = None,
+    source_index: np.ndarray,
 ) -> SubspotLayout:
-    """Fill areas, centroids, offsets and footprint weights (1 where ``footprints`` is None)."""
+    """Ragged layout of given polygons sorted by parent; areas, centroids and weights via shapely."""
     spot_index = np.asarray(spot_index, dtype=np.int64)
     counts = np.bincount(spot_index, minlength=n_spots)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     subspot = (np.arange(len(spot_index)) - offsets[spot_index]).astype(np.int32)
     area = shapely.area(geoms).astype(np.float64)
-    if footprints is None:
-        weight = np.ones(len(geoms))
-    else:
-        inside = shapely.area(shapely.intersection(geoms, footprints[spot_index]))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            weight = np.where(area > 0, inside / np.where(area > 0, area, 1.0), 0.0)
-        weight = np.clip(weight, 0.0, 1.0)
+    inside = shapely.area(shapely.intersection(geoms, footprints[spot_index]))
+    weight = np.clip(np.where(area > 0, inside / np.where(area > 0, area, 1.0), 0.0), 0.0, 1.0)
     centroid = shapely.get_coordinates(shapely.centroid(geoms)).reshape(len(geoms), 2)
     return SubspotLayout(
         geometry=np.asarray(geoms, dtype=object),
@@ -450,7 +447,7 @@ def _assemble(
         footprint_weight=weight.astype(np.float64),
         centroid=centroid.astype(np.float64),
         scheme=scheme,
-        source_index=None if source_index is None else np.asarray(source_index, dtype=np.int64),
+        source_index=np.asarray(source_index, dtype=np.int64),
     )
 
 
@@ -543,8 +540,17 @@ def make_subspots(
     -------
     SubspotLayout
         Sorted by spot, then sub-spot. ``footprint_weight`` is
-        ``area(polygon & parent footprint) / area(polygon)`` (1 by construction for grid parts of
-        polygon spots, which tile their spot).
+        ``area(polygon & parent footprint) / area(polygon)``: exact for circles, 1 by construction for
+        grid parts of polygon spots (which tile their spot). Areas and centroids of generated parts are
+        computed from their vertices relative to the spot centre, so they stay exact in large pixel
+        coordinates.
+
+    Raises
+    ------
+    SoscopeInputError
+        For an unknown scheme, unusable spots (empty, mixed geometry types, points without ``radius``),
+        ``grid:K`` on polygons that are not convex quadrilaterals, ``"cells"`` without ``cells`` or with
+        no cell inside any spot.
 
     """
     kind = _spot_kind(spots)
@@ -559,7 +565,7 @@ def make_subspots(
                 f'subspots="{scheme}" needs the cell polygons: pass `cells=` (a GeoDataFrame).'
             )
         polys, parent, source = _assign_cells(spots, kind, xy, cells, spacing)
-        return _assemble(polys, parent, n, footprints, scheme, source_index=source)
+        return _cells_layout(polys, parent, n, footprints, scheme, source)
 
     # circles: exact analytic overlap with the disc; polygons: shapely intersection with the polygon
     weights = (

@@ -8,6 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._errors import SoscopeInputError
+from ..io import is_integer_valued
 from ..module import LIKELIHOODS
 
 logger = logging.getLogger("soscope")
@@ -18,12 +19,6 @@ _CHROMATIN_WORDS = ("peak", "atac", "chromatin", "cut&tag", "cuttag", "fragment"
 def _sample_values(x, max_values: int = 2_000_000) -> np.ndarray:
     data = x.data if sp.issparse(x) else np.asarray(x).ravel()
     return np.asarray(data[:max_values], dtype=np.float64)
-
-
-def is_integer_valued(x) -> bool:
-    """Whether every (sampled) stored value is a whole number."""
-    v = _sample_values(x)
-    return bool(np.all(np.abs(v - np.round(v)) < 1e-6))
 
 
 def choose_likelihood(x, modality: str) -> tuple[str, str]:

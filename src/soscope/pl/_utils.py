@@ -36,7 +36,8 @@ def save_figure(fig: Any, save: str | os.PathLike | None, dpi: float | None = No
     if not path.suffix:
         path = path.with_suffix(".png")
     # Figure.savefig picks the Agg canvas for raster formats itself: no backend selection needed.
-    fig.savefig(path, dpi=dpi or fig.dpi, bbox_inches="tight", facecolor="white")
+    # The figures use constrained layout: no `bbox_inches="tight"` (it would draw everything twice).
+    fig.savefig(path, dpi=dpi or fig.dpi, facecolor="white")
 
 
 def axes_list(ax: Any, n: int, what: str) -> list:
@@ -82,11 +83,20 @@ def shapes_polygons(gdf: Any) -> np.ndarray:
     return geoms
 
 
-def transformed_areas(geoms: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Polygon areas in the target coordinate system (intrinsic area times |det| of the linear part)."""
+def shapes_areas(gdf: Any, geoms: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Areas in the target coordinate system: intrinsic area times |det| of the linear part.
+
+    Circles (Point + ``radius``) get the exact ``pi r^2``, not the area of their drawn polygon.
+    """
     import shapely
 
-    return shapely.area(geoms) * abs(float(np.linalg.det(matrix[:2, :2])))
+    area = shapely.area(geoms)
+    if len(gdf) and "radius" in gdf.columns:
+        points = shapely.get_type_id(np.asarray(gdf.geometry.values, dtype=object)) == 0
+        if points.any():
+            r = np.asarray(gdf["radius"], dtype=float)
+            area = np.where(points, np.pi * r**2, area)
+    return area * abs(float(np.linalg.det(matrix[:2, :2])))
 
 
 def polygon_vertices(geoms: np.ndarray, matrix: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
@@ -107,6 +117,33 @@ def polygon_vertices(geoms: np.ndarray, matrix: np.ndarray) -> tuple[list[np.nda
     verts = np.split(coords, cuts)
     present = ring_of[np.r_[0, cuts]] if len(ring_of) else np.zeros(0, np.int64)
     return verts, np.asarray(owner)[present]
+
+
+def polygon_paths(verts: Sequence[np.ndarray]) -> list:
+    """Closed matplotlib paths from closed rings (first vertex repeated last), made in bulk.
+
+    Building 30k ``Path`` objects through the checked constructor takes seconds; the codes are shared per
+    ring length and the paths built with matplotlib's own fast constructor when it exists.
+    """
+    from matplotlib.path import Path
+
+    fast = getattr(Path, "_fast_from_codes_and_verts", None)
+    codes: dict[int, np.ndarray] = {}
+    out = []
+    template = Path(np.zeros((2, 2)))
+    for v in verts:
+        n = len(v)
+        c = codes.get(n)
+        if c is None:
+            c = np.full(n, Path.LINETO, dtype=Path.code_type)
+            c[0] = Path.MOVETO
+            c[-1] = Path.CLOSEPOLY
+            codes[n] = c
+        if fast is not None:
+            out.append(fast(v, c, internals_from=template))
+        else:  # pragma: no cover - future matplotlib without the private constructor
+            out.append(Path(v, c))
+    return out
 
 
 def as_list(x: str | Sequence[str] | None) -> list[str] | None:

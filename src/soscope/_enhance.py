@@ -1,0 +1,103 @@
+"""``soscope.enhance``: the one-call path from a SpatialData to sub-spot shapes and enhanced tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ._errors import SoscopeInputError
+
+
+def enhance(
+    sdata,
+    *,
+    table: str | None = None,
+    spots: str | list[str] | None = None,
+    image: str | None | bool = None,
+    layer: str | None = None,
+    subspots: str = "auto",
+    likelihood: str | dict = "auto",
+    sections: list[str] | None = None,
+    section_key: str | None = None,
+    batch_key: str | None = None,
+    model: Any = None,
+    key_added: str = "soscope",
+    coordinate_system: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+    inplace: bool = True,
+    overwrite: bool = False,
+    n_samples: int = 0,
+    **model_kwargs,
+):
+    """Enhance every spot into sub-spots and write the results into ``sdata``.
+
+    Adds shapes ``f"{spots}_{key_added}"`` (one polygon per sub-spot, columns ``spot_id`` and
+    ``subspot``, the spots' transformations) and a table ``f"{table}_{key_added}"`` annotating them
+    (one per modality, suffixed with the modality, for multi-omics tables), with ``X`` the expected
+    counts in each sub-spot polygon and ``uns["soscope"]`` every parameter, the version and the training
+    history. When ``sdata`` is backed by a zarr store the results are written to it atomically.
+
+    Parameters
+    ----------
+    sdata
+        The SpatialData.
+    table, spots, image, layer, coordinate_system
+        Elements to use; optional when unambiguous (the error lists the candidates otherwise).
+        ``image=False`` ignores images.
+    subspots
+        ``"auto"`` (hex7 for circles on a hexagonal lattice, ``grid:3`` for squares), ``"hex7"``,
+        ``"grid:K"``, ``"rings:N"``, or the name of a shapes element of cells.
+    likelihood
+        ``"auto"``, ``"nb"``, ``"zinb"``, ``"poisson"``, ``"bernoulli"``, ``"gaussian"``, or a dict
+        modality → name.
+    sections, section_key, batch_key
+        Sections to use (regions, or values of ``obs[section_key]``); per-spot batch labels.
+    model
+        None (train on this data), a trained :class:`~soscope.SoScope`, or a path saved by
+        :meth:`~soscope.SoScope.save`.
+    key_added
+        Suffix of the written elements.
+    epochs
+        Training epochs (default: automatic from the number of spots).
+    batch_size
+        Not used yet beyond validation (reserved for the spots per training step).
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    seed
+        Random seed (results are deterministic on CPU).
+    progress
+        Show progress bars.
+    inplace
+        Write into ``sdata``; otherwise return a new in-memory SpatialData with the results.
+    overwrite
+        Replace existing elements with the output names that soscope did not write.
+    n_samples
+        When > 0, add ``layers["std"]`` from this many posterior samples.
+    **model_kwargs
+        Passed to :class:`~soscope.SoScope` (e.g. ``use_image``, ``n_latent``, ``image_features``).
+
+    Returns
+    -------
+    The SpatialData with the results (``sdata`` itself when ``inplace``).
+    """
+    from .model import SoScope
+
+    if batch_size is not None and batch_size < 1:
+        raise SoscopeInputError(f"batch_size must be a positive number of spots, got {batch_size}")
+    selection = dict(table=table, spots=spots, image=image, layer=layer, sections=sections, section_key=section_key, coordinate_system=coordinate_system)
+    if model is None:
+        m = SoScope(
+            sdata, subspots=subspots, likelihood=likelihood, batch_key=batch_key, seed=seed, device=device,
+            progress=progress, **selection, **model_kwargs,
+        )  # fmt: skip
+        m.train(epochs=epochs)
+        return m.enhance(key_added=key_added, n_samples=n_samples, overwrite=overwrite, inplace=inplace)
+    if isinstance(model, (str, Path)):
+        model = SoScope.load(model, device=device, progress=progress)
+    if not isinstance(model, SoScope):
+        raise SoscopeInputError(f"model must be None, a SoScope or a path saved by SoScope.save, not {type(model).__name__}")
+    return model.enhance(sdata, key_added=key_added, n_samples=n_samples, overwrite=overwrite, inplace=inplace, **{k: v for k, v in selection.items() if v is not None})

@@ -1,0 +1,339 @@
+"""Pseudo-spots: coarse spots with known sub-spot truth, built from high-resolution data (cells or bins).
+
+The field's protocol (iStar, Thor, SuperResolvedST, soScope): a pseudo-spot's counts are the sum of the
+cells (or bins) whose centre lies in its footprint — a 55 µm circle on a 100 µm hexagonal lattice, or a
+coarse square bin — and the truth of a sub-spot is the sum of the cells whose centre lies in its polygon.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import shapely
+from scipy.spatial import cKDTree
+
+from .._errors import SoscopeInputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from spatialdata import SpatialData
+
+__all__ = ["pseudo_spots"]
+
+
+def _pick_table(sdata: SpatialData, table: str | None) -> str:
+    names = list(sdata.tables.keys())
+    if table is None:
+        if len(names) == 1:
+            return names[0]
+        raise SoscopeInputError(
+            f"Several tables ({names}) could hold the high-resolution profiles; set `table=` to one of them."
+            if names
+            else "The SpatialData has no table: pseudo-spots need a table of cell (or bin) profiles."
+        )
+    if table not in sdata.tables:
+        raise SoscopeInputError(f"No table named {table!r}; set `table=` to one of {names}.")
+    return table
+
+
+def _affine(element: Any, cs: str) -> np.ndarray:
+    from spatialdata.transformations import get_transformation
+
+    t = get_transformation(element, to_coordinate_system=cs)
+    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)
+
+
+def _element_centroids(element: Any, ids: pd.Index, name: str) -> np.ndarray:
+    """``(n, 2)`` intrinsic centres of the element's members ``ids`` (shapes: centroids; points: x, y)."""
+    import geopandas as gpd
+
+    if isinstance(element, gpd.GeoDataFrame):
+        missing = ~ids.isin(element.index)
+        if missing.any():
+            raise SoscopeInputError(
+                f"{int(missing.sum())} table rows name instances missing from {name!r} (e.g. "
+                f"{list(ids[missing][:3])}); the table's instance key must match the element's index."
+            )
+        geoms = np.asarray(element.geometry.loc[ids].values, dtype=object)
+        return shapely.get_coordinates(shapely.centroid(geoms)).reshape(len(ids), 2)
+    # points (dask dataframe)
+    try:
+        df = element.compute() if hasattr(element, "compute") else element
+        xy = df[["x", "y"]]
+    except Exception as err:  # pragma: no cover - defensive
+        raise SoscopeInputError(
+            f"Element {name!r} is neither shapes nor points; pseudo-spots need cell/bin centres."
+        ) from err
+    missing = ~ids.isin(xy.index)
+    if missing.any():
+        raise SoscopeInputError(
+            f"{int(missing.sum())} table rows name instances missing from the points {name!r}; the table's "
+            "instance key must match the points' index."
+        )
+    return xy.loc[ids].to_numpy(dtype=np.float64)
+
+
+def _common_cs(sdata: SpatialData, names: list[str], coordinate_system: str | None) -> str:
+    from spatialdata.transformations import get_transformation
+
+    systems = [set(get_transformation(sdata[n], get_all=True)) for n in names]
+    common = set.intersection(*systems)
+    if coordinate_system is not None:
+        if coordinate_system not in common:
+            raise SoscopeInputError(
+                f"Coordinate system {coordinate_system!r} is not shared by {names}; shared: {sorted(common)}."
+            )
+        return coordinate_system
+    if len(common) == 1:
+        return next(iter(common))
+    if "global" in common:
+        return "global"
+    raise SoscopeInputError(
+        f"Elements {names} share the coordinate systems {sorted(common)}; set `coordinate_system=` to one."
+        if common
+        else f"Elements {names} share no coordinate system; pseudo-spots need one common system."
+    )
+
+
+def pseudo_spots(
+    sdata: SpatialData,
+    *,
+    table: str | None = None,
+    spot_diameter: float | None = None,
+    spacing: float,
+    lattice: str = "hex",
+    subspots: str = "auto",
+    coordinate_system: str | None = None,
+    image: str | None = None,
+    layer: str | None = None,
+    min_cells: int = 1,
+) -> SpatialData:
+    """Coarse pseudo-spots with sub-spot truth from high-resolution data.
+
+    Parameters
+    ----------
+    sdata
+        Holds a table of high-resolution profiles (cells, bins) annotating one or more shapes (circles,
+        polygons) or points elements; their centres (centroids) place the profiles.
+    table
+        That table's name (optional when there is only one table).
+    spot_diameter
+        Diameter of the circular pseudo-spots (``lattice="hex"``), in ``coordinate_system`` units
+        (Visium: 55 µm). Ignored for ``"square"``.
+    spacing
+        Lattice spacing (centre to centre; Visium: 100 µm); for ``"square"`` also the side of the squares,
+        which tile the plane.
+    lattice
+        ``"hex"``: circles on a hexagonal lattice (rows along x); ``"square"``: square bins.
+    subspots
+        Sub-spot scheme for :func:`soscope.geometry.make_subspots`; ``"auto"`` is ``"hex7"`` for circles and
+        ``"grid:3"`` for squares.
+    coordinate_system
+        The system in which spots are laid out (default: the only one shared by the elements, else
+        ``"global"``). The pseudo-spots get an ``Identity`` to it.
+    image
+        Name of an image element to carry over (as ``"image"``, with its transformations).
+    layer
+        Layer of the table holding counts (default ``X``).
+    min_cells
+        Pseudo-spots with fewer cells than this in their footprint are dropped (default: empty ones).
+
+    Returns
+    -------
+    A new SpatialData with the element names of :func:`soscope.datasets.synthetic`: ``"spots"`` (circles
+    with ``radius`` or square polygons; index ``spot_id``), ``"table"`` (summed counts of the cells whose
+    centre lies in the footprint; obs ``spot_id``, ``region``, ``n_cells``, ``array_row``, ``array_col``;
+    ``var`` of the input; ``uns["pseudo_spots"]``), ``"spots_truth_subspots"`` (sub-spot polygons, columns
+    ``spot_id``, ``subspot``) and ``"truth"`` (summed counts of the cells whose centre lies in each
+    sub-spot polygon; obs ``subspot_id``, ``spot_id``, ``subspot``, ``n_cells``, ``footprint_weight``;
+    ``uns["subspots"]``), plus ``"image"`` when asked.
+
+    """
+    import anndata as ad
+    import geopandas as gpd
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
+    from ..geometry import make_subspots
+
+    tname = _pick_table(sdata, table)
+    adata = sdata.tables[tname]
+    attrs = adata.uns.get("spatialdata_attrs", {})
+    region, region_key, instance_key = attrs.get("region"), attrs.get("region_key"), attrs.get("instance_key")
+    if region is None or instance_key is None:
+        raise SoscopeInputError(
+            f"Table {tname!r} does not annotate an element (no spatialdata_attrs region / instance_key); "
+            "parse it with spatialdata's TableModel(region=..., region_key=..., instance_key=...)."
+        )
+    regions = [region] if isinstance(region, str) else list(region)
+    missing = [r for r in regions if r not in sdata]
+    if missing:
+        raise SoscopeInputError(f"Table {tname!r} annotates {missing}, which are not in the SpatialData.")
+    if lattice not in ("hex", "square"):
+        raise SoscopeInputError(f"`lattice` must be 'hex' or 'square'; got {lattice!r}.")
+    if not (spacing and spacing > 0):
+        raise SoscopeInputError("`spacing` must be a positive number (centre-to-centre distance).")
+    if lattice == "hex":
+        if spot_diameter is None or not (0 < spot_diameter <= spacing):
+            raise SoscopeInputError(
+                "With lattice='hex' set `spot_diameter` to a positive value no larger than `spacing` "
+                "(Visium: spot_diameter=55, spacing=100 in µm)."
+            )
+    cs = _common_cs(sdata, regions + ([image] if image else []), coordinate_system)
+
+    # centres of every table row in the coordinate system
+    xy = np.empty((adata.n_obs, 2))
+    region_of_row = (
+        adata.obs[region_key].astype(str).to_numpy()
+        if region_key in adata.obs
+        else np.full(adata.n_obs, regions[0])
+    )
+    for r in regions:
+        rows = np.flatnonzero(region_of_row == r)
+        if len(rows) == 0:
+            continue
+        ids = pd.Index(adata.obs[instance_key].to_numpy()[rows])
+        local = _element_centroids(sdata[r], ids, r)
+        a = _affine(sdata[r], cs)
+        xy[rows] = local @ a[:2, :2].T + a[:2, 2]
+    finite = np.isfinite(xy).all(axis=1)
+    if not finite.any():
+        raise SoscopeInputError(f"No finite cell centres found for table {tname!r}.")
+    counts = adata.layers[layer] if layer is not None else adata.X
+    if layer is not None and layer not in adata.layers:
+        raise SoscopeInputError(f"Table {tname!r} has no layer {layer!r}; layers: {list(adata.layers)}.")
+    counts = sp.csr_matrix(counts)
+
+    # lattice covering the extent
+    lo, hi = xy[finite].min(axis=0), xy[finite].max(axis=0)
+    if lattice == "hex":
+        dy = spacing * np.sqrt(3) / 2
+        n_row = int(np.ceil((hi[1] - lo[1]) / dy)) + 2
+        n_col = int(np.ceil((hi[0] - lo[0]) / spacing)) + 2
+        rr, cc = np.divmod(np.arange(n_row * n_col), n_col)
+        centres = np.column_stack([lo[0] + cc * spacing + (rr % 2) * spacing / 2, lo[1] + rr * dy])
+        dist, nearest = cKDTree(centres).query(xy[finite])
+        in_foot = dist <= spot_diameter / 2
+        cell_spot = np.full(adata.n_obs, -1, dtype=np.int64)
+        cell_spot[np.flatnonzero(finite)[in_foot]] = nearest[in_foot]
+    else:
+        n_col = int(np.floor((hi[0] - lo[0]) / spacing)) + 1
+        n_row = int(np.floor((hi[1] - lo[1]) / spacing)) + 1
+        lo = lo - (np.array([n_col, n_row]) * spacing - (hi - lo)) / 2  # centre the grid on the data
+        rr, cc = np.divmod(np.arange(n_row * n_col), n_col)
+        centres = np.column_stack([lo[0] + (cc + 0.5) * spacing, lo[1] + (rr + 0.5) * spacing])
+        ij = np.floor((xy[finite] - lo) / spacing).astype(np.int64)
+        ij = np.minimum(ij, [n_col - 1, n_row - 1])
+        cell_spot = np.full(adata.n_obs, -1, dtype=np.int64)
+        cell_spot[finite] = ij[:, 1] * n_col + ij[:, 0]
+    n_in = np.bincount(cell_spot[cell_spot >= 0], minlength=len(centres))
+    keep = np.flatnonzero(n_in >= max(min_cells, 1))
+    if len(keep) == 0:
+        raise SoscopeInputError(
+            "No pseudo-spot holds a cell: check `spot_diameter`, `spacing` and the units."
+        )
+    new_id = np.full(len(centres), -1, dtype=np.int64)
+    new_id[keep] = np.arange(len(keep))
+    cs_spot = np.where(cell_spot >= 0, new_id[np.maximum(cell_spot, 0)], -1)
+    n_spots = len(keep)
+    c_keep = centres[keep]
+    if lattice == "hex":
+        gdf = gpd.GeoDataFrame(
+            {"radius": np.full(n_spots, spot_diameter / 2)}, geometry=shapely.points(c_keep)
+        )
+    else:
+        h = spacing / 2
+        gdf = gpd.GeoDataFrame(
+            geometry=shapely.box(c_keep[:, 0] - h, c_keep[:, 1] - h, c_keep[:, 0] + h, c_keep[:, 1] + h)
+        )
+    gdf["array_row"] = rr[keep].astype(np.int64)
+    gdf["array_col"] = cc[keep].astype(np.int64)
+    gdf.index = pd.Index(np.arange(n_spots), name="spot_id")
+
+    scheme = ("hex7" if lattice == "hex" else "grid:3") if subspots == "auto" else subspots
+    layout = make_subspots(gdf, scheme, spacing=spacing)
+    m = layout.n_subspots
+
+    # aggregation matrices (sparse; a cell counts once)
+    rows = np.flatnonzero(cs_spot >= 0)
+    a_spot = sp.csr_matrix((np.ones(len(rows)), (cs_spot[rows], rows)), shape=(n_spots, adata.n_obs))
+    fin = np.flatnonzero(finite)
+    ci, si = shapely.STRtree(layout.geometry).query(shapely.points(xy[fin]), predicate="intersects")
+    # a centre on a shared border goes to one sub-spot: one of its own spot's when it has one
+    other = layout.spot_index[si] != cs_spot[fin[ci]]
+    order = np.lexsort((si, other, ci))
+    ci, si = ci[order], si[order]
+    ci, first = np.unique(ci, return_index=True)
+    si = si[first]
+    a_sub = sp.csr_matrix((np.ones(len(ci)), (si, fin[ci])), shape=(m, adata.n_obs))
+    spot_x = (a_spot @ counts).tocsr()
+    sub_x = (a_sub @ counts).tocsr()
+    if np.issubdtype(counts.dtype, np.integer) or (counts.nnz == 0 or np.all(np.mod(counts.data, 1) == 0)):
+        spot_x = spot_x.astype(np.int64)
+        sub_x = sub_x.astype(np.int64)
+
+    tr = {cs: Identity()}
+    var = adata.var.copy()
+    obs = pd.DataFrame(
+        {
+            "spot_id": np.arange(n_spots, dtype=np.int64),
+            "region": pd.Categorical(["spots"] * n_spots),
+            "n_cells": np.asarray(a_spot.sum(axis=1)).ravel().astype(np.int64),
+            "array_row": gdf["array_row"].to_numpy(),
+            "array_col": gdf["array_col"].to_numpy(),
+        },
+        index=pd.Index([f"spot_{i}" for i in range(n_spots)]),
+    )
+    params = {
+        "source_table": tname,
+        "spot_diameter": float(spot_diameter) if spot_diameter else float(spacing),
+        "spacing": float(spacing),
+        "lattice": lattice,
+        "scheme": scheme,
+        "coordinate_system": cs,
+        "layer": layer or "X",
+        "min_cells": int(min_cells),
+    }
+    tab = ad.AnnData(X=spot_x, obs=obs, var=var)
+    tab.obsm["spatial"] = c_keep
+    tab.uns["pseudo_spots"] = params
+    tab = TableModel.parse(tab, region="spots", region_key="region", instance_key="spot_id")
+
+    spot_ids = layout.spot_index.astype(np.int64)
+    tobs = pd.DataFrame(
+        {
+            "subspot_id": np.arange(m, dtype=np.int64),
+            "region": pd.Categorical(["spots_truth_subspots"] * m),
+            "spot_id": spot_ids,
+            "subspot": layout.subspot.astype(np.int64),
+            "n_cells": np.asarray(a_sub.sum(axis=1)).ravel().astype(np.int64),
+            "footprint_weight": layout.footprint_weight,
+        },
+        index=pd.Index([f"subspot_{i}" for i in range(m)]),
+    )
+    truth = ad.AnnData(X=sub_x, obs=tobs, var=var.copy())
+    truth.uns["subspots"] = {"scheme": scheme, "spots": ["spots"], "spacing": float(spacing)}
+    truth = TableModel.parse(
+        truth, region="spots_truth_subspots", region_key="region", instance_key="subspot_id"
+    )
+
+    tgdf = gpd.GeoDataFrame(
+        {"spot_id": spot_ids, "subspot": layout.subspot.astype(np.int64)}, geometry=list(layout.geometry)
+    )
+    tgdf.index = pd.Index(np.arange(m), name="subspot_id")
+    images = {}
+    if image is not None:
+        if image not in sdata.images:
+            raise SoscopeInputError(f"No image named {image!r}; images: {list(sdata.images)}.")
+        images["image"] = sdata.images[image]
+    return SpatialData(
+        images=images,
+        shapes={
+            "spots": ShapesModel.parse(gdf, transformations=tr),
+            "spots_truth_subspots": ShapesModel.parse(tgdf, transformations=dict(tr)),
+        },
+        tables={"table": tab, "truth": truth},
+    )

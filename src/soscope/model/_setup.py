@@ -1,0 +1,197 @@
+"""From a SpatialData to :class:`SpotData`: selection, validation, sub-spots, graphs and image features."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._errors import SoscopeInputError
+from ..geometry import SubspotLayout, lattice_spacing, make_subspots, parse_subspot_scheme, spot_centres, spot_graph, subspot_graph
+from ..io import Selection, check_counts, check_min_spots, check_values, counts_matrix, select, zero_spots_mask, zero_variance_mask
+from ..module import ModalitySpec
+from ._data import SpotData
+from ._likelihood_choice import resolve_likelihoods
+
+logger = logging.getLogger("soscope")
+
+
+@dataclass
+class Prepared:
+    """A SpatialData made ready for the model: the arrays plus what is needed to write results back."""
+
+    data: SpotData
+    selection: Selection
+    layouts: dict[str, SubspotLayout]  # per spots element, intrinsic coordinates (for output polygons)
+    scheme: str
+    likelihoods: dict[str, str]
+    modality_masks: dict[str, np.ndarray]
+    image_extractor: str | None
+
+
+def _affine_xy(element, coordinate_system: str) -> np.ndarray:
+    from spatialdata.transformations import get_transformation
+
+    t = get_transformation(element, to_coordinate_system=coordinate_system)
+    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)
+
+
+def _to_cs(layout: SubspotLayout, affine: np.ndarray) -> SubspotLayout:
+    """The same layout with centroids and areas expressed in the coordinate system (polygons untouched)."""
+    lin = affine[:2, :2]
+    centroid = layout.centroid @ lin.T + affine[:2, 2]
+    return replace(layout, centroid=centroid, area=layout.area * abs(np.linalg.det(lin)))
+
+
+def concat_layouts(layouts: list[SubspotLayout]) -> SubspotLayout:
+    """Stack the layouts of several spots elements into one (spot indices offset accordingly)."""
+    if len(layouts) == 1:
+        return layouts[0]
+    offsets = [np.zeros(1, dtype=np.int64)]
+    spot_index, base_spot, base_row = [], 0, 0
+    for lay in layouts:
+        spot_index.append(lay.spot_index + base_spot)
+        offsets.append(lay.offsets[1:] + base_row)
+        base_spot += lay.n_spots
+        base_row += lay.n_subspots
+    cat = lambda name: np.concatenate([getattr(lay, name) for lay in layouts])  # noqa: E731
+    src = None if any(lay.source_index is None for lay in layouts) else cat("source_index")
+    return SubspotLayout(
+        geometry=cat("geometry"),
+        spot_index=np.concatenate(spot_index),
+        subspot=cat("subspot"),
+        offsets=np.concatenate(offsets),
+        area=cat("area"),
+        footprint_weight=cat("footprint_weight"),
+        centroid=cat("centroid"),
+        scheme=layouts[0].scheme,
+        source_index=src,
+    )
+
+
+def prepare(
+    sdata,
+    *,
+    table: str | None = None,
+    spots: str | list[str] | None = None,
+    image: str | None | bool = None,
+    layer: str | None = None,
+    subspots: str = "auto",
+    likelihood: str | dict = "auto",
+    sections: list[str] | None = None,
+    section_key: str | None = None,
+    batch_key: str | None = None,
+    modality_key: str | None = None,
+    coordinate_system: str | None = None,
+    image_features: str | object = "morphology",
+    use_image: bool = True,
+    progress: bool = False,
+) -> Prepared:
+    """Select, validate and convert ``sdata`` for the model (see :func:`soscope.enhance` for the arguments)."""
+    sel = select(
+        sdata,
+        table=table,
+        spots=spots,
+        image=False if (image is False or not use_image) else image,
+        layer=layer,
+        coordinate_system=coordinate_system,
+        sections=sections,
+        section_key=section_key,
+        modality_key=modality_key,
+    )
+    check_min_spots(sel.n_spots)
+    adata = sdata.tables[sel.table]
+    x_all = counts_matrix(sdata, sel)
+    var_names = list(map(str, sel.var_names))
+    modality_names = list(sel.modalities)
+    matrices = [x_all[:, np.flatnonzero(sel.modalities[m])] for m in modality_names]
+    matrices = [m.tocsr() if sp.issparse(m) else np.asarray(m) for m in matrices]
+    likelihoods = resolve_likelihoods(matrices, modality_names, likelihood)
+    for name, x in zip(modality_names, matrices, strict=True):
+        names = [var_names[i] for i in np.flatnonzero(sel.modalities[name])]
+        check_values(x, var_names=names, allow_negative=likelihoods[name] == "gaussian", what=f"The values of modality {name!r}")
+        check_counts(x, likelihoods[name], var_names=names)
+        zero_variance_mask(x, var_names=names)
+    zero_spots_mask(x_all, spot_names=[str(i) for i in sel.instance_ids])
+
+    # sub-spots per spots element, in intrinsic coordinates; the model works in the coordinate system
+    cells_elements = [k for k in sdata.shapes if k not in sel.spots]
+    layouts, cs_layouts, centres, edge_parts, sub_edge_parts = {}, [], [], [], []
+    schemes = set()
+    n_before = 0
+    m_before = 0
+    for e_idx, name in enumerate(sel.spots):
+        gdf = sdata.shapes[name].iloc[sel.shape_rows_of(name)]
+        scheme = parse_subspot_scheme(subspots, gdf, elements=cells_elements)
+        schemes.add(scheme)
+        cells = None
+        if scheme.startswith("cells"):
+            cells_name = scheme.split(":", 1)[1] if ":" in scheme else None
+            if cells_name is None or cells_name not in sdata.shapes:
+                raise SoscopeInputError(f"subspots={subspots!r}: name the shapes element of cells, one of {cells_elements}")
+            cells = sdata.shapes[cells_name]
+            _check_same_transform(sdata, name, cells_name, sel.coordinate_system)
+        layout = make_subspots(gdf, scheme, cells=cells)
+        layouts[name] = layout
+        affine = _affine_xy(sdata.shapes[name], sel.coordinate_system)
+        cs_layouts.append(_to_cs(layout, affine))
+        c = spot_centres(gdf) @ affine[:2, :2].T + affine[:2, 2]
+        centres.append(c)
+        secs = sel.sections[sel.spots_of(name)]
+        edge_parts.append(spot_graph(c, sections=secs) + n_before)
+        sub_edge_parts.append(subspot_graph(layout) + m_before)
+        n_before += len(gdf)
+        m_before += layout.n_subspots
+    if len(schemes) > 1:
+        raise SoscopeInputError(f"the spots elements need different sub-spot schemes {sorted(schemes)}; pass subspots= explicitly")
+    layout = concat_layouts(cs_layouts)
+    centres_all = np.vstack(centres)
+    spacing = lattice_spacing(centres_all) if len(centres_all) > 1 else 1.0
+
+    img_values, img_names, extractor = None, [], None
+    if sel.image is not None and use_image:
+        from ..features import subspot_image_features
+
+        parts = []
+        for name in sel.spots:
+            feats = subspot_image_features(
+                sdata, sel.image, layouts[name], name, coordinate_system=sel.coordinate_system, extractor=image_features, progress=progress
+            )
+            parts.append(np.asarray(feats.values, dtype=np.float32))
+            img_names = list(feats.names)
+        img_values = np.vstack(parts)
+        extractor = image_features if isinstance(image_features, str) else repr(image_features)
+
+    if batch_key is not None:
+        if batch_key not in adata.obs:
+            raise SoscopeInputError(f"batch_key={batch_key!r} is not a column of table {sel.table!r}.obs; columns: {list(adata.obs.columns)}")
+        batches = adata.obs[batch_key].astype(str).to_numpy()[sel.spot_rows]
+    else:
+        batches = np.asarray(sel.sections, dtype=str)
+
+    modalities = [ModalitySpec(m, x.shape[1], likelihoods[m]) for m, x in zip(modality_names, matrices, strict=True)]
+    data = SpotData(
+        counts=matrices,
+        modalities=modalities,
+        feature_names=[[var_names[i] for i in np.flatnonzero(sel.modalities[m])] for m in modality_names],
+        centres=centres_all,
+        sections=np.asarray(sel.sections, dtype=str),
+        batches=batches,
+        layout=layout,
+        edge_index=np.hstack(edge_parts),
+        spacing=float(spacing),
+        image_features=img_values,
+        image_feature_names=img_names,
+        sub_edge_index=np.hstack(sub_edge_parts),
+    )
+    return Prepared(data, sel, layouts, schemes.pop(), likelihoods, dict(sel.modalities), extractor)
+
+
+def _check_same_transform(sdata, a: str, b: str, cs: str) -> None:
+    if not np.allclose(_affine_xy(sdata.shapes[a], cs), _affine_xy(sdata.shapes[b], cs)):
+        raise SoscopeInputError(
+            f"the cells element {b!r} and the spots {a!r} use different intrinsic coordinates; "
+            f"give them the same transformation to {cs!r} (e.g. transform the cells with sd.transform)"
+        )
