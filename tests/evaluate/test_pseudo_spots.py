@@ -100,3 +100,21 @@ def test_pseudo_spots_errors(cells):
         pseudo_spots(sd, table="nope", spot_diameter=55.0, spacing=100.0)
     with pytest.raises(SoscopeInputError, match="lattice"):
         pseudo_spots(sd, spot_diameter=55.0, spacing=100.0, lattice="tri")
+
+
+def test_image_is_carried_with_its_transformation(cells):
+    from spatialdata.models import Image2DModel
+
+    xy_um, counts = cells
+    sd = _sdata(xy_um, counts)
+    img = np.zeros((3, 900, 900), dtype=np.uint8)
+    sd.images["he"] = Image2DModel.parse(
+        img, dims=("c", "y", "x"), transformations={"global": Scale([MPP, MPP], axes=("x", "y"))}
+    )
+    out = pseudo_spots(sd, table="cells_table", spot_diameter=55.0, spacing=100.0, image="he")
+    assert "image" in out.images
+    t = get_transformation(out["image"], "global").to_affine_matrix(("x", "y"), ("x", "y"))
+    np.testing.assert_allclose(np.diag(t)[:2], [MPP, MPP])
+    # the spots live in the coordinate system (µm) with an identity
+    t_spots = get_transformation(out["spots"], "global").to_affine_matrix(("x", "y"), ("x", "y"))
+    np.testing.assert_allclose(t_spots, np.eye(3))

@@ -161,7 +161,10 @@ def _likelihood(value: str) -> str | dict[str, str]:
         if not part.strip():
             continue
         if "=" not in part:
-            _fail(f"--likelihood '{value}': write either one name (e.g. nb) or MODALITY=NAME pairs separated by commas.")
+            _fail(
+                f"--likelihood '{value}': write either one name (e.g. nb) or MODALITY=NAME pairs separated "
+                "by commas."
+            )
         k, v = part.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -177,7 +180,9 @@ def _accepted(fn: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[dict[str,
         return kwargs, {}
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return kwargs, {}
-    return {k: v for k, v in kwargs.items() if k in params}, {k: v for k, v in kwargs.items() if k not in params}
+    return {k: v for k, v in kwargs.items() if k in params}, {
+        k: v for k, v in kwargs.items() if k not in params
+    }
 
 
 def _selection_kwargs(
@@ -213,9 +218,11 @@ def _selection_kwargs(
 
 
 def _soscope_tables(sdata: Any, key_added: str) -> list[str]:
-    return [
-        n for n, t in sdata.tables.items() if "soscope" in t.uns and n.endswith(f"_{key_added}")
-    ]
+    """Enhanced tables written with ``key_added`` (one per modality for multi-omics tables)."""
+    from soscope.pl._maps import enhanced_tables
+
+    inputs = [n for n, t in sdata.tables.items() if "soscope" not in t.uns]
+    return [o for t in inputs for o in enhanced_tables(sdata, t, key_added)]
 
 
 def _regions(adata: Any) -> list[str]:
@@ -226,26 +233,18 @@ def _regions(adata: Any) -> list[str]:
 
 
 def _likelihoods_of(adata: Any) -> str:
-    """Find the likelihoods recorded in ``uns["soscope"]`` (any key naming them), as text."""
+    """Return the likelihoods recorded in ``uns["soscope"]`` as text (``"modality: name, ..."``)."""
     info = adata.uns.get("soscope")
-    found: list[str] = []
-
-    def walk(obj: Any, depth: int = 0) -> None:
-        if depth > 3 or not hasattr(obj, "items"):
-            return
-        for k, v in obj.items():
-            if "likelihood" in str(k).lower():
-                if hasattr(v, "items"):
-                    found.append(", ".join(f"{a}: {b}" for a, b in v.items()))
-                else:
-                    found.append(str(v))
-                return
-        for v in obj.values():
-            if not found:
-                walk(v, depth + 1)
-
-    walk(info)
-    return found[0] if found else "?"
+    if not hasattr(info, "get"):
+        return "?"
+    lik = info.get("likelihood")
+    if hasattr(lik, "items"):
+        return ", ".join(f"{m}: {v}" for m, v in lik.items())
+    used = info.get("likelihood_used", lik)
+    if used is None:
+        return "?"
+    mod = info.get("modality")
+    return f"{mod}: {used}" if mod not in (None, "all") else str(used)
 
 
 def _report_outputs(sdata: Any, key_added: str, seconds: float, n_spots: int | None = None) -> None:
@@ -256,7 +255,10 @@ def _report_outputs(sdata: Any, key_added: str, seconds: float, n_spots: int | N
     for name in names:
         adata = sdata.tables[name]
         shapes = ", ".join(_regions(adata))
-        _echo(f"wrote table '{name}' ({adata.n_obs:,} sub-spots x {adata.n_vars:,} features) on shapes '{shapes}'")
+        _echo(
+            f"wrote table '{name}' ({adata.n_obs:,} sub-spots x {adata.n_vars:,} features) "
+            f"on shapes '{shapes}'"
+        )
         _echo(f"  likelihoods: {_likelihoods_of(adata)}")
     if n_spots is not None:
         _echo(f"spots: {n_spots:,}")
@@ -264,30 +266,54 @@ def _report_outputs(sdata: Any, key_added: str, seconds: float, n_spots: int | N
 
 
 # --------------------------------------------------------------------------------------------- options
-Store = Annotated[Path, typer.Argument(help="A SpatialData zarr store (folder).", show_default=False)]
-TableOpt = Annotated[str | None, typer.Option("--table", help="Table of spot profiles (default: the only one).")]
-SpotsOpt = Annotated[
-    list[str] | None, typer.Option("--spots", help="Shapes element(s) with the spots (repeatable; default: all the table annotates).")
+Store = Annotated[
+    Path, typer.Argument(help="A SpatialData zarr store (folder).", show_default=False, metavar="STORE")
 ]
-ImageOpt = Annotated[str | None, typer.Option("--image", help="Image element (default: the only one in the spots' coordinate system).")]
+TableOpt = Annotated[
+    str | None, typer.Option("--table", help="Table of spot profiles (default: the only one).")
+]
+SpotsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--spots", help="Shapes element(s) with the spots (repeatable; default: all the table annotates)."
+    ),
+]
+ImageOpt = Annotated[
+    str | None,
+    typer.Option("--image", help="Image element (default: the only one in the spots' coordinate system)."),
+]
 NoImageOpt = Annotated[bool, typer.Option("--no-image", help="Run without an image.")]
 LayerOpt = Annotated[str | None, typer.Option("--layer", help="Table layer holding the counts (default: X).")]
-CsOpt = Annotated[str | None, typer.Option("--coordinate-system", help="Coordinate system relating spots and image.")]
+CsOpt = Annotated[
+    str | None, typer.Option("--coordinate-system", help="Coordinate system relating spots and image.")
+]
 SectionsOpt = Annotated[
-    list[str] | None, typer.Option("--sections", help="Only these sections (regions, or values of --section-key; repeatable).")
+    list[str] | None,
+    typer.Option("--sections", help="Only these sections (regions, or values of --section-key; repeatable)."),
 ]
 SectionKeyOpt = Annotated[str | None, typer.Option("--section-key", help="obs column defining sections.")]
-SubspotsOpt = Annotated[str, typer.Option("--subspots", help="auto | hex7 | grid:K | rings:N | a shapes element of cells.")]
-LikelihoodOpt = Annotated[
-    str, typer.Option("--likelihood", help="auto | nb | zinb | poisson | bernoulli | gaussian | MODALITY=NAME,...")
+SubspotsOpt = Annotated[
+    str, typer.Option("--subspots", help="auto | hex7 | grid:K | rings:N | a shapes element of cells.")
 ]
-KeyAddedOpt = Annotated[str, typer.Option("--key-added", help="Suffix of the written elements: <spots>_<key>, <table>_<key>.")]
-EpochsOpt = Annotated[int | None, typer.Option("--epochs", min=1, help="Training epochs (default: chosen from the data size).")]
+LikelihoodOpt = Annotated[
+    str,
+    typer.Option(
+        "--likelihood", help="auto | nb | zinb | poisson | bernoulli | gaussian | MODALITY=NAME,..."
+    ),
+]
+KeyAddedOpt = Annotated[
+    str, typer.Option("--key-added", help="Suffix of the written elements: <spots>_<key>, <table>_<key>.")
+]
+EpochsOpt = Annotated[
+    int | None, typer.Option("--epochs", min=1, help="Training epochs (default: chosen from the data size).")
+]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Spots per minibatch.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (deterministic on CPU).")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing elements of the same names.")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace existing elements of the same names.")
+]
 
 
 def _version_callback(value: bool) -> None:
@@ -328,9 +354,9 @@ def _element_lines(sdata: Any) -> list[str]:
             desc = " ".join(str(v) for v in img.sizes.values())
         cs = ", ".join(get_transformation(img, get_all=True))
         lines.append(f"  image  {name}: {desc}; coordinate systems: {cs}")
-    for name, lab in sdata.labels.items():
+    for name in sdata.labels:
         lines.append(f"  labels {name}")
-    for name, pts in sdata.points.items():
+    for name in sdata.points:
         lines.append(f"  points {name}")
     for name, gdf in sdata.shapes.items():
         kinds = sorted(set(gdf.geometry.geom_type.astype(str))) if len(gdf) else []
@@ -341,7 +367,9 @@ def _element_lines(sdata: Any) -> list[str]:
         regions = ", ".join(_regions(adata)) or "-"
         mark = " [soscope output]" if "soscope" in adata.uns else ""
         layers = f"; layers: {', '.join(adata.layers.keys())}" if len(adata.layers) else ""
-        lines.append(f"  table  {name}: {adata.n_obs:,} x {adata.n_vars:,} annotating {regions}{layers}{mark}")
+        lines.append(
+            f"  table  {name}: {adata.n_obs:,} x {adata.n_vars:,} annotating {regions}{layers}{mark}"
+        )
     return lines
 
 
@@ -399,7 +427,10 @@ def enhance(
     seed: SeedOpt = 0,
     overwrite: OverwriteOpt = False,
     model: Annotated[
-        Path | None, typer.Option("--model", help="A model saved by `soscope train` / SoScope.save (default: train on this store).")
+        Path | None,
+        typer.Option(
+            "--model", help="A model saved by `soscope train` / SoScope.save (default: train on this store)."
+        ),
     ] = None,
     progress: ProgressOpt = True,
 ) -> None:
@@ -411,8 +442,15 @@ def enhance(
 
     kw = _selection_kwargs(table, spots, image, no_image, layer, coordinate_system, sections, section_key)
     kw.update(
-        subspots=subspots, likelihood=_likelihood(likelihood), key_added=key_added, epochs=epochs,
-        batch_size=batch_size, device=device, seed=seed, progress=progress, overwrite=overwrite,
+        subspots=subspots,
+        likelihood=_likelihood(likelihood),
+        key_added=key_added,
+        epochs=epochs,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        progress=progress,
+        overwrite=overwrite,
     )
     if model is not None:
         kw["model"] = str(model)
@@ -423,11 +461,22 @@ def enhance(
 
 
 # --------------------------------------------------------------------------------------------- train / apply
-@app.command()
+@app.command(
+    help="Train a model on one or more stores and save it (apply it later with `soscope apply`).\n\n"
+    "With several stores their elements are combined in memory, each name suffixed with -<store name>; "
+    "a store's name given to --sections selects all its spots."
+)
 @_handle_errors
 def train(
-    stores: Annotated[list[Path], typer.Argument(help="One or more SpatialData zarr stores to train on.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to save the model to.", show_default=False)],
+    stores: Annotated[
+        list[Path],
+        typer.Argument(
+            help="One or more SpatialData zarr stores to train on.", show_default=False, metavar="STORE"
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder to save the model to.", show_default=False)
+    ],
     table: TableOpt = None,
     spots: SpotsOpt = None,
     image: ImageOpt = None,
@@ -445,13 +494,11 @@ def train(
     overwrite: OverwriteOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
-    """Train a model on one or more stores and save it (apply it later with `soscope apply`).
-
-    With several stores their elements are combined in memory, each name suffixed with -<store name>; a
-    store's name given to --sections selects all its spots.
-    """
+    """Train a model on one or more stores and save it (apply it later with `soscope apply`)."""
     if output.exists() and any(output.iterdir()) and not overwrite:
-        _fail(f"'{output}' exists and is not empty: pass --overwrite to replace the model there, or another -o.")
+        _fail(
+            f"'{output}' exists and is not empty: pass --overwrite to replace the model there, or another -o."
+        )
     sdata, sections = _open_many(list(stores), sections)
     import soscope
 
@@ -471,16 +518,28 @@ def train(
     model.save(str(output), **({"overwrite": True} if _accepted(model.save, {"overwrite": True})[0] else {}))
     hist = getattr(model, "history", None)
     n_epochs = len(getattr(hist, "epoch", []) or (hist.get("epoch", []) if isinstance(hist, dict) else []))
-    _echo(f"trained on {len(stores)} store(s){f' for {n_epochs} epochs' if n_epochs else ''} in "
-          f"{time.perf_counter() - t0:.1f} s")
+    _echo(
+        f"trained on {len(stores)} store(s){f' for {n_epochs} epochs' if n_epochs else ''} in "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
     _echo(f"model: {output}")
 
 
 @app.command()
 @_handle_errors
 def apply(
-    model: Annotated[Path, typer.Argument(help="A model folder saved by `soscope train`.", show_default=False)],
-    stores: Annotated[list[Path], typer.Argument(help="Stores to enhance with it (each in place).", show_default=False)],
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="A model folder saved by `soscope train`.", show_default=False, metavar="MODEL_DIR"
+        ),
+    ],
+    stores: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Stores to enhance with it (each in place).", show_default=False, metavar="STORE"
+        ),
+    ],
     table: TableOpt = None,
     spots: SpotsOpt = None,
     image: ImageOpt = None,
@@ -501,8 +560,14 @@ def apply(
     import soscope
 
     kw = _selection_kwargs(table, spots, image, no_image, layer, coordinate_system)
-    kw.update(model=str(model), key_added=key_added, batch_size=batch_size, device=device,
-              progress=progress, overwrite=overwrite)
+    kw.update(
+        model=str(model),
+        key_added=key_added,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        overwrite=overwrite,
+    )
     for store in stores:
         sdata = _open(store)
         t0 = time.perf_counter()
@@ -519,26 +584,39 @@ def evaluate(
     key_added: KeyAddedOpt = "soscope",
     truth: Annotated[str, typer.Option("--truth", help="Table of true sub-spot values.")] = "truth",
     table: Annotated[
-        str | None, typer.Option("--table", help="The spot table (default: the one with an enhanced <table>_<key>).")
+        str | None,
+        typer.Option("--table", help="The spot table (default: the one with an enhanced <table>_<key>)."),
     ] = None,
     layer: LayerOpt = None,
     features: Annotated[
-        list[str] | None, typer.Option("--features", help="Features to score, or a boolean var column (repeatable).")
+        list[str] | None,
+        typer.Option("--features", help="Features to score, or a boolean var column (repeatable)."),
     ] = None,
-    baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also score the naive baselines.")] = True,
-    ssim: Annotated[bool, typer.Option("--ssim/--no-ssim", help="Compute SSIM of the sub-spot maps (slowest).")] = True,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the per-feature scores as CSV.")] = None,
+    baselines: Annotated[
+        bool, typer.Option("--baselines/--no-baselines", help="Also score the naive baselines.")
+    ] = True,
+    ssim: Annotated[
+        bool, typer.Option("--ssim/--no-ssim", help="Compute SSIM of the sub-spot maps (slowest).")
+    ] = True,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the per-feature scores as CSV.")
+    ] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Also save the accuracy plot (PNG).")] = None,
 ) -> None:
     """Score the enhancement in a store against a truth table (per-feature Pearson, Spearman, RMSE, SSIM)."""
     sdata = _open(store)
     if truth not in sdata.tables:
         _fail(
-            f"No truth table '{truth}' in '{store}' (tables: {list(sdata.tables)}): pass --truth with the table "
+            f"No truth table '{truth}' in '{store}' (tables: {list(sdata.tables)}): pass --truth with the "
+            "table "
             "of true sub-spot values."
         )
     if table is None:
-        cands = [t for t in sdata.tables if f"{t}_{key_added}" in sdata.tables and "soscope" not in sdata.tables[t].uns]
+        cands = [
+            t
+            for t in sdata.tables
+            if f"{t}_{key_added}" in sdata.tables and "soscope" not in sdata.tables[t].uns
+        ]
         if len(cands) > 1:
             _fail(f"Several tables have an enhanced '<table>_{key_added}': {cands}; pass `--table`.")
         if not cands:
@@ -552,19 +630,32 @@ def evaluate(
 
     feats: str | list[str] | None = None
     if features:
-        feats = features[0] if len(features) == 1 and features[0] in sdata.tables[table].var.columns else features
+        feats = (
+            features[0] if len(features) == 1 and features[0] in sdata.tables[table].var.columns else features
+        )
     per_feature, summ = ev.score(
-        sdata, key_added=key_added, truth=truth, table=table, layer=layer, features=feats,
-        baselines=baselines, ssim=ssim,
+        sdata,
+        key_added=key_added,
+        truth=truth,
+        table=table,
+        layer=layer,
+        features=feats,
+        baselines=baselines,
+        ssim=ssim,
     )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         per_feature.to_csv(out)
     n_feat = summ.get("n_features", len(per_feature))
     n_sub = summ.get("n_subspots")
-    _echo(f"{n_feat} features{f' on {n_sub:,} sub-spots' if n_sub else ''} scored against '{truth}' (mean per feature):")
+    _echo(
+        f"{n_feat} features{f' on {n_sub:,} sub-spots' if n_sub else ''} scored against '{truth}' "
+        "(mean per feature):"
+    )
     methods = list(summ["mean"])
-    metrics = [m for m in ("pearson", "spearman", "rmse", "ssim") if any(m in v for v in summ["mean"].values())]
+    metrics = [
+        m for m in ("pearson", "spearman", "rmse", "ssim") if any(m in v for v in summ["mean"].values())
+    ]
     width = max(len(m) for m in methods) + 2
     _echo(" " * width + "".join(f"{m:>10}" for m in metrics))
     for method in methods:
@@ -602,9 +693,11 @@ def _informative_features(adata: Any, n: int = 3) -> list[str]:
         return names[order[:n]].tolist()
     mods = adata.var[mod_col].astype(str).to_numpy()
     chosen: list[str] = []
-    by_mod = {m: [i for i in order if mods[i] == m] for m in dict.fromkeys(mods[order])}
-    while len(chosen) < min(n, len(names)):  # round robin over modalities, best first
-        for m, idx in by_mod.items():
+    # round robin over modalities, the largest first (e.g. 2 proteins + 1 gene of a CITE-seq table)
+    sizes = {m: int((mods == m).sum()) for m in dict.fromkeys(mods)}
+    by_mod = {m: [i for i in order if mods[i] == m] for m in sorted(sizes, key=lambda m: -sizes[m])}
+    while len(chosen) < min(n, len(names)):
+        for idx in by_mod.values():
             if idx and len(chosen) < n:
                 chosen.append(names[idx.pop(0)])
     return chosen
@@ -613,7 +706,9 @@ def _informative_features(adata: Any, n: int = 3) -> list[str]:
 @app.command()
 @_handle_errors
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for example_enhanced.zarr and .png.")] = Path("soscope_demo"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for example_enhanced.zarr and .png.")
+    ] = Path("soscope_demo"),
     epochs: EpochsOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -630,7 +725,10 @@ def demo(
     adata = sdata.tables[table]
     spots_name = _regions(adata)[0]
     n_spots = adata.n_obs
-    _echo(f"example: {n_spots:,} spots x {adata.n_vars:,} features ({adata.uns.get('dataset', {}).get('technology', 'example')})")
+    _echo(
+        f"example: {n_spots:,} spots x {adata.n_vars:,} features "
+        f"({adata.uns.get('dataset', {}).get('technology', 'example')})"
+    )
     t1 = time.perf_counter()
     soscope.enhance(sdata, table=table, epochs=epochs, device=device, seed=seed, progress=progress)
     fit_s = time.perf_counter() - t1
@@ -642,11 +740,11 @@ def demo(
     features = _informative_features(adata, 3)
     pl.enhanced(sdata, features, table=table, save=png_path)
 
-    enh = sdata.tables.get(f"{table}_soscope")
+    enh = [sdata.tables[n] for n in _soscope_tables(sdata, "soscope")]
     _echo(f"spots: {n_spots:,}")
-    if enh is not None:
-        _echo(f"sub-spots: {enh.n_obs:,} (shapes '{spots_name}_soscope')")
-        _echo(f"likelihoods: {_likelihoods_of(enh)}")
+    if enh:
+        _echo(f"sub-spots: {enh[0].n_obs:,} (shapes '{spots_name}_soscope')")
+        _echo(f"likelihoods: {_likelihoods_of(enh[0])}")
     _echo(f"features plotted: {', '.join(features)}")
     _echo(f"time: {fit_s:.1f} s enhancing, {time.perf_counter() - t0:.1f} s in all")
     _echo(f"wrote {zarr_path}")

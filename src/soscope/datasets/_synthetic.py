@@ -26,7 +26,11 @@ Design (all lengths in µm unless said otherwise)
   sub-spots (exactly; without ``section_bias``).
 * **Image.** Rendered from the cells: each pixel takes its nearest cell (a Voronoi tessellation, via a
   distance transform); the background colour, fibre-like streaks and nucleus size/colour/visibility
-  follow that cell's type (two domain types look almost alike), plus per-cell and pixel noise.
+  follow that cell's type (two domain types look alike but for nucleus size and density), plus per-cell
+  and pixel noise. The image carries sub-spot information, not a perfect type label.
+* **Calibration.** With the defaults, ``synthetic(1200, 300)``, scored over the informative features, gives
+  mean per-feature Pearson ≈ 0.61 (even split), 0.64 (Gaussian interpolation), 0.81 (linear image
+  regression on the morphology features), 0.92 (the expected counts themselves: the noise ceiling).
 * **Sections.** ``n_sections > 1``: sections ``"A", "B", ...`` each with its own tissue layout (same type
   profiles), stored as ``spots_<S>``, ``image_<S>``, ``spots_<S>_truth_subspots``, placed side by side in
   ``"global"``; one ``table`` annotates every ``spots_<S>`` (obs ``section``) and one ``truth`` table

@@ -116,7 +116,7 @@ def image_regression(
     subspot_features,
     layout: SubspotLayout,
     *,
-    alpha: float = 1e-3,
+    alpha: float = 1e-4,
     quadratic: bool = False,
 ) -> np.ndarray:
     """Per-feature ridge regression of spot density on image features, predicted at the sub-spots.

@@ -75,14 +75,11 @@ def fit(
     rng = np.random.default_rng(train_config.seed)
     held_out = rng.random(data.n_spots) < validation_fraction
     chunks, batches = build_batches(data, norm, module.config, chunk_spots=TRAIN_CHUNK_SPOTS)
-    train, validation = [], []
+    train = []
     for chunk, b in zip(chunks, batches, strict=True):
         held = torch.as_tensor(held_out[chunk.nodes])
-        train.append(dataclasses.replace(b, loss_mask=b.loss_mask & ~held))
-        validation.append(dataclasses.replace(b, loss_mask=b.loss_mask & held))
-    if not any(bool(v.loss_mask.any()) for v in validation):
-        validation = None
-    return train_module(module, train, validation, train_config, device=device, progress=progress, history=history)
+        train.append(dataclasses.replace(b, loss_mask=b.loss_mask & ~held, val_mask=b.loss_mask & held))
+    return train_module(module, train, train_config, device=device, progress=progress, history=history)
 
 
 @torch.no_grad()

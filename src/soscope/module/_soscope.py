@@ -67,6 +67,7 @@ class SpotBatch:
     sub_image: torch.Tensor | None = None  # (m, D) standardised image features
     sub_prior: list[torch.Tensor] | None = None  # per modality (m, F_m) fixed log prior, or None
     loss_mask: torch.Tensor | None = None  # (n,) spots whose likelihood counts (core, training spots)
+    val_mask: torch.Tensor | None = None  # (n,) held-out spots, scored (without gradient) for early stopping
     sub_edges: torch.Tensor | None = None  # (2, E') sub-spot neighbour edges for the image regulariser
     sub_edge_sim: torch.Tensor | None = None  # (E',) image similarity of those pairs in [0, 1]
 
@@ -150,37 +151,51 @@ class SoScopeModule(nn.Module):
         return mu, logvar.clamp(-10, 6)
 
     # ----------------------------------------------------------------- generative
-    def spot_profiles(self, z: torch.Tensor, batch_codes: torch.Tensor) -> list[torch.Tensor]:
-        """Spot-level log profile ``r`` per modality, ``(n, F_m)``."""
-        t = self.spot_trunk(z + self.batch_embed(batch_codes))
-        return [head(t) for head in self.spot_heads]
+    @staticmethod
+    def _head(layer: nn.Linear, x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        if idx is None:
+            return layer(x)
+        bias = None if layer.bias is None else layer.bias[idx]
+        return nn.functional.linear(x, layer.weight[idx], bias)
 
-    def image_effects(self, sub_image: torch.Tensor | None) -> list[torch.Tensor | None]:
+    def spot_profiles(self, z: torch.Tensor, batch_codes: torch.Tensor, features=None) -> list[torch.Tensor]:
+        """Spot-level log profile ``r`` per modality, ``(n, F_m)`` (or only the columns in ``features[m]``)."""
+        t = self.spot_trunk(z + self.batch_embed(batch_codes))
+        features = features or [None] * len(self.spot_heads)
+        return [self._head(head, t, idx) for head, idx in zip(self.spot_heads, features, strict=True)]
+
+    def image_effects(self, sub_image: torch.Tensor | None, features=None) -> list[torch.Tensor | None]:
         """Sub-spot log effect ``h`` per modality from image features alone, ``(m, F_m)`` (None without image)."""
         if not self.use_image or sub_image is None:
             return [None] * len(self.config.modalities)
         programs = self.image_trunk(sub_image)
-        return [head(programs) for head in self.image_heads]
+        features = features or [None] * len(self.image_heads)
+        return [self._head(head, programs, idx) for head, idx in zip(self.image_heads, features, strict=True)]
 
     def subspot_values(
-        self, batch: SpotBatch, z: torch.Tensor, *, with_batch_bias: bool
+        self, batch: SpotBatch, z: torch.Tensor, *, with_batch_bias: bool, features: list | None = None
     ) -> list[torch.Tensor]:
         """Expected sub-spot values per modality, ``(m, F_m)``.
 
         Count modalities: expected counts in each sub-spot polygon. Gaussian: the sub-spot's value.
         ``with_batch_bias=False`` removes the per-batch technical bias (a common scale across batches).
+        ``features`` optionally restricts each modality to a subset of feature columns (training steps
+        on many features sample a subset: the loss is a sum over features, so this stays unbiased).
         """
-        r_all = self.spot_profiles(z, batch.batch)
-        h_all = self.image_effects(batch.sub_image)
+        features = features or [None] * len(self.config.modalities)
+        r_all = self.spot_profiles(z, batch.batch, features)
+        h_all = self.image_effects(batch.sub_image, features)
         out = []
         for mi, spec in enumerate(self.config.modalities):
+            idx = features[mi]
             logit = r_all[mi][batch.sub_spot]
             if with_batch_bias:
-                logit = logit + self.batch_bias[mi][batch.batch][batch.sub_spot]
+                bias = self.batch_bias[mi] if idx is None else self.batch_bias[mi][:, idx]
+                logit = logit + bias[batch.batch][batch.sub_spot]
             if h_all[mi] is not None:
                 logit = logit + h_all[mi]
             if self.config.use_prior and batch.sub_prior is not None and batch.sub_prior[mi] is not None:
-                logit = logit + batch.sub_prior[mi]
+                logit = logit + (batch.sub_prior[mi] if idx is None else batch.sub_prior[mi][:, idx])
             if spec.is_count:
                 log_rate = logit + batch.log_lib[mi][batch.sub_spot, None] + torch.log(batch.sub_area)[:, None]
                 out.append(torch.exp(log_rate.clamp(max=30.0)))
@@ -206,46 +221,78 @@ class SoScopeModule(nn.Module):
             res.append((mean, sq))
         return res
 
-    def likelihoods(self, batch: SpotBatch, values: list[torch.Tensor]):
-        """The spot observation distributions per modality."""
+    def likelihoods(self, batch: SpotBatch, values: list[torch.Tensor], features: list | None = None):
+        """The spot observation distributions per modality (restricted to ``features`` when given)."""
+        features = features or [None] * len(self.config.modalities)
+        pick = lambda p, idx: p if idx is None else p[idx]  # noqa: E731
         dists = []
         for mi, (spec, (mean, sq)) in enumerate(zip(self.config.modalities, self.spot_means(batch, values), strict=True)):
+            idx = features[mi]
             dists.append(
                 spot_likelihood(
                     spec.likelihood,
                     mean,
                     sq,
-                    theta=torch.exp(self.log_theta[mi]),
-                    zi_logits=self.zi_logits[mi],
-                    sigma=torch.exp(self.log_sigma[mi]),
+                    theta=torch.exp(pick(self.log_theta[mi], idx)),
+                    zi_logits=pick(self.zi_logits[mi], idx),
+                    sigma=torch.exp(pick(self.log_sigma[mi], idx)),
                 )
             )
         return dists
 
+    def sample_features(self, max_features: int | None) -> list[torch.Tensor | None]:
+        """A random subset of at most ``max_features`` columns per modality (None: all of them)."""
+        if max_features is None:
+            return [None] * len(self.config.modalities)
+        return [
+            None if m.n_features <= max_features else torch.randperm(m.n_features)[:max_features].sort().values
+            for m in self.config.modalities
+        ]
+
     # ----------------------------------------------------------------- loss
     def loss(
-        self, batch: SpotBatch, *, kl_weight: float = 1.0, image_reg_weight: float = 0.0, sample: bool = True
+        self,
+        batch: SpotBatch,
+        *,
+        kl_weight: float = 1.0,
+        image_reg_weight: float = 0.0,
+        sample: bool = True,
+        max_features: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Negative ELBO per spot (reconstruction + KL) plus the image regulariser."""
+        """Negative ELBO per spot (reconstruction + KL) plus the image regulariser.
+
+        With ``max_features``, each modality's likelihood is evaluated on a random subset of that many
+        features, scaled up to the whole modality (an unbiased estimate at a fraction of the cost).
+        """
         mu, logvar = self.encode(batch)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
-        values = self.subspot_values(batch, z, with_batch_bias=True)
-        dists = self.likelihoods(batch, values)
+        features = self.sample_features(max_features)
+        values = self.subspot_values(batch, z, with_batch_bias=True, features=features)
+        dists = self.likelihoods(batch, values, features)
         mask = batch.loss_mask if batch.loss_mask is not None else torch.ones(batch.n_spots, dtype=torch.bool)
         n_used = mask.sum().clamp_min(1)
-        recon = torch.zeros((), device=mu.device)
+        nll_spot = torch.zeros(batch.n_spots, device=mu.device)
         per_modality = {}
-        for spec, dist, x in zip(self.config.modalities, dists, batch.x, strict=True):
-            nll = -(dist.log_prob(x).sum(-1) * mask).sum() / n_used
-            per_modality[spec.name] = nll.detach()
-            recon = recon + spec.weight * nll
-        kl = (0.5 * (mu**2 + torch.exp(logvar) - 1 - logvar).sum(-1) * mask).sum() / n_used
+        for spec, dist, x, idx in zip(self.config.modalities, dists, batch.x, features, strict=True):
+            obs = x if idx is None else x[:, idx]
+            nll_m = -dist.log_prob(obs).sum(-1) * (1.0 if idx is None else spec.n_features / len(idx))
+            per_modality[spec.name] = ((nll_m * mask).sum() / n_used).detach()
+            nll_spot = nll_spot + spec.weight * nll_m
+        kl_spot = 0.5 * (mu**2 + torch.exp(logvar) - 1 - logvar).sum(-1)
+        recon = (nll_spot * mask).sum() / n_used
+        kl = (kl_spot * mask).sum() / n_used
         total = recon + kl_weight * kl
         reg = torch.zeros((), device=mu.device)
         if image_reg_weight > 0 and batch.sub_edges is not None and batch.sub_edges.shape[1] > 0:
             reg = self.image_regulariser(batch, values)
             total = total + image_reg_weight * reg
-        return {"loss": total, "reconstruction": recon.detach(), "kl": kl.detach(), "image_reg": reg.detach(), **{f"nll_{k}": v for k, v in per_modality.items()}}
+        out = {"loss": total, "reconstruction": recon.detach(), "kl": kl.detach(), "image_reg": reg.detach()}
+        out.update({f"nll_{k}": v for k, v in per_modality.items()})
+        if batch.val_mask is not None:
+            # held-out spots scored in the same pass (their likelihood never enters the gradient)
+            out["val_sum"] = ((nll_spot + kl_spot).detach() * batch.val_mask).sum()
+            out["val_n"] = batch.val_mask.sum()
+        return out
 
     def image_regulariser(self, batch: SpotBatch, values: list[torch.Tensor]) -> torch.Tensor:
         """Neighbouring sub-spots with similar morphology should have similar (log-density) profiles.

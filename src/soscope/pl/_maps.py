@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +22,8 @@ from soscope.pl._utils import (
     polygon_paths,
     polygon_vertices,
     save_figure,
-    shapes_polygons,
     shapes_areas,
+    shapes_polygons,
 )
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ def _attrs(sdata: Any, table: str) -> tuple[list[str], str, str]:
     if region is None or "region_key" not in attrs or "instance_key" not in attrs:
         raise SoscopeInputError(
             f"Table '{table}' does not annotate any element (uns['spatialdata_attrs'] lacks region / "
-            "region_key / instance_key): re-parse it with `TableModel.parse(adata, region=..., region_key=..., "
+            "region_key / instance_key): re-parse it with `TableModel.parse(adata, region=..., "
+            "region_key=..., "
             "instance_key=...)`."
         )
     regions = [region] if isinstance(region, str) else [str(r) for r in region]
@@ -58,8 +60,34 @@ def _soscope_outputs(sdata: Any) -> list[str]:
     return [n for n, t in sdata.tables.items() if _SOSCOPE_KEY in t.uns]
 
 
-def _resolve_tables(sdata: Any, table: str | None, key_added: str) -> tuple[str, str]:
-    """Return ``(input table, enhanced table)`` names."""
+def _slug(name: str) -> str:
+    """Write a modality name as soscope does in element names ("Gene Expression" → "gene_expression")."""
+    return re.sub(r"[^0-9a-zA-Z]+", "_", str(name)).strip("_").lower() or "modality"
+
+
+def enhanced_tables(sdata: Any, table: str, key_added: str) -> list[str]:
+    """Return the enhanced tables of ``table``.
+
+    That is ``f"{table}_{key_added}"``, or one per modality (``f"{table}_{key_added}_{modality}"``) when the
+    table holds several modalities.
+    """
+    base = f"{table}_{key_added}"
+    out = []
+    for name, t in sdata.tables.items():
+        info = t.uns.get(_SOSCOPE_KEY)
+        if info is None:
+            continue
+        if name == base:
+            out.append(name)
+        elif name.startswith(base + "_") and hasattr(info, "get"):
+            mod = info.get("modality")
+            if mod is not None and _slug(mod) == name[len(base) + 1 :]:
+                out.append(name)
+    return out
+
+
+def _resolve_tables(sdata: Any, table: str | None, key_added: str) -> tuple[str, list[str]]:
+    """Return the input table and its enhanced table(s) (one per modality for multi-omics)."""
     outputs = _soscope_outputs(sdata)
     if table is not None:
         if table not in sdata.tables:
@@ -67,20 +95,22 @@ def _resolve_tables(sdata: Any, table: str | None, key_added: str) -> tuple[str,
                 f"No table '{table}' in the SpatialData; tables present: {_fmt(sdata.tables)}. Pass one of "
                 "them as `table=`."
             )
-        out = f"{table}_{key_added}"
-        if out not in sdata.tables:
+        outs = enhanced_tables(sdata, table, key_added)
+        if not outs:
             hint = (
                 f"soscope outputs present: {_fmt(outputs)}; pass their `key_added=`"
                 if outputs
                 else "run `soscope.enhance(sdata)` first"
             )
-            raise SoscopeInputError(f"No enhanced table '{out}' for table '{table}': {hint}.")
-        return table, out
-    cands = [
-        t for t in sdata.tables if f"{t}_{key_added}" in sdata.tables and _SOSCOPE_KEY not in sdata.tables[t].uns
-    ]
+            raise SoscopeInputError(f"No enhanced table '{table}_{key_added}' for table '{table}': {hint}.")
+        return table, outs
+    cands = {
+        t: outs
+        for t in sdata.tables
+        if _SOSCOPE_KEY not in sdata.tables[t].uns and (outs := enhanced_tables(sdata, t, key_added))
+    }
     if len(cands) == 1:
-        return cands[0], f"{cands[0]}_{key_added}"
+        return next(iter(cands.items()))
     if len(cands) > 1:
         raise SoscopeInputError(
             f"Several tables have an enhanced version '<table>_{key_added}': {_fmt(cands)}; pass `table=` to "
@@ -88,8 +118,8 @@ def _resolve_tables(sdata: Any, table: str | None, key_added: str) -> tuple[str,
         )
     if outputs:
         raise SoscopeInputError(
-            f"No enhanced table with key_added='{key_added}' (no table 'T' with 'T_{key_added}'); soscope outputs "
-            f"present: {_fmt(outputs)}. Pass `key_added=` (and `table=`) to match them."
+            f"No enhanced table with key_added='{key_added}' (no table 'T' with 'T_{key_added}'); soscope "
+            f"outputs present: {_fmt(outputs)}. Pass `key_added=` (and `table=`) to match them."
         )
     raise SoscopeInputError(
         f"The SpatialData holds no soscope output (tables: {_fmt(sdata.tables)}): run "
@@ -107,8 +137,9 @@ def _resolve_features(features: str | Sequence[str], var_names: Sequence[str], t
     for name in names:
         if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
             if not 0 <= int(name) < len(var_names):
-                raise SoscopeInputError(f"Feature index {name} is out of range (table '{table}' has "
-                                        f"{len(var_names)} features).")
+                raise SoscopeInputError(
+                    f"Feature index {name} is out of range (table '{table}' has {len(var_names)} features)."
+                )
             idx.append(int(name))
             continue
         name = str(name)
@@ -119,7 +150,9 @@ def _resolve_features(features: str | Sequence[str], var_names: Sequence[str], t
         else:
             close = difflib.get_close_matches(name, [str(v) for v in var_names], n=5, cutoff=0.5)
             hint = f"; close matches: {_fmt(close)}" if close else f"; e.g. {_fmt(list(var_names)[:5])}"
-            raise SoscopeInputError(f"Feature '{name}' is not in table '{table}'{hint}. Pass names from its var_names.")
+            raise SoscopeInputError(
+                f"Feature '{name}' is not in table '{table}'{hint}. Pass names from its var_names."
+            )
     return idx
 
 
@@ -146,7 +179,7 @@ def _columns(adata: Any, idx: Sequence[int], layer: str | None) -> np.ndarray:
 
 
 def _match(index: Any, ids: np.ndarray) -> np.ndarray:
-    """Positions in the shapes ``index`` of instance ``ids`` (-1 when absent); tolerates int/str mismatches."""
+    """Return positions in the shapes ``index`` of instance ``ids`` (-1 when absent); int/str tolerant."""
     import pandas as pd
 
     pos = pd.Index(index).get_indexer(pd.Index(ids))
@@ -209,7 +242,9 @@ def _table_map(
         pos = _match(gdf.index, inst[rows])
         ok = pos >= 0
         if not ok.all():
-            logger.info("%d rows of table '%s' have no shape in '%s'; not drawn.", int((~ok).sum()), table, region)
+            logger.info(
+                "%d rows of table '%s' have no shape in '%s'; not drawn.", int((~ok).sum()), table, region
+            )
         rows, pos = rows[ok], pos[ok]
         if rows.size == 0:
             continue
@@ -305,8 +340,11 @@ def _display_array(arr: np.ndarray) -> np.ndarray:
 def _read_image(
     sdata: Any, name: str, coordinate_system: str, bounds: np.ndarray, max_pixels: int
 ) -> _Image | None:
-    """Read the part of image ``name`` under ``bounds`` (xmin, xmax, ymin, ymax in the coordinate system)
-    from the finest pyramid level at most ``max_pixels`` on a side."""
+    """Read the part of image ``name`` under ``bounds`` from a low-resolution level.
+
+    ``bounds`` is (xmin, xmax, ymin, ymax) in the coordinate system; the level is the finest one whose crop is
+    at most ``max_pixels`` on a side.
+    """
     img = sdata.images[name]
     matrix = affine_xy(img, coordinate_system)
     levels = _levels(img)
@@ -348,8 +386,8 @@ def _images_under(
         missing = [n for n in names if n not in sdata.images]
         if missing:
             raise SoscopeInputError(
-                f"No image {_fmt(missing)} in the SpatialData; images present: {_fmt(sdata.images)}. Pass one "
-                "of them as `image=`, or `show_image=False`."
+                f"No image {_fmt(missing)} in the SpatialData; images present: {_fmt(sdata.images)}. Pass "
+                "one of them as `image=`, or `show_image=False`."
             )
         bad = [n for n in names if coordinate_system not in get_transformation(sdata.images[n], get_all=True)]
         if bad:
@@ -504,9 +542,9 @@ def enhanced(
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    tname, oname = _resolve_tables(sdata, table, key_added)
+    tname, onames = _resolve_tables(sdata, table, key_added)
     in_regions, _, _ = _attrs(sdata, tname)
-    out_regions, _, _ = _attrs(sdata, oname)
+    out_regions = list(dict.fromkeys(r for o in onames for r in _attrs(sdata, o)[0]))
     spot_names = as_list(spots)
     if spot_names is None:
         spot_names = [s for s in in_regions if f"{s}_{key_added}" in out_regions] or in_regions
@@ -520,15 +558,27 @@ def enhanced(
     sub_names = [f"{s}_{key_added}" for s in spot_names if f"{s}_{key_added}" in out_regions]
     if not sub_names:
         raise SoscopeInputError(
-            f"Enhanced table '{oname}' annotates {_fmt(out_regions)}, none of which is "
+            f"Enhanced table(s) {_fmt(onames)} annotate {_fmt(out_regions)}, none of which is "
             f"'<spots>_{key_added}' for spots {_fmt(spot_names)}: pass `spots=` and `key_added=` as given to "
             "`soscope.enhance`."
         )
 
-    in_adata, out_adata = sdata.tables[tname], sdata.tables[oname]
+    in_adata = sdata.tables[tname]
     feat_in = _resolve_features(features, list(in_adata.var_names), tname)
     names = [str(in_adata.var_names[i]) for i in feat_in]
-    feat_out = _resolve_features(names, list(out_adata.var_names), oname)
+    # each feature's enhanced table (several with multi-omics: one per modality)
+    where: dict[str, tuple[str, int]] = {}
+    for o in onames:
+        lookup = {str(v): i for i, v in enumerate(sdata.tables[o].var_names)}
+        for n in names:
+            if n not in where and n in lookup:
+                where[n] = (o, lookup[n])
+    missing = [n for n in names if n not in where]
+    if missing:
+        raise SoscopeInputError(
+            f"Features {_fmt(missing)} are not in the enhanced table(s) {_fmt(onames)}: enhance them first "
+            "(they may have been left out as constant or empty)."
+        )
 
     elements = [sdata.shapes[s] for s in spot_names + sub_names]
     truth_regions: list[str] = []
@@ -536,20 +586,32 @@ def enhanced(
     if truth is not None:
         if truth not in sdata.tables:
             raise SoscopeInputError(
-                f"No truth table '{truth}' in the SpatialData; tables present: {_fmt(sdata.tables)}. Pass one "
-                "of them as `truth=`, or leave it unset."
+                f"No truth table '{truth}' in the SpatialData; tables present: {_fmt(sdata.tables)}. Pass "
+                "one of them as `truth=`, or leave it unset."
             )
         truth_regions = [r for r in _attrs(sdata, truth)[0] if r in sdata.shapes]
         feat_truth = _resolve_features(names, list(sdata.tables[truth].var_names), truth)
         elements += [sdata.shapes[r] for r in truth_regions]
     cs = _coordinate_system(sdata, elements, coordinate_system)
 
-    maps = [
-        ("spots", _table_map(sdata, tname, feat_in, cs, regions=spot_names, layer=layer)),
-        ("soscope", _table_map(sdata, oname, feat_out, cs, regions=sub_names)),
-    ]
+    spot_map = _table_map(sdata, tname, feat_in, cs, regions=spot_names, layer=layer)
+    enh_maps: dict[str, _Map] = {}
+    for o in dict.fromkeys(o for o, _ in where.values()):
+        cols = [where[n][1] for n in names if where[n][0] == o]
+        enh_maps[o] = _table_map(sdata, o, cols, cs, regions=sub_names)
+    # per feature: the panels as (kind, map, column of map.values)
+    panels: list[list[tuple[str, _Map, int]]] = []
+    for i, n in enumerate(names):
+        o = where[n][0]
+        col = [m for m in names if where[m][0] == o].index(n)
+        row = [("spots", spot_map, i), ("soscope", enh_maps[o], col)]
+        panels.append(row)
     if truth is not None:
-        maps.append(("truth", _table_map(sdata, truth, feat_truth, cs, regions=truth_regions)))
+        truth_map = _table_map(sdata, truth, feat_truth, cs, regions=truth_regions)
+        for i, row in enumerate(panels):
+            row.append(("truth", truth_map, i))
+    first_enh = next(iter(enh_maps.values()))
+    maps = [("spots", spot_map), ("soscope", first_enh)]
 
     b = np.array([m.bounds() for _, m in maps[:2]])
     bounds = np.array([np.nanmin(b[:, 0]), np.nanmax(b[:, 1]), np.nanmin(b[:, 2]), np.nanmax(b[:, 3])])
@@ -557,7 +619,7 @@ def enhanced(
     if alpha is None:
         alpha = 0.85 if images else 1.0
 
-    n_rows, n_cols = len(names), len(maps)
+    n_rows, n_cols = len(names), len(panels[0])
     if ax is None:
         aspect = float(np.clip((bounds[3] - bounds[2]) / max(bounds[1] - bounds[0], 1e-12), 0.25, 4.0))
         fig = new_figure((n_cols * panel_size + 1.2, n_rows * (panel_size * aspect + 0.5)), dpi=dpi)
@@ -569,21 +631,24 @@ def enhanced(
 
     cm = colormaps[cmap] if isinstance(cmap, str) else cmap
     labels = {
-        "spots": f"spots ({maps[0][1].n_shapes:,})",
-        "soscope": f"soscope ({maps[1][1].n_shapes:,} sub-spots)",
+        "spots": f"spots ({spot_map.n_shapes:,})",
+        "soscope": f"soscope ({first_enh.n_shapes:,} sub-spots)",
         "truth": "truth",
     }
     for i, name in enumerate(names):
-        lo, hi = _color_limits([m.values[:, i] for _, m in maps], vmax_quantile)
+        lo, hi = _color_limits([m.values[:, j] for _, m, j in panels[i]], vmax_quantile)
         norm = Normalize(vmin=lo, vmax=hi)
-        for j, (kind, m) in enumerate(maps):
-            a = axes[i, j]
+        for c, (kind, m, j) in enumerate(panels[i]):
+            a = axes[i, c]
             for im in images:
                 im.draw(a)
-            _draw_map(a, m, i, cm, norm, alpha)
+            _draw_map(a, m, j, cm, norm, alpha)
             _style(a, bounds, f"{name} — {labels[kind]}")
         fig.colorbar(
-            ScalarMappable(norm=norm, cmap=cm), ax=list(axes[i]), shrink=0.85, pad=0.01,
+            ScalarMappable(norm=norm, cmap=cm),
+            ax=list(axes[i]),
+            shrink=0.85,
+            pad=0.01,
             label=f"counts per unit area ({cs})",
         )
     save_figure(fig, save)

@@ -131,7 +131,9 @@ def training(
         )
     n = max(len(v) for v in curves.values())
     epoch = hist.get("epoch") or hist.get("epochs")
-    x_all = np.asarray(epoch, dtype=float) if epoch is not None and len(epoch) == n else np.arange(n, dtype=float)
+    x_all = (
+        np.asarray(epoch, dtype=float) if epoch is not None and len(epoch) == n else np.arange(n, dtype=float)
+    )
 
     if ax is None:
         fig = new_figure(figsize, dpi=dpi)
@@ -156,6 +158,9 @@ def training(
         a2 = a.twinx()
         a2.plot(x_all[: len(lr)], lr, color="0.6", lw=1, ls=":", label="learning rate")
         a2.set_ylabel("learning rate")
+    from matplotlib.ticker import MaxNLocator
+
+    a.xaxis.set_major_locator(MaxNLocator(integer=True))
     a.set_xlabel("epoch")
     a.set_ylabel("loss")
     a.set_title("soscope training")
@@ -167,7 +172,7 @@ def training(
 
 # --------------------------------------------------------------------------------------------- accuracy
 def _scores_by_method(per_feature: Any, metric: str) -> dict[str, np.ndarray]:
-    """``{method: scores}`` from a wide ``<metric>_<method>`` table, a long table or a dict."""
+    """Return ``{method: scores}`` from a wide ``<metric>_<method>`` table, a long table or a dict."""
     import pandas as pd
 
     if isinstance(per_feature, Mapping):
@@ -229,7 +234,10 @@ def accuracy(
 
     """
     scores = _scores_by_method(per_feature, metric)
-    methods = sorted(scores, key=lambda m: (m != reference, -np.nanmedian(scores[m]) if np.isfinite(scores[m]).any() else np.inf))
+    methods = sorted(
+        scores,
+        key=lambda m: (m != reference, -np.nanmedian(scores[m]) if np.isfinite(scores[m]).any() else np.inf),
+    )
     data = [scores[m][np.isfinite(scores[m])] for m in methods]
     if not any(len(d) for d in data):
         raise SoscopeInputError(f"Every '{metric}' score is NaN: nothing to plot (constant features?).")
@@ -248,11 +256,17 @@ def accuracy(
         median.set_color("black")
     rng = np.random.default_rng(0)
     for p, d in zip(pos, data, strict=True):
-        a.scatter(p + rng.uniform(-0.18, 0.18, len(d)), d, s=6, color="0.2", alpha=0.5, zorder=3, linewidths=0)
+        a.scatter(
+            p + rng.uniform(-0.18, 0.18, len(d)), d, s=6, color="0.2", alpha=0.5, zorder=3, linewidths=0
+        )
         if len(d):
             a.annotate(
-                f"{np.median(d):.3f}", (p, np.max(d)), xytext=(0, 4), textcoords="offset points",
-                ha="center", fontsize=8,
+                f"{np.median(d):.3f}",
+                (p, np.max(d)),
+                xytext=(0, 4),
+                textcoords="offset points",
+                ha="center",
+                fontsize=8,
             )
     a.set_xticks(pos)
     a.set_xticklabels([m.replace("_", " ") for m in methods], rotation=20, ha="right")

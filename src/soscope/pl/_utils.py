@@ -120,7 +120,7 @@ def polygon_vertices(geoms: np.ndarray, matrix: np.ndarray) -> tuple[list[np.nda
 
 
 def polygon_paths(verts: Sequence[np.ndarray]) -> list:
-    """Closed matplotlib paths from closed rings (first vertex repeated last), made in bulk.
+    """Make closed matplotlib paths from closed rings (first vertex repeated last), made in bulk.
 
     Building 30k ``Path`` objects through the checked constructor takes seconds; the codes are shared per
     ring length and the paths built with matplotlib's own fast constructor when it exists.

@@ -28,6 +28,7 @@ class TrainConfig:
     kl_weight: float = 1.0
     kl_warmup_fraction: float = 0.2
     image_reg_weight: float = 0.1
+    max_features: int | None = 512  # features per modality scored per step (a random subset when more)
     early_stopping: bool = True
     patience: int = 30
     min_epochs: int = 20
@@ -65,7 +66,6 @@ def _lr_factor(step: int, total: int) -> float:
 def train_module(
     module: SoScopeModule,
     batches: Sequence[SpotBatch],
-    validation: Sequence[SpotBatch] | None,
     config: TrainConfig,
     *,
     device: torch.device,
@@ -74,10 +74,12 @@ def train_module(
     on_epoch: Callable[[int, float], None] | None = None,
     description: str = "training",
 ) -> History:
-    """Fit ``module`` on ``batches`` (each one optimizer step), validating on ``validation`` batches.
+    """Fit ``module`` on ``batches`` (each one optimizer step).
 
-    Early stopping keeps the weights with the lowest validation loss (the held-out spots' negative
-    log-likelihood). Deterministic for a seed on CPU: the batch order is drawn from a seeded generator.
+    Spots in a batch's ``val_mask`` are held out: their negative ELBO, computed in the same forward pass
+    without entering the gradient, is the validation loss. Early stopping keeps the weights with the lowest
+    validation loss (smoothed over epochs, as it is scored with sampled latents). Deterministic for a seed
+    on CPU: the batch order is drawn from a seeded generator.
     """
     history = history or History()
     module.to(device)
@@ -95,7 +97,8 @@ def train_module(
         logger.info("resumed training from %s at epoch %d", ckpt, start_epoch)
     rng = np.random.default_rng(config.seed + start_epoch)
     batches = [b.to(device) for b in batches]
-    validation = [b.to(device) for b in validation] if validation else []
+    has_validation = any(b.val_mask is not None and bool(b.val_mask.any()) for b in batches)
+    smoothed = None
     best = (math.inf, None)
     if history.validation_loss:
         best = (min(history.validation_loss), copy.deepcopy(module.state_dict()))
@@ -104,30 +107,35 @@ def train_module(
     bar = _progress(progress, config.epochs - start_epoch, description)
     for epoch in range(start_epoch, config.epochs):
         module.train()
-        losses = []
+        losses, val_sum, val_n = [], 0.0, 0
         for bi in rng.permutation(len(batches)):
             step = epoch * len(batches) + len(losses)
             factor = _lr_factor(step, total_steps)
             for g in opt.param_groups:
                 g["lr"] = config.lr * factor
             kl_w = config.kl_weight * min(1.0, (step + 1) / warmup_steps)
-            out = module.loss(batches[bi], kl_weight=kl_w, image_reg_weight=config.image_reg_weight)
+            out = module.loss(batches[bi], kl_weight=kl_w, image_reg_weight=config.image_reg_weight, max_features=config.max_features)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
             opt.step()
-            losses.append(float(out["loss"]))
+            losses.append(float(out["loss"].detach()))
+            if "val_sum" in out:
+                val_sum += float(out["val_sum"])
+                val_n += int(out["val_n"])
         train_loss = float(np.mean(losses))
-        val_loss = _validate(module, validation) if validation else train_loss
+        raw_val = val_sum / val_n if val_n else train_loss
+        smoothed = raw_val if smoothed is None else 0.7 * smoothed + 0.3 * raw_val
+        val_loss = smoothed
         history.epoch.append(epoch)
         history.train_loss.append(train_loss)
-        history.validation_loss.append(val_loss)
+        history.validation_loss.append(raw_val)
         history.lr.append(config.lr * factor)
         if not np.isfinite(train_loss):
             raise FloatingPointError(
                 f"training diverged at epoch {epoch} (loss {train_loss}); lower lr (now {config.lr}) or check the input"
             )
-        if val_loss < best[0] - 1e-4 * abs(best[0]):
+        if best[1] is None or val_loss < best[0] - 1e-4 * abs(best[0]):
             best = (val_loss, copy.deepcopy(module.state_dict()))
             history.best_epoch = epoch
             bad_epochs = 0
@@ -139,31 +147,16 @@ def train_module(
             on_epoch(epoch, train_loss)
         if ckpt is not None and ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs):
             _save_checkpoint(ckpt, module, opt, epoch, history)
-        if config.early_stopping and validation and epoch + 1 >= config.min_epochs and bad_epochs >= config.patience:
+        if config.early_stopping and has_validation and epoch + 1 >= config.min_epochs and bad_epochs >= config.patience:
             history.stopped_early = True
             logger.info("early stopping at epoch %d (best %d)", epoch, history.best_epoch)
             break
     if bar is not None:
         bar.close()
-    if config.early_stopping and validation and best[1] is not None:
+    if config.early_stopping and has_validation and best[1] is not None:
         module.load_state_dict(best[1])
     module.eval()
     return history
-
-
-@torch.no_grad()
-def _validate(module: SoScopeModule, batches: Sequence[SpotBatch]) -> float:
-    module.eval()
-    total, n = 0.0, 0
-    for b in batches:
-        k = int(b.loss_mask.sum()) if b.loss_mask is not None else b.n_spots
-        if k == 0:
-            continue
-        out = module.loss(b, kl_weight=1.0, image_reg_weight=0.0, sample=False)
-        total += float(out["reconstruction"] + out["kl"]) * k
-        n += k
-    module.train()
-    return total / max(n, 1)
 
 
 def _save_checkpoint(path: Path, module, opt, epoch: int, history: History) -> None:
