@@ -32,7 +32,8 @@ extensions = [
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
 templates_path = ["_templates"]
-html_static_path = ["_static"]
+# _static holds the README's figures (docs/_static/demo.png); git keeps no empty folder: use it if present.
+html_static_path = ["_static"] if (Path(__file__).parent / "_static").is_dir() else []
 
 # Notebooks (tutorials) are stored with their outputs; nothing runs at build time.
 nb_execution_mode = "off"

@@ -14,7 +14,7 @@ from scipy.spatial import cKDTree
 from .._errors import SoscopeInputError
 from ..geometry import SubspotLayout, lattice_spacing
 
-__all__ = ["even_split", "gaussian_interpolation", "image_regression", "spot_density"]
+__all__ = ["even_split", "fit_footprint_ridge", "gaussian_interpolation", "image_regression", "spot_density"]
 
 
 def _counts(spot_counts, layout: SubspotLayout) -> np.ndarray:
@@ -111,6 +111,38 @@ def gaussian_interpolation(
     return (np.asarray(W @ d) * layout.area[:, None]).astype(np.float32)
 
 
+def fit_footprint_ridge(
+    spot_density: np.ndarray, subspot_features: np.ndarray, layout: SubspotLayout, *, alpha: float = 1e-4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge of spot densities on the footprint-weighted mean of their sub-spots' features (closed form).
+
+    A linear model fitted this way applies unchanged to single sub-spots: the footprint-weighted sum of
+    the sub-spot predictions is the spot prediction. Returns ``(x_mean (D,), y_mean (F,), beta (D, F))``;
+    predict with ``y_mean + (z - x_mean) @ beta``.
+
+    Parameters
+    ----------
+    spot_density
+        ``(N, F)`` per-area spot values.
+    subspot_features
+        ``(M, D)`` standardised features without NaN, in layout order.
+    layout
+        The sub-spots.
+    alpha
+        Ridge penalty on standardised features, relative to the number of spots.
+    """
+    z = np.asarray(subspot_features, dtype=np.float64)
+    wa = layout.area * layout.footprint_weight
+    agg = sp.csr_matrix((wa, (layout.spot_index, np.arange(layout.n_subspots))), shape=(layout.n_spots, len(wa)))
+    x = np.asarray(agg @ z) / _footprint_area(layout)[:, None]
+    xm, ym = x.mean(axis=0), spot_density.mean(axis=0)
+    xc, yc = x - xm, spot_density - ym
+    n = len(x)
+    gram = xc.T @ xc / n + alpha * np.eye(x.shape[1])
+    beta = np.linalg.solve(gram, xc.T @ yc / n)
+    return xm, ym, beta
+
+
 def image_regression(
     spot_counts,
     subspot_features,
@@ -162,15 +194,6 @@ def image_regression(
         z = np.hstack([z, z[:, iu[0]] * z[:, iu[1]]])
         sd = z.std(axis=0)
         z = (z - z.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    wa = layout.area * layout.footprint_weight
-    agg = sp.csr_matrix(
-        (wa, (layout.spot_index, np.arange(layout.n_subspots))), shape=(layout.n_spots, len(wa))
-    )
-    x = np.asarray(agg @ z) / _footprint_area(layout)[:, None]
-    xm, ym = x.mean(axis=0), d.mean(axis=0)
-    xc, yc = x - xm, d - ym
-    n = len(x)
-    gram = xc.T @ xc / n + alpha * np.eye(x.shape[1])
-    beta = np.linalg.solve(gram, xc.T @ yc / n)
+    xm, ym, beta = fit_footprint_ridge(d, z, layout, alpha=alpha)
     dens = ym[None, :] + (z - xm) @ beta
     return (np.clip(dens, 0.0, None) * layout.area[:, None]).astype(np.float32)

@@ -30,14 +30,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def receptive_hops(config: ModuleConfig) -> int:
-    """Graph hops a spot's result depends on: the encoder's layers and the spatial prior's kernel (2 hops)."""
-    return max(config.n_graph_layers if config.use_graph else 0, 2 if config.use_prior else 0)
+    """Graph hops a spot's result depends on: the encoder's layers, and the interpolation kernel (2 hops)."""
+    return max(config.n_graph_layers if config.use_graph else 0, 2)
 
 
 def default_epochs(n_spots: int, chunk_spots: int = TRAIN_CHUNK_SPOTS) -> int:
-    """Epochs giving ~2,000 optimizer steps, between 30 and 300 epochs."""
+    """Epochs giving ~600 optimizer steps, between 20 and 200 (early stopping usually ends sooner)."""
     steps_per_epoch = max(1, math.ceil(n_spots / chunk_spots))
-    return int(np.clip(math.ceil(2000 / steps_per_epoch), 30, 300))
+    return int(np.clip(math.ceil(600 / steps_per_epoch), 20, 200))
 
 
 def build_batches(
@@ -52,7 +52,7 @@ def build_batches(
     hops = receptive_hops(config)
     chunks = plan_chunks(data.centres, data.edge_index, sections=data.sections, chunk_spots=chunk_spots, n_hops=hops)
     adj = adjacency(data.edge_index, data.n_spots)
-    batches = [make_batch(data, c, norm, loss_spots=loss_spots, use_prior=config.use_prior, adj=adj) for c in chunks]
+    batches = [make_batch(data, c, norm, loss_spots=loss_spots, use_image_offset=config.use_image, adj=adj) for c in chunks]
     return chunks, batches
 
 
@@ -108,7 +108,7 @@ def predict(
     if n_samples:
         torch.manual_seed(0)
     for chunk in chunks:
-        batch = make_batch(data, chunk, norm, use_prior=module.config.use_prior, adj=adj).to(device)
+        batch = make_batch(data, chunk, norm, use_image_offset=module.config.use_image, adj=adj).to(device)
         res = module.enhance(batch, n_samples=n_samples)
         sub = data.layout.subset(chunk.nodes)
         local_rows = sub.rows_of(chunk.core_in_nodes)
@@ -127,7 +127,7 @@ def latent(module: SoScopeModule, data: SpotData, norm: Normaliser, *, device: t
     adj = adjacency(data.edge_index, data.n_spots)
     z = np.zeros((data.n_spots, module.config.n_latent), dtype=np.float32)
     for chunk in chunks:
-        batch = make_batch(data, chunk, norm, use_prior=False, adj=adj).to(device)
+        batch = make_batch(data, chunk, norm, use_image_offset=False, adj=adj).to(device)
         mu, _ = module.encode(batch)
         z[chunk.core] = mu[chunk.core_in_nodes].cpu().numpy()
     return z

@@ -12,7 +12,7 @@ from ..geometry import SubspotLayout
 from ..module import ModalitySpec, SpotBatch
 from ..tiling import Chunk, adjacency
 
-_PRIOR_EPS = 0.05  # prior floor, as a fraction of a feature's mean relative expression
+_FLOOR = 0.05  # floor of the offsets' densities, as a fraction of a feature's mean density
 
 
 @dataclass
@@ -55,30 +55,28 @@ class Normaliser:
 
     input_mean: list[np.ndarray]  # per modality, of log1p(normalised) inputs
     input_std: list[np.ndarray]
-    library_mean: list[float]  # per modality, mean library per unit footprint area
-    relative_mean: list[np.ndarray]  # per modality mean relative expression (prior floor)
+    density_mean: list[np.ndarray]  # per modality mean density per area unit (floors of the offsets)
     image_mean: np.ndarray | None
     image_std: np.ndarray | None
     area_unit: float  # mean footprint area: sub-spot areas are expressed relative to it
     batch_codes: dict[str, int]
+    # per modality (x_mean, y_mean, beta): closed-form ridge of relative spot density on image features
+    image_ridge: list | None = None
 
     @classmethod
     def fit(cls, data: SpotData, batch_labels: list[str] | None = None) -> Normaliser:
         """Fit the statistics on ``data`` (all its spots)."""
         footprint = footprint_area(data.layout)
         area_unit = float(np.mean(footprint))
-        in_mean, in_std, lib_mean, rel_mean = [], [], [], []
+        in_mean, in_std, dens_mean = [], [], []
         for mi, spec in enumerate(data.modalities):
             x = data.counts[mi]
             lib = data.library(mi)
             if spec.is_count:
-                keep = lib > 0
-                lib_mean.append(float(np.mean(lib[keep] / footprint[keep] * area_unit)) if keep.any() else 1.0)
-                rel = np.asarray((_row_scale(x[keep], 1 / lib[keep])).mean(0)).ravel()
+                dens = np.asarray(_row_scale(x, area_unit / footprint).mean(0)).ravel()
             else:
-                lib_mean.append(1.0)
-                rel = np.asarray(x.mean(0)).ravel()
-            rel_mean.append(rel.astype(np.float32))
+                dens = np.asarray(x.mean(0)).ravel()
+            dens_mean.append(dens.astype(np.float32))
             xin = encoder_input(x, spec, lib)
             in_mean.append(xin.mean(0).astype(np.float32))
             in_std.append(np.maximum(xin.std(0), 1e-3).astype(np.float32))
@@ -89,7 +87,56 @@ class Normaliser:
         else:
             img_mean = img_std = None
         labels = batch_labels if batch_labels is not None else sorted(np.unique(data.batches).tolist())
-        return cls(in_mean, in_std, lib_mean, rel_mean, img_mean, img_std, area_unit, {b: i for i, b in enumerate(labels)})
+        norm = cls(in_mean, in_std, dens_mean, img_mean, img_std, area_unit, {b: i for i, b in enumerate(labels)})
+        if data.image_features is not None:
+            norm.image_ridge = _fit_image_ridge(data, norm, footprint)
+        return norm
+
+    def standardise_image(self, features: np.ndarray) -> np.ndarray:
+        """Standardised image features, missing values at the mean, clipped to ±8."""
+        f = (features - self.image_mean) / self.image_std
+        return np.nan_to_num(f, nan=0.0).clip(-8, 8).astype(np.float32)
+
+
+def spot_density(x, layout: SubspotLayout, area_unit: float):
+    """Counts per area unit of each spot's footprint (values unchanged for non-count modalities)."""
+    return _row_scale(x, area_unit / np.maximum(footprint_area(layout), 1e-12))
+
+
+def _fit_image_ridge(data: SpotData, norm: Normaliser, footprint: np.ndarray) -> list:
+    """Per modality, the closed-form ridge of spot density on image features (see :func:`image_offset`)."""
+    from ..evaluate._baselines import fit_footprint_ridge
+
+    z = norm.standardise_image(data.image_features)
+    ridges = []
+    for mi, spec in enumerate(data.modalities):
+        x = data.counts[mi]
+        y = spot_density(x, data.layout, norm.area_unit) if spec.is_count else x
+        y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=np.float64)
+        xm, ym, beta = fit_footprint_ridge(y, z, data.layout, alpha=1e-4)
+        ridges.append((xm.astype(np.float32), ym.astype(np.float32), beta.astype(np.float32)))
+    return ridges
+
+
+def image_offset(z: np.ndarray, ridge, spec: ModalitySpec, floor: np.ndarray) -> np.ndarray:
+    """The linear image model's sub-spot density (its log, floored, for counts): the network's starting point.
+
+    A ridge of spot densities on footprint-averaged image features, fitted once in closed form, predicts
+    each sub-spot's density from its own image features; the network learns non-linear corrections
+    (``h``) and spot deviations (``delta``) on top of it.
+    """
+    xm, ym, beta = ridge
+    pred = ym[None, :] + (z - xm) @ beta
+    return (np.log(np.maximum(pred, floor[None, :])) if spec.is_count else pred).astype(np.float32)
+
+
+def _centre_in_spot(values: np.ndarray, layout: SubspotLayout) -> np.ndarray:
+    """Subtract each spot's footprint-area-weighted mean, so the values shape the split only."""
+    aw = layout.area * layout.footprint_weight
+    spot_mean = np.zeros((layout.n_spots, values.shape[1]))
+    np.add.at(spot_mean, layout.spot_index, values * aw[:, None])
+    spot_mean /= np.maximum(np.bincount(layout.spot_index, weights=aw, minlength=layout.n_spots), 1e-12)[:, None]
+    return values - spot_mean[layout.spot_index]
 
 
 def _row_scale(x, factors: np.ndarray):
@@ -104,41 +151,43 @@ def footprint_area(layout: SubspotLayout) -> np.ndarray:
 
 
 def encoder_input(x, spec: ModalitySpec, lib: np.ndarray) -> np.ndarray:
-    """Encoder input before standardisation: log1p of counts per 10,000, or the values themselves."""
+    """Encoder input before standardisation: log1p of counts per 10,000 plus the log library size, or the
+    values themselves (Gaussian modalities)."""
     if spec.is_count:
         scaled = _row_scale(x, 1e4 / np.maximum(lib, 1.0))
         dense = scaled.toarray() if sp.issparse(scaled) else np.asarray(scaled)
-        return np.log1p(dense).astype(np.float32)
+        return np.hstack([np.log1p(dense), np.log1p(lib)[:, None]]).astype(np.float32)
     return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
 
 
-def kernel_prior(
-    rel: np.ndarray, centres: np.ndarray, layout: SubspotLayout, spacing: float, floor: np.ndarray
-) -> np.ndarray:
-    """Log ratio, within each spot, of neighbour-interpolated relative expression at sub-spot centroids.
+def n_encoder_inputs(modalities: list[ModalitySpec]) -> int:
+    """Width of the encoder input: every feature, plus one library column per count modality."""
+    return sum(m.n_features + (1 if m.is_count else 0) for m in modalities)
 
-    A Gaussian kernel (σ = 0.45 × spacing, cut at 3σ) of the spots' relative profiles ``rel`` evaluated at
-    sub-spot centroids; the log is centred per spot (footprint-area weighted), so the prior shapes the
-    split only. Computed with a KD-tree: sparse, linear in the number of sub-spots.
+
+def kernel_interpolate(values: np.ndarray, centres: np.ndarray, points: np.ndarray, spacing: float) -> np.ndarray:
+    """Gaussian-kernel interpolation (σ = 0.45 × spacing, cut at 3σ) of spot ``values`` at ``points``.
+
+    Sparse (KD-tree radius query), linear in the number of points; a point with no spot in reach takes
+    its nearest spot's values.
     """
     from scipy.spatial import cKDTree
 
     sigma = 0.45 * spacing
     tree = cKDTree(centres)
-    pairs = tree.query_ball_point(layout.centroid, r=3 * sigma)
+    pairs = tree.query_ball_point(points, r=3 * sigma)
     lens = np.fromiter((len(p) for p in pairs), dtype=np.int64, count=len(pairs))
+    if (lens == 0).any():
+        _, nearest = tree.query(points[lens == 0])
+        for i, j in zip(np.flatnonzero(lens == 0), np.atleast_1d(nearest), strict=True):
+            pairs[i] = [int(j)]
+        lens = np.fromiter((len(p) for p in pairs), dtype=np.int64, count=len(pairs))
     rows = np.repeat(np.arange(len(pairs)), lens)
-    cols = np.concatenate(pairs).astype(np.int64) if len(rows) else np.zeros(0, np.int64)
-    d2 = ((layout.centroid[rows] - centres[cols]) ** 2).sum(1)
+    cols = np.concatenate(pairs).astype(np.int64)
+    d2 = ((points[rows] - centres[cols]) ** 2).sum(1)
     k = sp.csr_matrix((np.exp(-0.5 * d2 / sigma**2), (rows, cols)), shape=(len(pairs), len(centres)))
-    norm = np.asarray(k.sum(1)).ravel()
-    interp = np.asarray(k @ rel) / np.maximum(norm, 1e-12)[:, None]
-    logp = np.log(interp + floor[None, :])
-    aw = layout.area * layout.footprint_weight
-    spot_mean = np.zeros((layout.n_spots, rel.shape[1]))
-    np.add.at(spot_mean, layout.spot_index, logp * aw[:, None])
-    spot_mean /= np.maximum(np.bincount(layout.spot_index, weights=aw, minlength=layout.n_spots), 1e-12)[:, None]
-    return (logp - spot_mean[layout.spot_index]).astype(np.float32)
+    k = sp.diags(1.0 / np.maximum(np.asarray(k.sum(1)).ravel(), 1e-300)) @ k
+    return np.asarray(k @ values)
 
 
 def make_batch(
@@ -147,7 +196,7 @@ def make_batch(
     norm: Normaliser,
     *,
     loss_spots: np.ndarray | None = None,
-    use_prior: bool = True,
+    use_image_offset: bool = True,
     adj=None,
 ) -> SpotBatch:
     """Tensors of one chunk: its spots (core + halo), their sub-spots, local graphs and the loss mask.
@@ -162,30 +211,29 @@ def make_batch(
     edge_index = torch.as_tensor(np.vstack([local.row, local.col]), dtype=torch.long)
     sub = data.layout.subset(nodes)
     rows = data.layout.rows_of(nodes)
-    xs, libs, ins, priors = [], [], [], []
-    fp = footprint_area(sub)
+    img = None
+    if data.image_features is not None and norm.image_mean is not None:
+        img = norm.standardise_image(data.image_features[rows])
+    xs, ins, offsets = [], [], []
+    centroids = sub.centroid
+    centres = data.centres[nodes]
     for mi, spec in enumerate(data.modalities):
         x = data.rows(mi, nodes)
         lib = x.sum(1).astype(np.float64)
         xs.append(torch.as_tensor(x))
-        xin = (encoder_input(x, spec, lib) - norm.input_mean[mi]) / norm.input_std[mi]
-        ins.append(xin)
+        ins.append((encoder_input(x, spec, lib) - norm.input_mean[mi]) / norm.input_std[mi])
+        use_ridge = use_image_offset and img is not None and norm.image_ridge is not None
         if spec.is_count:
-            # log library per unit footprint, relative to the training mean; empty spots get a tiny one
-            per_area = np.maximum(lib, 0.5) / np.maximum(fp, 1e-12) * norm.area_unit
-            libs.append(torch.as_tensor(np.log(per_area / norm.library_mean[mi]), dtype=torch.float32))
-            if use_prior:
-                rel = x / np.maximum(lib, 1.0)[:, None]
-                priors.append(torch.as_tensor(kernel_prior(rel, data.centres[nodes], sub, data.spacing, _PRIOR_EPS * norm.relative_mean[mi] + 1e-8)))
-            else:
-                priors.append(None)
+            floor = _FLOOR * norm.density_mean[mi] + 1e-8
+            if use_ridge:
+                offset = image_offset(img, norm.image_ridge[mi], spec, floor)
+            else:  # no image: start from the interpolation of neighbouring spots' densities
+                dens = spot_density(x, sub, norm.area_unit)
+                offset = np.log(kernel_interpolate(dens, centres, centroids, data.spacing) + floor)
         else:
-            libs.append(torch.zeros(n))
-            priors.append(None)
-    img = None
-    if data.image_features is not None and norm.image_mean is not None:
-        f = (data.image_features[rows] - norm.image_mean) / norm.image_std
-        img = torch.as_tensor(np.nan_to_num(f, nan=0.0).clip(-8, 8), dtype=torch.float32)
+            offset = image_offset(img, norm.image_ridge[mi], spec, None) if use_ridge else kernel_interpolate(x, centres, centroids, data.spacing)
+        offsets.append(torch.as_tensor(np.asarray(offset, dtype=np.float32)))
+    img = None if img is None else torch.as_tensor(img)
     core_mask = np.zeros(n, dtype=bool)
     core_mask[chunk.core_in_nodes] = True
     if loss_spots is not None:
@@ -202,14 +250,13 @@ def make_batch(
     return SpotBatch(
         x=xs,
         x_in=torch.as_tensor(np.concatenate(ins, axis=1), dtype=torch.float32),
-        log_lib=libs,
         edge_index=edge_index,
         batch=torch.as_tensor(batch_codes),
         sub_spot=torch.as_tensor(sub.spot_index),
         sub_area=torch.as_tensor(sub.area / norm.area_unit, dtype=torch.float32),
         sub_weight=torch.as_tensor(sub.footprint_weight, dtype=torch.float32),
         sub_image=img,
-        sub_prior=priors if use_prior else None,
+        sub_offset=offsets,
         loss_mask=torch.as_tensor(core_mask),
         sub_edges=sub_edges,
         sub_edge_sim=sim,

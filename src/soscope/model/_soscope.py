@@ -16,7 +16,7 @@ from .._version import __version__
 from ..module import ModalitySpec, ModuleConfig, SoScopeModule
 from ..train import History, TrainConfig
 from ._core import TRAIN_CHUNK_SPOTS, default_epochs, fit, latent, predict, resolve_device
-from ._data import Normaliser
+from ._data import Normaliser, n_encoder_inputs
 from ._setup import Prepared, prepare
 
 logger = logging.getLogger("soscope")
@@ -51,8 +51,9 @@ class SoScope:
     image_features
         ``"morphology"`` (colour, stain and texture statistics; no downloads), a callable on image patches,
         a torch module, or ``"obsm:<table>:<key>"`` for precomputed features.
-    use_image, use_graph, use_prior
-        Ablations: no image; no graph (spot-only encoder); no spatial neighbour prior on the split.
+    use_image, use_graph
+        Ablations: no image (sub-spots start from the interpolation of neighbouring spots); no graph
+        (spot-only encoder).
     n_latent, n_hidden, n_graph_layers
         Network sizes.
     seed
@@ -81,7 +82,6 @@ class SoScope:
         image_features: Any = "morphology",
         use_image: bool = True,
         use_graph: bool = True,
-        use_prior: bool = True,
         n_latent: int = 16,
         n_hidden: int = 128,
         n_graph_layers: int = 2,
@@ -94,7 +94,7 @@ class SoScope:
             "likelihood": likelihood, "sections": sections, "section_key": section_key, "batch_key": batch_key,
             "modality_key": modality_key, "coordinate_system": coordinate_system,
             "image_features": image_features if isinstance(image_features, str) else repr(image_features),
-            "use_image": use_image, "use_graph": use_graph, "use_prior": use_prior, "n_latent": n_latent,
+            "use_image": use_image, "use_graph": use_graph, "n_latent": n_latent,
             "n_hidden": n_hidden, "n_graph_layers": n_graph_layers, "seed": seed,
         }  # fmt: skip
         self._image_extractor = image_features
@@ -115,7 +115,7 @@ class SoScope:
         self.module = SoScopeModule(
             ModuleConfig(
                 modalities=data.modalities,
-                n_input=sum(m.n_features for m in data.modalities),
+                n_input=n_encoder_inputs(data.modalities),
                 n_image_features=0 if data.image_features is None else data.image_features.shape[1],
                 n_batches=len(self.normaliser.batch_codes),
                 n_latent=n_latent,
@@ -123,7 +123,6 @@ class SoScope:
                 n_graph_layers=n_graph_layers,
                 use_graph=use_graph,
                 use_image=use_image,
-                use_prior=use_prior,
             )
         )
         self.history: History | None = None
@@ -146,6 +145,7 @@ class SoScope:
         early_stopping: bool = True,
         image_reg_weight: float = 0.1,
         kl_weight: float = 1.0,
+        image_warmup: float = 0.0,
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 25,
         resume: bool = False,
@@ -156,7 +156,7 @@ class SoScope:
         Parameters
         ----------
         epochs
-            Passes over all spots; default ``~2,000 / (spots / 256)`` clipped to [30, 300].
+            Passes over all spots; default ``600 / (spots / 256)`` clipped to [20, 200].
         lr
             Peak learning rate (warm-up, then cosine decay).
         validation_fraction
@@ -167,6 +167,9 @@ class SoScope:
             Weight of the image regulariser on neighbouring sub-spots.
         kl_weight
             Weight of the KL term (warmed up over the first 20% of steps).
+        image_warmup
+            Share of the steps during which spots may differ only through their image and the spatial prior
+            (the latent's deviations are switched on afterwards), so the image explains what it can first.
         checkpoint_dir, checkpoint_every, resume
             Write a checkpoint every ``checkpoint_every`` epochs; ``resume=True`` continues from it.
         progress
@@ -184,6 +187,7 @@ class SoScope:
             raise SoscopeInputError(f"epochs must be ≥ 1, got {epochs}")
         self.train_config = TrainConfig(
             epochs=epochs, lr=lr, early_stopping=early_stopping, image_reg_weight=image_reg_weight, kl_weight=kl_weight,
+            image_warmup_fraction=image_warmup,
             checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), checkpoint_every=checkpoint_every,
             resume=resume, seed=self.settings["seed"],
         )  # fmt: skip
@@ -344,12 +348,12 @@ class SoScope:
             "normaliser": {
                 "input_mean": [torch.as_tensor(a) for a in n.input_mean],
                 "input_std": [torch.as_tensor(a) for a in n.input_std],
-                "relative_mean": [torch.as_tensor(a) for a in n.relative_mean],
-                "library_mean": torch.as_tensor(n.library_mean, dtype=torch.float64),
+                "density_mean": [torch.as_tensor(a) for a in n.density_mean],
                 "image_mean": None if n.image_mean is None else torch.as_tensor(n.image_mean),
                 "image_std": None if n.image_std is None else torch.as_tensor(n.image_std),
                 "area_unit": float(n.area_unit),
                 "batch_codes": json.dumps(n.batch_codes),
+                "image_ridge": None if n.image_ridge is None else [[torch.as_tensor(a) for a in r] for r in n.image_ridge],
             },
         }
         tmp = target.with_suffix(".tmp")
@@ -388,12 +392,12 @@ class SoScope:
         self.normaliser = Normaliser(
             input_mean=[t.numpy() for t in nm["input_mean"]],
             input_std=[t.numpy() for t in nm["input_std"]],
-            library_mean=[float(v) for v in nm["library_mean"]],
-            relative_mean=[t.numpy() for t in nm["relative_mean"]],
+            density_mean=[t.numpy() for t in nm["density_mean"]],
             image_mean=None if nm["image_mean"] is None else nm["image_mean"].numpy(),
             image_std=None if nm["image_std"] is None else nm["image_std"].numpy(),
             area_unit=float(nm["area_unit"]),
             batch_codes=json.loads(nm["batch_codes"]),
+            image_ridge=None if nm.get("image_ridge") is None else [tuple(t.numpy() for t in r) for r in nm["image_ridge"]],
         )
         self.scheme = payload["scheme"]
         self.feature_names = json.loads(payload["feature_names"])

@@ -5,18 +5,20 @@ Pure torch: tensors in, tensors out. Nothing here knows about SpatialData.
 Generative model, per modality ``m`` with features ``g``::
 
     z_i            ~ N(0, I)                                  spot latent (graph encoder posterior)
-    log rate_ikg   = s_i + r_g(z_i, batch_i) + h_g(y_ik) + p_ikg
+    log rate_ikg   = o_ikg + b_g + delta_g(z_i) + h_g(y_ik)
     rate_ikg       = a_ik * exp(log rate_ikg)                 expected counts in sub-spot k's polygon
     E[x_ig]        = sum_k w_ik * rate_ikg                    the spot sees its footprint only
 
-with ``s_i`` the spot's (observed) log library size, ``r`` the spot's profile decoded from its latent,
-``h`` a function of the sub-spot's image features alone, ``p`` an optional fixed spatial prior (log ratio of
-neighbour interpolation within the spot), ``a`` the relative polygon area and ``w`` the polygon's share
-inside the spot's footprint. The *split* of a spot across its sub-spots is therefore set only by the image
-(and the fixed prior): spot-level information cannot leak into it, which is what keeps the split identifiable
-from spot observations (a decoder fed spot-level inputs per sub-spot learns splits that ignore the image).
-For Gaussian modalities the same terms are added without the exponential, and the spot observes the
-area-weighted mean over its footprint.
+``o`` is a fixed offset: the log density that a linear model of the image (a ridge of spot densities on
+footprint-averaged image features, fitted in closed form) predicts from the sub-spot's own image features —
+or, without an image, the Gaussian interpolation of neighbouring spots' densities at the sub-spot. ``h`` is a
+learned non-linear correction from the sub-spot's image features alone, ``delta`` the spot's deviation decoded
+from its latent (under a Gaussian prior, so the image explains first), ``a`` the relative polygon area and
+``w`` the polygon's share inside the spot's footprint. The *split* of a spot across its sub-spots is therefore
+set by the image alone: spot-level information enters only as a per-spot factor shared by all its sub-spots,
+which keeps the split identifiable from spot observations (a decoder fed spot-level inputs per sub-spot learns
+splits that ignore the image, and its accuracy decays as training goes on). For Gaussian modalities the same
+terms are added without the exponential, and the spot observes the area-weighted mean over its footprint.
 """
 
 from __future__ import annotations
@@ -58,14 +60,14 @@ class SpotBatch:
 
     x: list[torch.Tensor]  # per modality (n, F_m) observations
     x_in: torch.Tensor  # (n, F_in) encoder input (normalised)
-    log_lib: list[torch.Tensor]  # per modality (n,) log library size relative to the data's mean
     edge_index: torch.Tensor  # (2, E) spot graph, local indices
     batch: torch.Tensor  # (n,) batch / section codes
     sub_spot: torch.Tensor  # (m,) parent spot row
     sub_area: torch.Tensor  # (m,) polygon area relative to the mean footprint area
     sub_weight: torch.Tensor  # (m,) share of the polygon inside the parent's footprint
     sub_image: torch.Tensor | None = None  # (m, D) standardised image features
-    sub_prior: list[torch.Tensor] | None = None  # per modality (m, F_m) fixed log prior, or None
+    sub_offset: list[torch.Tensor] | None = None  # per modality (m, F_m) fixed offsets (linear image model, or
+    # neighbour interpolation without an image): log density for counts, value otherwise
     loss_mask: torch.Tensor | None = None  # (n,) spots whose likelihood counts (core, training spots)
     val_mask: torch.Tensor | None = None  # (n,) held-out spots, scored (without gradient) for early stopping
     sub_edges: torch.Tensor | None = None  # (2, E') sub-spot neighbour edges for the image regulariser
@@ -104,7 +106,7 @@ class ModuleConfig:
     dropout: float = 0.1
     use_graph: bool = True
     use_image: bool = True
-    use_prior: bool = True
+    profile_prior_sd: float | None = 0.3
     extra: dict = field(default_factory=dict)
 
 
@@ -128,6 +130,9 @@ class SoScopeModule(nn.Module):
         nn.init.zeros_(self.batch_embed.weight)
         self.spot_trunk = mlp(c.n_latent, c.n_hidden, c.n_hidden, n_blocks=2, dropout=c.dropout)
         self.spot_heads = nn.ModuleList([nn.Linear(c.n_hidden, m.n_features) for m in c.modalities])
+        for head in self.spot_heads:  # start from the fixed offsets alone: no spot deviation yet
+            nn.init.normal_(head.weight, std=1e-3)
+            nn.init.zeros_(head.bias)
         # image decoder: sub-spot image features -> a few morphology programs -> per-feature log effect
         if self.use_image:
             self.image_trunk = mlp(c.n_image_features, c.n_hidden, c.n_programs, n_blocks=2, dropout=c.dropout)
@@ -159,10 +164,24 @@ class SoScopeModule(nn.Module):
         return nn.functional.linear(x, layer.weight[idx], bias)
 
     def spot_profiles(self, z: torch.Tensor, batch_codes: torch.Tensor, features=None) -> list[torch.Tensor]:
-        """Spot-level log profile ``r`` per modality, ``(n, F_m)`` (or only the columns in ``features[m]``)."""
-        t = self.spot_trunk(z + self.batch_embed(batch_codes))
+        """Spot-level log profile ``r`` per modality, ``(n, F_m)`` (or only the columns in ``features[m]``).
+
+        ``r = b + delta(z)``: a per-feature level plus the spot's deviation decoded from its latent.
+        While ``self.spot_deviation_on`` is False (image warm-up) ``delta`` is 0, so the image must explain
+        how spots differ.
+        """
         features = features or [None] * len(self.spot_heads)
-        return [self._head(head, t, idx) for head, idx in zip(self.spot_heads, features, strict=True)]
+        t = self.spot_trunk(z + self.batch_embed(batch_codes))
+        out = []
+        self._last_delta = []
+        for head, idx in zip(self.spot_heads, features, strict=True):
+            bias = head.bias if idx is None else head.bias[idx]
+            delta = nn.functional.linear(t, head.weight if idx is None else head.weight[idx])
+            if not getattr(self, "spot_deviation_on", True):
+                delta = delta * 0.0
+            self._last_delta.append(delta)
+            out.append(bias + delta)
+        return out
 
     def image_effects(self, sub_image: torch.Tensor | None, features=None) -> list[torch.Tensor | None]:
         """Sub-spot log effect ``h`` per modality from image features alone, ``(m, F_m)`` (None without image)."""
@@ -194,10 +213,10 @@ class SoScopeModule(nn.Module):
                 logit = logit + bias[batch.batch][batch.sub_spot]
             if h_all[mi] is not None:
                 logit = logit + h_all[mi]
-            if self.config.use_prior and batch.sub_prior is not None and batch.sub_prior[mi] is not None:
-                logit = logit + (batch.sub_prior[mi] if idx is None else batch.sub_prior[mi][:, idx])
+            if batch.sub_offset is not None and batch.sub_offset[mi] is not None:
+                logit = logit + (batch.sub_offset[mi] if idx is None else batch.sub_offset[mi][:, idx])
             if spec.is_count:
-                log_rate = logit + batch.log_lib[mi][batch.sub_spot, None] + torch.log(batch.sub_area)[:, None]
+                log_rate = logit + torch.log(batch.sub_area)[:, None]
                 out.append(torch.exp(log_rate.clamp(max=30.0)))
             else:
                 out.append(logit)
@@ -286,6 +305,10 @@ class SoScopeModule(nn.Module):
         if image_reg_weight > 0 and batch.sub_edges is not None and batch.sub_edges.shape[1] > 0:
             reg = self.image_regulariser(batch, values)
             total = total + image_reg_weight * reg
+        if self.config.profile_prior_sd is not None:
+            # Gaussian prior on the spot deviations: the image explains what it can first
+            pen = sum(((d**2).sum(-1) * mask).sum() / n_used for d in self._last_delta) / (2 * self.config.profile_prior_sd**2)
+            total = total + pen
         out = {"loss": total, "reconstruction": recon.detach(), "kl": kl.detach(), "image_reg": reg.detach()}
         out.update({f"nll_{k}": v for k, v in per_modality.items()})
         if batch.val_mask is not None:

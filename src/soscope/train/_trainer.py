@@ -28,6 +28,7 @@ class TrainConfig:
     kl_weight: float = 1.0
     kl_warmup_fraction: float = 0.2
     image_reg_weight: float = 0.1
+    image_warmup_fraction: float = 0.0  # first share of steps with spot deviations off (image explains first)
     max_features: int | None = 512  # features per modality scored per step (a random subset when more)
     early_stopping: bool = True
     patience: int = 30
@@ -114,6 +115,7 @@ def train_module(
             for g in opt.param_groups:
                 g["lr"] = config.lr * factor
             kl_w = config.kl_weight * min(1.0, (step + 1) / warmup_steps)
+            module.spot_deviation_on = step >= config.image_warmup_fraction * total_steps
             out = module.loss(batches[bi], kl_weight=kl_w, image_reg_weight=config.image_reg_weight, max_features=config.max_features)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
@@ -155,6 +157,7 @@ def train_module(
         bar.close()
     if config.early_stopping and has_validation and best[1] is not None:
         module.load_state_dict(best[1])
+    module.spot_deviation_on = True
     module.eval()
     return history
 
