@@ -146,7 +146,8 @@ def test_enhanced_writes_png(toy, tmp_path):
     assert w > h  # two panels side by side per feature, two feature rows
     panels = [a for a in fig.axes if a.get_label() != "<colorbar>"]
     assert len(panels) == 4
-    assert [p.get_title().split(" — ")[1].split(" ")[0] for p in panels[:2]] == ["spots", "soscope"]
+    assert [p.get_title().split(" ")[0] for p in panels[:2]] == ["spots", "soscope"]
+    assert [p.get_ylabel() for p in panels] == ["gene_0", "", "gene_1", ""]
 
 
 def test_enhanced_values_per_unit_area_share_one_scale(toy):

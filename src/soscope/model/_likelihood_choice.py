@@ -29,8 +29,9 @@ def choose_likelihood(x, modality: str) -> tuple[str, str]:
     non-integer data → ``"gaussian"``.
     """
     v = _sample_values(x)
-    if v.size and np.nanmin(v) < 0 or not is_integer_valued(x):
-        return "gaussian", "values are not non-negative integers (normalised or continuous data)"
+    if not is_integer_valued(x):
+        return "gaussian", "values are not integers (normalised or continuous data)"
+    # integers with negative entries are broken counts, not continuous data: the count check reports them
     if v.size and v.max() <= 1:
         return "bernoulli", "values are binary (0/1): presence of counts"
     if any(w in modality.lower() for w in _CHROMATIN_WORDS):

@@ -61,6 +61,12 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
     def mean(self) -> torch.Tensor:
         return (1 - torch.sigmoid(self.zi_logits)) * self.mu
 
+    @property
+    def variance(self) -> torch.Tensor:
+        # mixture of a point mass at 0 and the NB: (1 - pi) * Var_NB + pi * (1 - pi) * mu**2
+        pi = torch.sigmoid(self.zi_logits)
+        return (1 - pi) * (self.mu + self.mu**2 / self.theta) + pi * (1 - pi) * self.mu**2
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         nb = super().log_prob(value)
         log_pi = torch.nn.functional.logsigmoid(self.zi_logits)

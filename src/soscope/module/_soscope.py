@@ -360,7 +360,9 @@ class SoScopeModule(nn.Module):
             else:
                 enhanced = v
             if remove_batch_bias:
-                factor = self.batch_bias[mi][batch.batch][batch.sub_spot]
+                # to the common scale: each batch's bias relative to the mean over batches (0 with one batch)
+                centred_bias = self.batch_bias[mi] - self.batch_bias[mi].mean(0, keepdim=True)
+                factor = centred_bias[batch.batch][batch.sub_spot]
                 enhanced = enhanced * torch.exp(-factor) if spec.is_count else enhanced - factor
                 v = v * torch.exp(-factor) if spec.is_count else v - factor
             res["enhanced"], res["mean"] = enhanced, v

@@ -643,7 +643,10 @@ def enhanced(
             for im in images:
                 im.draw(a)
             _draw_map(a, m, j, cm, norm, alpha)
-            _style(a, bounds, f"{name} — {labels[kind]}")
+            _style(a, bounds, labels[kind])
+            if c == 0:  # the feature names the row: vertical, so long names (e.g. ADT barcodes) fit
+                short = name if len(name) <= 40 else name[:38] + "…"
+                a.set_ylabel(short, fontsize=11, fontweight="bold")
         fig.colorbar(
             ScalarMappable(norm=norm, cmap=cm),
             ax=list(axes[i]),

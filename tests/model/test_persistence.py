@@ -1,0 +1,205 @@
+"""save, load, enhance; features matched by name; safe loading; determinism; enhance(model=path)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import spatialdata as sd
+import torch
+from model_helpers import _variant, make_sdata, train_model
+
+import soscope
+from soscope.model._soscope import MODEL_FILE
+
+KEY = "ref"
+
+
+def _x(sdata, key: str = KEY) -> np.ndarray:
+    x = sdata.tables[f"table_{key}"].X
+    return np.asarray(x.toarray() if hasattr(x, "toarray") else x)
+
+
+def _with_table(sdata, adata):
+    """Return a SpatialData sharing ``sdata``'s elements, with ``adata`` as ``"table"``."""
+    return sd.SpatialData(
+        images=dict(sdata.images), shapes=dict(sdata.shapes), tables={**dict(sdata.tables), "table": adata}
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(hex_model, hex_sdata):
+    """Enhanced X of the in-memory model on the data it was trained on."""
+    return _x(hex_model.enhance(hex_sdata, key_added=KEY, inplace=False))
+
+
+@pytest.fixture(scope="module")
+def saved(hex_model, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "soscope_model"
+    target = hex_model.save(path)
+    assert target == path / MODEL_FILE and target.is_file()
+    return path
+
+
+@pytest.fixture
+def loaded(saved):
+    return soscope.SoScope.load(saved, device="cpu", progress=False)
+
+
+# ------------------------------------------------------------------------------------ round trip
+def test_save_load_enhance_identical(loaded, hex_model, hex_sdata, reference):
+    assert loaded.is_trained and loaded.prepared is None
+    assert loaded.feature_names == hex_model.feature_names
+    assert loaded.scheme == hex_model.scheme
+    for (k, a), (k2, b) in zip(
+        hex_model.module.state_dict().items(), loaded.module.state_dict().items(), strict=True
+    ):
+        assert k == k2 and torch.equal(a, b)
+    out = loaded.enhance(hex_sdata, key_added=KEY, inplace=False)
+    assert np.array_equal(_x(out), reference)
+    assert "table_ref" not in hex_sdata.tables, "inplace=False must leave the input alone"
+
+
+def test_loaded_model_needs_data(loaded):
+    with pytest.raises(soscope.SoscopeInputError, match="loaded without data"):
+        loaded.enhance()
+    with pytest.raises(soscope.SoscopeInputError, match="without data"):
+        loaded.train(epochs=1)
+
+
+def test_save_refuses_overwrite(hex_model, saved):
+    with pytest.raises(soscope.SoscopeInputError, match="overwrite"):
+        hex_model.save(saved)
+
+
+def test_load_from_file_path(saved, reference, hex_sdata):
+    m = soscope.SoScope.load(saved / MODEL_FILE, device="cpu", progress=False)
+    np.testing.assert_allclose(
+        _x(m.enhance(hex_sdata, key_added=KEY, inplace=False)), reference, rtol=1e-6, atol=1e-6
+    )
+
+
+def test_enhance_through_path(saved, reference):
+    sdata2 = make_sdata()  # the same sample, built again
+    out = soscope.enhance(sdata2, model=saved, key_added=KEY, device="cpu", progress=False)
+    assert out is sdata2
+    np.testing.assert_allclose(_x(sdata2), reference, rtol=1e-6, atol=1e-6)
+    assert "spots_ref" in sdata2.shapes
+
+
+# ------------------------------------------------------------------------------------ feature matching
+def test_missing_features_are_named(loaded, hex_sdata):
+    table = hex_sdata.tables["table"]
+    dropped = ["gene_3", "gene_17"]
+    keep = [v for v in table.var_names if v not in dropped]
+    other = _with_table(hex_sdata, table[:, keep].copy())
+    with pytest.raises(soscope.ModelCompatibilityError, match="gene_3") as err:
+        loaded.enhance(other, inplace=False)
+    assert "gene_17" in str(err.value) and "2 of the model's 40 features" in str(err.value)
+
+
+def test_renamed_features_are_missing(hex_model, hex_sdata):
+    table = hex_sdata.tables["table"].copy()
+    table.var_names = [("renamed_0" if v == "gene_0" else v) for v in table.var_names]
+    with pytest.raises(soscope.ModelCompatibilityError, match="gene_0"):
+        hex_model.enhance(_with_table(hex_sdata, table), inplace=False)
+
+
+def test_reordered_features_match_by_name(loaded, hex_sdata, reference):
+    table = hex_sdata.tables["table"]
+    order = np.random.default_rng(0).permutation(table.n_vars)
+    shuffled = table[:, order].copy()
+    assert list(shuffled.var_names) != list(table.var_names)
+    out = loaded.enhance(_with_table(hex_sdata, shuffled), key_added=KEY, inplace=False)
+    written = out.tables[f"table_{KEY}"]
+    assert list(written.var_names) == list(table.var_names), "output follows the model's feature order"
+    np.testing.assert_allclose(_x(out), reference, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ safe loading
+def _write_marker(path: str) -> None:
+    Path(path).write_text("pwned")
+
+
+class _Evil:
+    """Unpickling this runs ``_write_marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (_write_marker, (self.marker,))
+
+
+def test_the_payload_really_runs_code(tmp_path):
+    """Sanity of the malicious payload: plain unpickling does run it."""
+    marker = tmp_path / "ran"
+    pickle.loads(pickle.dumps(_Evil(marker)))
+    assert marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("how", ["torch", "pickle"])
+def test_malicious_model_file_is_refused(tmp_path, how):
+    model_dir = tmp_path / "evil_model"
+    model_dir.mkdir()
+    marker = tmp_path / "marker"
+    payload = {"format": "soscope-model/1", "state_dict": _Evil(marker)}
+    if how == "torch":
+        torch.save(payload, model_dir / MODEL_FILE)
+    else:
+        with open(model_dir / MODEL_FILE, "wb") as fh:
+            pickle.dump(payload, fh)
+    with pytest.raises(soscope.ModelCompatibilityError, match="not allowed|not a soscope model"):
+        soscope.SoScope.load(model_dir, device="cpu")
+    with pytest.raises(soscope.ModelCompatibilityError):
+        soscope.enhance(make_sdata(), model=model_dir, device="cpu", progress=False)
+    assert not marker.exists(), "loading a model file must never run code"
+
+
+def test_garbage_file_is_refused(tmp_path):
+    (tmp_path / MODEL_FILE).write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(soscope.ModelCompatibilityError):
+        soscope.SoScope.load(tmp_path, device="cpu")
+
+
+def test_foreign_torch_file_is_refused(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / MODEL_FILE)
+    with pytest.raises(soscope.ModelCompatibilityError, match="not a soscope model"):
+        soscope.SoScope.load(tmp_path, device="cpu")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(soscope.ModelCompatibilityError, match="not a soscope model"):
+        soscope.SoScope.load(tmp_path / "list.pt", device="cpu")
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(soscope.SoscopeInputError, match="no soscope model"):
+        soscope.SoScope.load(tmp_path / "nowhere", device="cpu")
+
+
+# ------------------------------------------------------------------------------------ determinism
+def test_same_seed_same_result(hex_sdata):
+    a = train_model(hex_sdata, seed=3)
+    b = train_model(hex_sdata, seed=3)
+    xa = _x(a.enhance(hex_sdata, key_added=KEY, inplace=False))
+    xb = _x(b.enhance(hex_sdata, key_added=KEY, inplace=False))
+    assert np.array_equal(xa, xb)
+    assert a.history.train_loss == b.history.train_loss
+    c = train_model(hex_sdata, seed=4)
+    assert not np.array_equal(xa, _x(c.enhance(hex_sdata, key_added=KEY, inplace=False)))
+
+
+def test_round_trip_two_modalities(grid_sdata, tmp_path):
+    """A multi-omics model (nb + poisson heads) reloads and gives the same tables."""
+    sdata = _variant(grid_sdata, "peaks")
+    model = train_model(sdata, epochs=2)
+    ref = model.enhance(sdata, key_added=KEY, inplace=False)
+    model.save(tmp_path / "m")
+    out = soscope.SoScope.load(tmp_path / "m", device="cpu", progress=False).enhance(
+        sdata, key_added=KEY, inplace=False
+    )
+    for name in ("table_ref_gene_expression", "table_ref_peaks"):
+        assert np.array_equal(np.asarray(out.tables[name].X), np.asarray(ref.tables[name].X))
+        assert out.tables[name].uns["soscope"]["likelihood"] == {"Gene Expression": "nb", "Peaks": "poisson"}

@@ -1,0 +1,116 @@
+"""Tiled inference (chunks with a halo) equals untiled inference, on the chunk borders too."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from model_helpers import train_model
+
+from soscope.model._core import predict, receptive_hops
+from soscope.tiling import plan_chunks
+
+SMALL = 40
+
+
+def _border_spots(data, chunk_spots: int) -> np.ndarray:
+    """Spots with a graph neighbour owned by another chunk."""
+    chunks = plan_chunks(data.centres, data.edge_index, sections=data.sections, chunk_spots=chunk_spots)
+    owner = np.empty(data.n_spots, dtype=np.int64)
+    for i, c in enumerate(chunks):
+        owner[c.core] = i
+    src, dst = data.edge_index
+    cross = owner[src] != owner[dst]
+    return np.unique(src[cross])
+
+
+def _check_tiled_equals_untiled(model):
+    data = model.prepared.data
+    kw = dict(device=torch.device("cpu"))
+    full = predict(model.module, data, model.normaliser, chunk_spots=10**9, **kw)
+    tiled = predict(model.module, data, model.normaliser, chunk_spots=SMALL, **kw)
+    n_chunks = len(plan_chunks(data.centres, data.edge_index, sections=data.sections, chunk_spots=SMALL))
+    assert n_chunks >= 4, "the small chunk size must cut the section into several tiles"
+    border = _border_spots(data, SMALL)
+    assert len(border) > data.n_spots // 4, "many spots should sit on chunk borders"
+    border_rows = data.layout.rows_of(border)
+    for f, t in zip(full, tiled, strict=True):
+        assert set(f) == set(t) == {"enhanced", "mean"}
+        for key in ("enhanced", "mean"):
+            assert np.isfinite(f[key]).all()
+            assert np.abs(f[key]).sum() > 0, "every sub-spot row must be written"
+            np.testing.assert_allclose(
+                t[key][border_rows],
+                f[key][border_rows],
+                rtol=1e-4,
+                atol=1e-5,
+                err_msg=f"{key} on chunk borders",
+            )
+            np.testing.assert_allclose(t[key], f[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_tiled_equals_untiled_hex7_image(hex_model):
+    assert hex_model.scheme == "hex7" and hex_model.module.use_image
+    _check_tiled_equals_untiled(hex_model)
+
+
+def test_tiled_equals_untiled_grid_no_image(grid_model):
+    assert grid_model.scheme.startswith("grid") and not grid_model.module.use_image
+    _check_tiled_equals_untiled(grid_model)
+
+
+def test_halo_too_shallow_would_differ(hex_model, monkeypatch):
+    """Sanity of the test itself: with no halo the border spots do change."""
+    import soscope.model._core as core
+
+    data = hex_model.prepared.data
+    full = predict(
+        hex_model.module, data, hex_model.normaliser, device=torch.device("cpu"), chunk_spots=10**9
+    )
+    monkeypatch.setattr(core, "receptive_hops", lambda config: 0)
+    cut = core.predict(
+        hex_model.module, data, hex_model.normaliser, device=torch.device("cpu"), chunk_spots=SMALL
+    )
+    assert not np.allclose(cut[0]["mean"], full[0]["mean"], rtol=1e-4, atol=1e-5)
+
+
+def test_receptive_hops_cover_graph_layers(hex_model):
+    cfg = hex_model.module.config
+    assert receptive_hops(cfg) >= cfg.n_graph_layers
+
+
+def test_tiled_std_is_finite(hex_model):
+    """With posterior samples the chunked path also fills the std layer everywhere."""
+    data = hex_model.prepared.data
+    res = predict(
+        hex_model.module,
+        data,
+        hex_model.normaliser,
+        device=torch.device("cpu"),
+        chunk_spots=SMALL,
+        n_samples=3,
+    )
+    assert res[0]["std"].shape == res[0]["mean"].shape
+    assert np.isfinite(res[0]["std"]).all() and (res[0]["std"] >= 0).all()
+
+
+@pytest.mark.parametrize("n_graph_layers", [3])
+def test_tiled_equals_untiled_deeper_encoder(hex_sdata, n_graph_layers):
+    """A deeper encoder needs a deeper halo; the plan follows the module's receptive field."""
+    model = train_model(hex_sdata, epochs=1, n_graph_layers=n_graph_layers)
+    assert receptive_hops(model.module.config) == n_graph_layers
+    _check_tiled_equals_untiled(model)
+
+
+def test_tiled_equals_untiled_two_sections():
+    """Two sections side by side: chunks and halos stay within a section, results unchanged."""
+    from model_helpers import MODEL_ARGS
+
+    import soscope
+
+    sdata = soscope.datasets.synthetic(n_spots=120, n_features=30, k=9, image=False, n_sections=2, seed=1)
+    model = soscope.SoScope(sdata, **MODEL_ARGS)
+    model.train(epochs=2)
+    data = model.prepared.data
+    assert len(np.unique(data.sections)) == 2
+    _check_tiled_equals_untiled(model)
