@@ -14,6 +14,7 @@ TORCH ?= torch==2.13.0
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 DEMO_OUT ?= out/
+DEMO_ARGS ?=
 
 .PHONY: install test demo benchmarks docs clean
 
@@ -36,7 +37,7 @@ test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: install
-	$(BIN)/soscope demo --out $(DEMO_OUT)
+	$(BIN)/soscope demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
 benchmarks: install
 	@set -e; found=0; \

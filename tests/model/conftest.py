@@ -5,13 +5,16 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("spatialdata")
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
+
+from model_helpers import make_sdata, one_thread, train_model  # noqa: E402
 
 
-# tiny networks: one thread is fastest, and much faster than several on a shared, busy CPU
-torch.set_num_threads(1)
-
-from model_helpers import make_sdata, train_model  # noqa: E402
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Run these tiny networks on one thread (restored after each module, so other tests are unaffected)."""
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 import spatialdata as sd
+import torch
 
 import soscope
 
@@ -14,12 +17,29 @@ MODEL_ARGS = dict(table="table", n_hidden=32, n_latent=8, device="cpu", progress
 
 
 def make_sdata(k: int = 7, image: bool = True, seed: int = 0):
+    """Build the small synthetic sample of these tests (the same object for the same arguments)."""
     return soscope.datasets.synthetic(n_spots=N_SPOTS, n_features=N_FEATURES, k=k, image=image, seed=seed)
 
 
+@contextmanager
+def one_thread():
+    """Run torch on one thread inside the block.
+
+    For tiny networks one thread is fastest, and much faster than several on a shared, busy CPU.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_model(sdata, epochs: int = EPOCHS, **kwargs):
-    model = soscope.SoScope(sdata, **{**MODEL_ARGS, **kwargs})
-    model.train(epochs=epochs)
+    """Set up a small model on ``sdata`` and train it for a few epochs (on one thread)."""
+    with one_thread():
+        model = soscope.SoScope(sdata, **{**MODEL_ARGS, **kwargs})
+        model.train(epochs=epochs)
     return model
 
 

@@ -69,6 +69,14 @@ def test_explicit_choice_overrides_auto(grid_sdata):
     assert model.prepared.likelihoods == {"all": "gaussian"}
 
 
+def test_negative_integer_counts_raise(grid_sdata):
+    """Negative integers are broken counts, not continuous data: the count check refuses them."""
+    x = grid_sdata.tables["table"].X.toarray().astype(np.int32)
+    x[0, 0] = -2
+    with pytest.raises(soscope.SoscopeInputError, match="negative"):
+        soscope.SoScope(_with_x(grid_sdata, x), **MODEL_ARGS)
+
+
 def test_unknown_likelihood_raises(grid_sdata):
     with pytest.raises(soscope.SoscopeInputError, match="not known"):
         soscope.SoScope(grid_sdata, likelihood="gamma", **MODEL_ARGS)
@@ -84,7 +92,7 @@ def test_unknown_likelihood_raises(grid_sdata):
         (np.array([[0.0, 3.0], [7.0, 1.0]]), "Gene Expression", "nb"),  # integer-valued floats
         (sp.csr_matrix(np.array([[0, 3], [7, 1]])), "Gene Expression", "nb"),
         (np.array([[0.5, 3.0], [7.0, 1.0]]), "Gene Expression", "gaussian"),
-        (np.array([[-1, 3], [7, 1]]), "Gene Expression", "gaussian"),  # negative values
+        (np.array([[-1, 3], [7, 1]]), "Gene Expression", "nb"),  # broken counts: the count check reports them
         (np.array([[0, 1], [1, 0]]), "Gene Expression", "bernoulli"),
         (sp.csr_matrix(np.array([[0, 1], [1, 0]], dtype=np.float32)), "Peaks", "bernoulli"),
         (np.array([[0, 3], [7, 1]]), "Peaks", "poisson"),

@@ -676,6 +676,11 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------------------------- demo
+#: Epochs of `soscope demo` unless --epochs is given (the model's own default, ~300 on this example, takes
+#: over ten minutes on a laptop CPU).
+DEMO_EPOCHS = 60
+
+
 def _informative_features(adata: Any, n: int = 3) -> list[str]:
     """Pick ``n`` features worth looking at: spatially variable and well measured, across modalities."""
     import numpy as np
@@ -709,7 +714,12 @@ def demo(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for example_enhanced.zarr and .png.")
     ] = Path("soscope_demo"),
-    epochs: EpochsOpt = None,
+    epochs: Annotated[
+        int,
+        typer.Option(
+            "--epochs", min=1, help="Training epochs (the demo's default keeps it to a few minutes on a CPU)."
+        ),
+    ] = DEMO_EPOCHS,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     progress: ProgressOpt = True,
@@ -718,7 +728,11 @@ def demo(
     t0 = time.perf_counter()
     import soscope
     from soscope import pl
-    from soscope.datasets import example
+
+    try:
+        from soscope.datasets import example
+    except ImportError:  # not re-exported by soscope.datasets (yet): the loader itself
+        from soscope.datasets._example import example
 
     sdata = example()
     table = "table"

@@ -15,6 +15,7 @@ from soscope.io._validate import (
     zero_spots_mask,
     zero_variance_mask,
 )
+from soscope.io._readers import read_dbit, read_soscope_layout
 from soscope.io._write import write_results
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "counts_matrix",
     "is_integer_valued",
     "is_soscope_output",
+    "read_dbit",
+    "read_soscope_layout",
     "select",
     "write_results",
     "zero_spots_mask",
