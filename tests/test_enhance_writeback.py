@@ -130,7 +130,16 @@ def _fails_cleanly(path, match, mutate=None, **kwargs):
 
 
 def test_ambiguous_tables_listed(small_store):
-    _fails_cleanly(small_store, r"(?s)(table.*truth|truth.*table).*table=")
+    def second_table(s):
+        t = s.tables["table"].copy()
+        s.tables["table_copy"] = t
+
+    _fails_cleanly(small_store, r"(?s)(table.*table_copy|table_copy.*table).*table=", mutate=second_table)
+
+
+def test_truth_table_is_never_picked(small_store):
+    sdata = sd.read_zarr(small_store)
+    assert soscope.io.select(sdata).table == "table"
 
 
 def test_no_table(small_store):

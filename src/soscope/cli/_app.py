@@ -728,11 +728,7 @@ def demo(
     t0 = time.perf_counter()
     import soscope
     from soscope import pl
-
-    try:
-        from soscope.datasets import example
-    except ImportError:  # not re-exported by soscope.datasets (yet): the loader itself
-        from soscope.datasets._example import example
+    from soscope.datasets import example
 
     sdata = example()
     table = "table"

@@ -704,6 +704,7 @@ def synthetic(
     truth.layers["mean"] = np.vstack(truth_mean)
     truth.layers["footprint"] = np.vstack(truth_foot)
     truth.obsm["cell_type_fractions"] = np.vstack(fracs)
+    truth.uns["soscope_truth"] = True  # reference truth: soscope never picks it as input
     truth.uns["subspots"] = {"scheme": scheme, "spots": regions, "spacing": float(spacing / mpp)}
     truth = TableModel.parse(truth, region=truth_regions, region_key="region", instance_key="subspot_id")
 

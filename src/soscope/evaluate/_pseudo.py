@@ -315,6 +315,7 @@ def pseudo_spots(
         index=pd.Index([f"subspot_{i}" for i in range(m)]),
     )
     truth = ad.AnnData(X=sub_x, obs=tobs, var=var.copy())
+    truth.uns["soscope_truth"] = True  # reference truth: soscope never picks it as input
     truth.uns["subspots"] = {"scheme": scheme, "spots": ["spots"], "spacing": float(spacing)}
     truth = TableModel.parse(
         truth, region="spots_truth_subspots", region_key="region", instance_key="subspot_id"

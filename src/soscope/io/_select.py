@@ -26,6 +26,9 @@ from soscope.io._validate import (
 
 logger = logging.getLogger(__name__)
 
+#: ``uns`` flag of tables holding reference truth (synthetic data, pseudo-spots): skipped when auto-picking.
+TRUTH_KEY = "soscope_truth"
+
 #: var columns looked at (in this order) to split a table into modalities when ``modality_key`` is not given.
 MODALITY_COLUMNS = ("feature_types", "modality", "feature_type")
 #: Name of the single modality of a table without a modality column.
@@ -134,7 +137,10 @@ def _pick_table(sdata: Any, table: str | None, spots: Sequence[str] | None) -> s
                 "Pass one of them as `table=`."
             )
         return table
-    candidates = [t for t in sdata.tables if not is_soscope_output(sdata, t)]
+    # soscope's outputs and reference truth tables (synthetic data, pseudo-spots) are never the input
+    candidates = [
+        t for t in sdata.tables if not is_soscope_output(sdata, t) and not sdata.tables[t].uns.get(TRUTH_KEY, False)
+    ]
     if not candidates:
         raise SoscopeInputError(
             f"The only tables are soscope outputs ({_fmt_list(sdata.tables)}); pass `table=` to use one "
