@@ -65,7 +65,8 @@ NOTES = """\
 - Baselines: even split (parent density × sub-spot area), Gaussian interpolation of neighbouring spot
   densities (σ = 0.45 × spacing), per-feature ridge regression of spot density on the sub-spots' image
   features (the same morphology features soscope uses).
-- Wall times are on a shared 2-core machine: other processes may have slowed them (see load average)."""
+- Wall times are on a shared 2-core machine: other processes may have slowed them (see load average);
+  CPU time (all threads of this process) is less sensitive to that."""
 
 T_START = time.perf_counter()
 
@@ -250,7 +251,7 @@ def run_case(name: str, args, cache: dict, outdir: Path) -> dict:
     import soscope
     from soscope.evaluate import score, summary
 
-    t_case = time.perf_counter()
+    t_case, cpu_case = time.perf_counter(), time.process_time()
     log(f"{name}: building pseudo-spots")
     t0 = time.perf_counter()
     p, feats, desc = build_case(name, args, cache)
@@ -327,6 +328,7 @@ def run_case(name: str, args, cache: dict, outdir: Path) -> dict:
         fig.savefig(outdir / f"accuracy_{name}_scores.png", dpi=80)
     info["t_plots"] = time.perf_counter() - t0
     info["t_total"] = time.perf_counter() - t_case
+    info["cpu_total"] = time.process_time() - cpu_case
     means = summ["mean"]
     log(
         f"{name}: mean Pearson "
@@ -342,6 +344,36 @@ def fmt(v: float, nd: int = 3) -> str:
     return "–" if v is None or not np.isfinite(v) else f"{v:.{nd}f}"
 
 
+def code_state() -> str:
+    """Describe the code that ran: git commit, uncommitted changes, and a hash of the model's sources."""
+    import hashlib
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    src = root / "src" / "soscope"
+    h = hashlib.sha256()
+    for sub in ("model", "module", "train"):
+        for f in sorted((src / sub).glob("*.py")):
+            h.update(f.read_bytes())
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    state = f"commit {commit or 'unknown'}" + (" with uncommitted changes under src/" if dirty else "")
+    return f"{state}; model sources (model/, module/, train/) sha256 {h.hexdigest()[:12]}"
+
+
 def report(results: list[dict], args, t_all: float) -> str:
     """Write the Markdown report."""
     import torch
@@ -349,6 +381,7 @@ def report(results: list[dict], args, t_all: float) -> str:
     import soscope
 
     ran = [r for r in results if "skipped" not in r]
+    load_now = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
         "# Accuracy on pseudo-spots: soscope vs naive baselines",
         "",
@@ -356,7 +389,9 @@ def report(results: list[dict], args, t_all: float) -> str:
         f"(soscope {soscope.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"seed {args.seed}, "
         f"epochs {'soscope default (early stopping)' if args.epochs is None else args.epochs}). "
-        f"Total wall time {t_all / 60:.1f} min; load average at start {args.load_at_start}.",
+        f"Total wall time {t_all / 60:.1f} min, CPU time of this process {time.process_time() / 60:.1f} min "
+        f"(all threads); load average at start {args.load_at_start}, at the end {load_now}. "
+        f"Code: {args.code_state}.",
         "",
         "Protocol: pseudo-spots sum the high-resolution units (cells or 2 µm transcript bins) whose centre "
         "lies in each footprint; each sub-spot is scored against the units whose centre lies in its polygon. "
@@ -366,12 +401,12 @@ def report(results: list[dict], args, t_all: float) -> str:
         "## Cases",
         "",
         "| case | pseudo-spots | spots | sub-spots | features scored / total | median counts per spot "
-        "| soscope epochs | wall time: build / soscope / no-image / score / case (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| soscope epochs | wall time: build / soscope / no-image / score / case (s) | CPU time, case (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
         if "skipped" in r:
-            lines.append(f"| {r['name']} | {r['skipped']} | – | – | – | – | – | – |")
+            lines.append(f"| {r['name']} | {r['skipped']} | – | – | – | – | – | – | – |")
             continue
         ep = f"{r['epochs']}" + (f" / {r['epochs_ablation']}" if "epochs_ablation" in r else "")
         times = " / ".join(
@@ -380,7 +415,8 @@ def report(results: list[dict], args, t_all: float) -> str:
         )
         lines.append(
             f"| {r['name']} | {r['desc']} | {r['spots']:,} | {r['subspots']:,} ({r['scheme']}) | "
-            f"{r['features']} / {r['n_vars']} | {r['counts_per_spot']:,.0f} | {ep} | {times} |"
+            f"{r['features']} / {r['n_vars']} | {r['counts_per_spot']:,.0f} | {ep} | {times} | "
+            f"{r['cpu_total']:.0f} |"
         )
     lines += [
         "",
@@ -408,7 +444,7 @@ def report(results: list[dict], args, t_all: float) -> str:
                 f"| {r['name']} | {label} | {fmt(v.get('pearson'))} | {fmt(v.get('spearman'))} | "
                 f"{fmt(v.get('rmse'))} | {fmt(v.get('ssim'))} | {b} |"
             )
-    lines += ["", "## Verdict (mean Pearson)", ""]
+    lines += ["", "## Verdict (mean Pearson; other metrics where soscope is worse on average)", ""]
     for r in ran:
         s = r["summary"]
         ps = s["mean"]["soscope"]["pearson"]
@@ -417,9 +453,22 @@ def report(results: list[dict], args, t_all: float) -> str:
             if m in s["mean"]:
                 pb = s["mean"][m]["pearson"]
                 word = "beats" if ps > pb else "does not beat"
+                worse = [
+                    k
+                    for k in METRICS[1:]
+                    if k in s["mean"][m]
+                    and np.isfinite(s["mean"][m][k])
+                    and (
+                        s["mean"]["soscope"][k] > s["mean"][m][k]
+                        if k == "rmse"
+                        else s["mean"]["soscope"][k] < s["mean"][m][k]
+                    )
+                ]
                 parts.append(
                     f"{word} {BASELINE_LABELS[m]} ({ps:.3f} vs {pb:.3f}; better on "
-                    f"{100 * s['beats'][m]['pearson']:.0f}% of features)"
+                    f"{100 * s['beats'][m]['pearson']:.0f}% of features"
+                    + (f"; but worse on mean {', '.join(worse)}" if worse else "")
+                    + ")"
                 )
         line = f"- **{r['name']}**: soscope " + "; ".join(parts) + "."
         if "beats_no_image" in s:
@@ -468,6 +517,7 @@ def main() -> None:
         args.epochs = 40
     cases = args.cases or (QUICK_CASES if args.quick else CASES)
     args.load_at_start = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    args.code_state = code_state()  # at start: the sources imported below
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: nothing here downloads
     warnings.filterwarnings("ignore", category=FutureWarning)

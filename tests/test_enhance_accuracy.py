@@ -70,6 +70,12 @@ def test_accuracy_does_not_decay_with_longer_training(tissue, default_run):
     longer.enhance(tissue, key_added="acc_long")
     acc_long = _accuracy(tissue, "acc_long")
     assert acc_long >= acc_default - 0.02, (acc_default, acc_long)
+    # and without early stopping: all 3x epochs run and accuracy still holds
+    no_stop = soscope.SoScope(tissue, table="table", progress=False)
+    h = no_stop.train(epochs=3 * default_epochs, early_stopping=False)
+    assert len(h.epoch) == 3 * default_epochs
+    no_stop.enhance(tissue, key_added="acc_nostop")
+    assert _accuracy(tissue, "acc_nostop") >= acc_default - 0.02
 
 
 def test_enhanced_table_is_sane(tissue, default_run):

@@ -146,6 +146,7 @@ class SoScope:
         image_reg_weight: float = 0.1,
         kl_weight: float = 1.0,
         image_warmup: float = 0.0,
+        image_weight_decay: float = 1e-4,
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 25,
         resume: bool = False,
@@ -170,6 +171,8 @@ class SoScope:
         image_warmup
             Share of the steps during which spots may differ only through their image and the spatial prior
             (the latent's deviations are switched on afterwards), so the image explains what it can first.
+        image_weight_decay
+            Weight decay of the image head (shared by all sub-spots), which keeps it from fitting spot noise.
         checkpoint_dir, checkpoint_every, resume
             Write a checkpoint every ``checkpoint_every`` epochs; ``resume=True`` continues from it.
         progress
@@ -187,7 +190,7 @@ class SoScope:
             raise SoscopeInputError(f"epochs must be ≥ 1, got {epochs}")
         self.train_config = TrainConfig(
             epochs=epochs, lr=lr, early_stopping=early_stopping, image_reg_weight=image_reg_weight, kl_weight=kl_weight,
-            image_warmup_fraction=image_warmup,
+            image_warmup_fraction=image_warmup, image_weight_decay=image_weight_decay,
             checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), checkpoint_every=checkpoint_every,
             resume=resume, seed=self.settings["seed"],
         )  # fmt: skip

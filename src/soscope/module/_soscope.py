@@ -102,7 +102,10 @@ class ModuleConfig:
     n_hidden: int = 128
     n_graph_layers: int = 2
     n_heads: int = 4
-    n_programs: int = 32
+    # a small image head: shared by every sub-spot, a large one fits spot noise as training goes on
+    n_programs: int = 8
+    image_hidden: int = 32
+    image_blocks: int = 1
     dropout: float = 0.1
     use_graph: bool = True
     use_image: bool = True
@@ -135,7 +138,7 @@ class SoScopeModule(nn.Module):
             nn.init.zeros_(head.bias)
         # image decoder: sub-spot image features -> a few morphology programs -> per-feature log effect
         if self.use_image:
-            self.image_trunk = mlp(c.n_image_features, c.n_hidden, c.n_programs, n_blocks=2, dropout=c.dropout)
+            self.image_trunk = mlp(c.n_image_features, c.image_hidden, c.n_programs, n_blocks=c.image_blocks, dropout=c.dropout)
             self.image_heads = nn.ModuleList([nn.Linear(c.n_programs, m.n_features, bias=False) for m in c.modalities])
             for head in self.image_heads:
                 nn.init.normal_(head.weight, std=1e-3)

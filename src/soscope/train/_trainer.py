@@ -25,6 +25,7 @@ class TrainConfig:
     epochs: int = 200
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    image_weight_decay: float = 1e-4
     kl_weight: float = 1.0
     kl_warmup_fraction: float = 0.2
     image_reg_weight: float = 0.1
@@ -84,7 +85,12 @@ def train_module(
     """
     history = history or History()
     module.to(device)
-    opt = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    image_params = [p for n, p in module.named_parameters() if n.startswith(("image_trunk", "image_heads"))]
+    other_params = [p for n, p in module.named_parameters() if not n.startswith(("image_trunk", "image_heads"))]
+    groups = [{"params": other_params, "weight_decay": config.weight_decay}]
+    if image_params:  # the image head is shared by all sub-spots: decay keeps it from fitting spot noise
+        groups.append({"params": image_params, "weight_decay": config.image_weight_decay})
+    opt = torch.optim.AdamW(groups, lr=config.lr)
     total_steps = config.epochs * len(batches)
     start_epoch = 0
     ckpt = Path(config.checkpoint_dir) / "checkpoint.pt" if config.checkpoint_dir else None
