@@ -140,10 +140,17 @@ def test_info_reports_the_choice(stores):
         assert text in out, out
 
 
-def test_ambiguous_store_fails_with_the_candidates_and_the_option(stores):
+def test_ambiguous_store_fails_with_the_candidates_and_the_option(stores, tmp_path):
     """Two candidate tables: exit 2, naming both and the CLI option to set."""
-    err = _one_line_error(run("info", stores["a"]))
-    assert "'table'" in err and "'truth'" in err
+    import spatialdata as sd
+
+    path = tmp_path / "two_tables.zarr"
+    shutil.copytree(stores["a"], path)
+    sdata = sd.read_zarr(path)
+    sdata.tables["table_copy"] = sdata.tables["table"].copy()
+    sdata.write_element("table_copy")
+    err = _one_line_error(run("info", path))
+    assert "'table'" in err and "'table_copy'" in err
     assert "`--table`" in err  # the CLI option, not the Python argument
 
 
