@@ -1,8 +1,6 @@
 """soscope.enhance writes valid, linked sub-spot shapes and tables into the zarr store; bad input fails cleanly."""
 
 # ruff: noqa: D103
-import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +12,7 @@ from spatialdata.transformations import Identity, get_transformation, set_transf
 import soscope
 from soscope import SoscopeInputError
 from soscope.datasets import synthetic
-
-
-def _tree_digest(path: Path) -> dict[str, str]:
-    """Every file under ``path`` with a hash of its bytes."""
-    out = {}
-    for root, _, files in os.walk(path):
-        for f in files:
-            p = Path(root) / f
-            out[str(p.relative_to(path))] = hashlib.sha1(p.read_bytes()).hexdigest()
-    return out
+from store_helpers import tree_digest
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +112,10 @@ def _fails_cleanly(path, match, mutate=None, **kwargs):
     sdata = sd.read_zarr(path)
     if mutate is not None:
         mutate(sdata)
-    before = _tree_digest(path)
+    before = tree_digest(path)
     with pytest.raises(SoscopeInputError, match=match):
         soscope.enhance(sdata, epochs=1, progress=False, **kwargs)
-    assert _tree_digest(path) == before
+    assert tree_digest(path) == before
 
 
 def test_ambiguous_tables_listed(small_store):

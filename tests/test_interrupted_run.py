@@ -1,8 +1,6 @@
 """A run killed midway (SIGKILL) leaves the user's store readable and as it was."""
 
 # ruff: noqa: D103
-import hashlib
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +11,7 @@ import pytest
 import spatialdata as sd
 
 from soscope.datasets import synthetic
+from store_helpers import tree_digest
 
 SCRIPT = """
 import sys, spatialdata as sd, soscope
@@ -22,27 +21,18 @@ soscope.enhance(sdata, table="table", epochs=100000, progress=False)
 """
 
 
-def _digest(path: Path) -> dict[str, str]:
-    out = {}
-    for root, _, files in os.walk(path):
-        for f in files:
-            p = Path(root) / f
-            out[str(p.relative_to(path))] = hashlib.sha1(p.read_bytes()).hexdigest()
-    return out
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_sigkill_midway_leaves_store_unchanged(tmp_path):
     store = tmp_path / "s.zarr"
     synthetic(n_spots=120, n_features=20, seed=0).write(store)
-    before = _digest(store)
+    before = tree_digest(store)
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(store)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "started"
     time.sleep(4)  # set-up done, training under way
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert _digest(store) == before
+    assert tree_digest(store) == before
     back = sd.read_zarr(store)
     assert "table_soscope" not in back.tables and "spots_soscope" not in back.shapes
     assert set(back.tables) == {"table", "truth"}
