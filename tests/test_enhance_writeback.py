@@ -1,7 +1,6 @@
 """soscope.enhance writes valid, linked sub-spot shapes and tables into the zarr store; bad input fails cleanly."""
 
 # ruff: noqa: D103
-from pathlib import Path
 
 import numpy as np
 import pytest

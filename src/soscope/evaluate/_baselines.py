@@ -32,9 +32,7 @@ def _counts(spot_counts, layout: SubspotLayout) -> np.ndarray:
 
 
 def _footprint_area(layout: SubspotLayout) -> np.ndarray:
-    fa = np.bincount(
-        layout.spot_index, weights=layout.area * layout.footprint_weight, minlength=layout.n_spots
-    )
+    fa = layout.footprint_area
     if np.any(fa <= 0):
         raise SoscopeInputError(
             f"{int((fa <= 0).sum())} spot(s) have no sub-spot area inside their footprint, so their density "

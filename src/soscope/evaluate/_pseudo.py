@@ -16,6 +16,7 @@ import shapely
 from scipy.spatial import cKDTree
 
 from .._errors import SoscopeInputError
+from .._transforms import affine_xy
 
 if TYPE_CHECKING:  # pragma: no cover
     from spatialdata import SpatialData
@@ -36,13 +37,6 @@ def _pick_table(sdata: SpatialData, table: str | None) -> str:
     if table not in sdata.tables:
         raise SoscopeInputError(f"No table named {table!r}; set `table=` to one of {names}.")
     return table
-
-
-def _affine(element: Any, cs: str) -> np.ndarray:
-    from spatialdata.transformations import get_transformation
-
-    t = get_transformation(element, to_coordinate_system=cs)
-    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)
 
 
 def _element_centroids(element: Any, ids: pd.Index, name: str) -> np.ndarray:
@@ -197,7 +191,7 @@ def pseudo_spots(
             continue
         ids = pd.Index(adata.obs[instance_key].to_numpy()[rows])
         local = _element_centroids(sdata[r], ids, r)
-        a = _affine(sdata[r], cs)
+        a = affine_xy(sdata[r], cs)
         xy[rows] = local @ a[:2, :2].T + a[:2, 2]
     finite = np.isfinite(xy).all(axis=1)
     if not finite.any():

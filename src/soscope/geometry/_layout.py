@@ -61,6 +61,11 @@ class SubspotLayout:
         return len(self.spot_index)
 
     @property
+    def footprint_area(self) -> np.ndarray:
+        """``(N,)`` measured area of each spot: the sum over its sub-spots of area × footprint weight."""
+        return np.bincount(self.spot_index, weights=self.area * self.footprint_weight, minlength=self.n_spots)
+
+    @property
     def counts_per_spot(self) -> np.ndarray:
         """``(N,)`` number of sub-spots of each spot."""
         return np.diff(self.offsets)

@@ -66,7 +66,7 @@ class Normaliser:
     @classmethod
     def fit(cls, data: SpotData, batch_labels: list[str] | None = None) -> Normaliser:
         """Fit the statistics on ``data`` (all its spots)."""
-        footprint = footprint_area(data.layout)
+        footprint = data.layout.footprint_area
         area_unit = float(np.mean(footprint))
         in_mean, in_std, dens_mean = [], [], []
         for mi, spec in enumerate(data.modalities):
@@ -100,7 +100,7 @@ class Normaliser:
 
 def spot_density(x, layout: SubspotLayout, area_unit: float):
     """Counts per area unit of each spot's footprint (values unchanged for non-count modalities)."""
-    return _row_scale(x, area_unit / np.maximum(footprint_area(layout), 1e-12))
+    return _row_scale(x, area_unit / np.maximum(layout.footprint_area, 1e-12))
 
 
 def _fit_image_ridge(data: SpotData, norm: Normaliser, footprint: np.ndarray) -> list:
@@ -143,11 +143,6 @@ def _row_scale(x, factors: np.ndarray):
     if sp.issparse(x):
         return sp.diags(factors) @ x
     return np.asarray(x) * factors[:, None]
-
-
-def footprint_area(layout: SubspotLayout) -> np.ndarray:
-    """``(N,)`` measured area of each spot: the sum over its sub-spots of area × footprint weight."""
-    return np.bincount(layout.spot_index, weights=layout.area * layout.footprint_weight, minlength=layout.n_spots)
 
 
 def encoder_input(x, spec: ModalitySpec, lib: np.ndarray) -> np.ndarray:

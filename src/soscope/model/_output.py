@@ -7,6 +7,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
+from .._names import slug
 from ._setup import Prepared
 
 REGION_KEY = "region"
@@ -15,8 +16,6 @@ INSTANCE_KEY = "instance_id"
 
 def output_names(prepared: Prepared, key_added: str) -> tuple[dict[str, str], dict[str, str]]:
     """Names of the written elements: spots element → shapes name, modality → table name."""
-    from ._soscope import slug
-
     sel = prepared.selection
     shapes = {name: f"{name}_{key_added}" for name in sel.spots}
     mods = [m.name for m in prepared.data.modalities]

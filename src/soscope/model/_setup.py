@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._errors import SoscopeInputError
+from .._transforms import affine_xy
 from ..geometry import SubspotLayout, lattice_spacing, make_subspots, parse_subspot_scheme, spot_centres, spot_graph, subspot_graph
 from ..io import Selection, check_counts, check_min_spots, check_values, counts_matrix, select, zero_spots_mask, zero_variance_mask
 from ..module import ModalitySpec
@@ -29,13 +30,6 @@ class Prepared:
     likelihoods: dict[str, str]
     modality_masks: dict[str, np.ndarray]
     image_extractor: str | None
-
-
-def _affine_xy(element, coordinate_system: str) -> np.ndarray:
-    from spatialdata.transformations import get_transformation
-
-    t = get_transformation(element, to_coordinate_system=coordinate_system)
-    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)
 
 
 def _to_cs(layout: SubspotLayout, affine: np.ndarray) -> SubspotLayout:
@@ -135,7 +129,7 @@ def prepare(
             _check_same_transform(sdata, name, cells_name, sel.coordinate_system)
         layout = make_subspots(gdf, scheme, cells=cells)
         layouts[name] = layout
-        affine = _affine_xy(sdata.shapes[name], sel.coordinate_system)
+        affine = affine_xy(sdata.shapes[name], sel.coordinate_system)
         cs_layouts.append(_to_cs(layout, affine))
         c = spot_centres(gdf) @ affine[:2, :2].T + affine[:2, 2]
         centres.append(c)
@@ -190,7 +184,7 @@ def prepare(
 
 
 def _check_same_transform(sdata, a: str, b: str, cs: str) -> None:
-    if not np.allclose(_affine_xy(sdata.shapes[a], cs), _affine_xy(sdata.shapes[b], cs)):
+    if not np.allclose(affine_xy(sdata.shapes[a], cs), affine_xy(sdata.shapes[b], cs)):
         raise SoscopeInputError(
             f"the cells element {b!r} and the spots {a!r} use different intrinsic coordinates; "
             f"give them the same transformation to {cs!r} (e.g. transform the cells with sd.transform)"

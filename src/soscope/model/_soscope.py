@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from .._errors import ModelCompatibilityError, SoscopeInputError
 from .._version import __version__
 from ..module import ModalitySpec, ModuleConfig, SoScopeModule
 from ..train import History, TrainConfig
-from ._core import TRAIN_CHUNK_SPOTS, default_epochs, fit, latent, predict, resolve_device
+from ._core import default_epochs, fit, latent, predict, resolve_device
 from ._data import Normaliser, n_encoder_inputs
 from ._setup import Prepared, prepare
 
@@ -415,8 +414,3 @@ class SoScope:
         mods = ", ".join(f"{m.name}: {m.n_features} × {m.likelihood}" for m in self.module.config.modalities)
         n = "" if self.prepared is None else f"{self.prepared.data.n_spots} spots, "
         return f"SoScope({n}{self.scheme}, {mods}, trained={self.is_trained})"
-
-
-def slug(name: str) -> str:
-    """A modality name made safe for an element name (``"Gene Expression"`` → ``"gene_expression"``)."""
-    return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower() or "modality"

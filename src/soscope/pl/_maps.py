@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from soscope._errors import SoscopeInputError
+from soscope._names import slug
 from soscope.pl._utils import (
     affine_xy,
     as_list,
@@ -60,11 +60,6 @@ def _soscope_outputs(sdata: Any) -> list[str]:
     return [n for n, t in sdata.tables.items() if _SOSCOPE_KEY in t.uns]
 
 
-def _slug(name: str) -> str:
-    """Write a modality name as soscope does in element names ("Gene Expression" → "gene_expression")."""
-    return re.sub(r"[^0-9a-zA-Z]+", "_", str(name)).strip("_").lower() or "modality"
-
-
 def enhanced_tables(sdata: Any, table: str, key_added: str) -> list[str]:
     """Return the enhanced tables of ``table``.
 
@@ -81,7 +76,7 @@ def enhanced_tables(sdata: Any, table: str, key_added: str) -> list[str]:
             out.append(name)
         elif name.startswith(base + "_") and hasattr(info, "get"):
             mod = info.get("modality")
-            if mod is not None and _slug(mod) == name[len(base) + 1 :]:
+            if mod is not None and slug(mod) == name[len(base) + 1 :]:
                 out.append(name)
     return out
 

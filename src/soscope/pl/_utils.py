@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from soscope._errors import SoscopeInputError
+from soscope._transforms import affine_xy  # noqa: F401  (used by the plots)
 
 #: Segments per quarter circle when circles (Point + radius) are drawn as polygons.
 CIRCLE_QUAD_SEGS = 8
@@ -52,14 +53,6 @@ def axes_list(ax: Any, n: int, what: str) -> list:
             "or leave `ax=None` to make a new figure."
         )
     return axes
-
-
-def affine_xy(element: Any, coordinate_system: str) -> np.ndarray:
-    """Return the 3x3 affine matrix mapping the element's intrinsic (x, y) to ``coordinate_system``."""
-    from spatialdata.transformations import get_transformation
-
-    t = get_transformation(element, to_coordinate_system=coordinate_system)
-    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
 
 
 def shapes_polygons(gdf: Any) -> np.ndarray:

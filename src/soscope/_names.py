@@ -1,0 +1,10 @@
+"""Names of the elements soscope writes."""
+
+from __future__ import annotations
+
+import re
+
+
+def slug(name: str) -> str:
+    """A modality name made safe for an element name (``"Gene Expression"`` → ``"gene_expression"``)."""
+    return re.sub(r"[^0-9a-zA-Z]+", "_", str(name)).strip("_").lower() or "modality"
