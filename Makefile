@@ -5,6 +5,7 @@
 #   make demo        install, then `soscope demo --out out/` (real example shipped in the package)
 #   make benchmarks  install, then every benchmarks/*.py script
 #   make docs        install the docs extras, then build docs/_build/html (warnings are errors)
+#   make tutorials   install, then re-execute tutorials/*.py into the docs' notebooks (docs/tutorials/*.ipynb)
 
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -16,7 +17,7 @@ PYTEST_ARGS ?=
 DEMO_OUT ?= out/
 DEMO_ARGS ?=
 
-.PHONY: install test demo benchmarks docs clean
+.PHONY: install test demo benchmarks docs tutorials clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,9 @@ benchmarks: install
 
 docs: $(VENV)/.installed-docs
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+tutorials: $(VENV)/.installed-docs
+	$(BIN)/python docs/render_tutorials.py
 
 clean:
 	rm -rf docs/_build .pytest_cache

@@ -16,6 +16,7 @@ VARIANTS = {
     "full model": ({}, {}),
     "no image (interpolation offset, graph VAE)": ({"use_image": False}, {}),
     "no graph (spot-only encoder)": ({"use_graph": False}, {}),
+    "with graph-autoencoder pretraining (published two-step; 30 epochs)": ({}, {"pretrain_epochs": 30}),
     "no image regulariser": ({}, {"image_reg_weight": 0.0}),
     "no spot deviations (image only)": ({}, {"image_warmup": 1.0}),
     "no early stopping (3x epochs)": ({}, {"early_stopping": False, "epochs_factor": 3}),

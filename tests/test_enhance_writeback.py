@@ -7,11 +7,11 @@ import pytest
 import spatialdata as sd
 from spatialdata.models import ShapesModel, TableModel
 from spatialdata.transformations import Identity, get_transformation, set_transformation
+from store_helpers import tree_digest
 
 import soscope
 from soscope import SoscopeInputError
 from soscope.datasets import synthetic
-from store_helpers import tree_digest
 
 
 @pytest.fixture(scope="module")

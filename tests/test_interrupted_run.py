@@ -8,9 +8,9 @@ import time
 
 import pytest
 import spatialdata as sd
+from store_helpers import tree_digest
 
 from soscope.datasets import synthetic
-from store_helpers import tree_digest
 
 SCRIPT = """
 import sys, spatialdata as sd, soscope

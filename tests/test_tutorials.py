@@ -2,21 +2,80 @@
 
 # ruff: noqa: D103
 import runpy
+import time
 from pathlib import Path
 
 import pytest
 
-TUTORIALS = sorted((Path(__file__).parents[1] / "tutorials").glob("*.py"))
+TUTORIALS = sorted((Path(__file__).parents[1] / "tutorials").glob("[0-9][0-9]_*.py"))
+#: seconds a tutorial may take on small data (CI: 2 cores); the whole suite must stay well under 15 minutes
+BUDGET_S = 120
 
 
+def test_the_four_tutorials_exist():
+    """One section; train on some sections, apply to the rest; whole slide with Dask; multi-omics."""
+    stems = [p.stem for p in TUTORIALS]
+    for prefix in ("01_", "02_", "03_", "04_"):
+        assert any(s.startswith(prefix) for s in stems), stems
+
+
+@pytest.mark.timeout(2 * BUDGET_S)
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
 def test_tutorial_runs(path, tmp_path, monkeypatch):
     import matplotlib
 
+    import soscope.model._core as core
+
     matplotlib.use("Agg")
     monkeypatch.setenv("SOSCOPE_TUTORIAL_SPOTS", "200")
+    monkeypatch.setenv("SOSCOPE_TUTORIAL_EPOCHS", "5")
     monkeypatch.setenv("SOSCOPE_TUTORIAL_OUT", str(tmp_path))
+    # the Dask tutorial shrinks the inference chunks: restore the setting whatever happens
+    monkeypatch.setattr(core, "INFER_CHUNK_SPOTS", core.INFER_CHUNK_SPOTS)
+    t0 = time.perf_counter()
     namespace = runpy.run_path(str(path))
+    elapsed = time.perf_counter() - t0
     assert "sdata" in namespace
     pngs = list(tmp_path.glob("*.png"))
-    assert pngs and all(p.stat().st_size > 10_000 for p in pngs)
+    assert pngs and all(p.stat().st_size > 10_000 for p in pngs), [(p.name, p.stat().st_size) for p in pngs]
+    assert elapsed < BUDGET_S, f"{path.name} took {elapsed:.0f} s on small data (budget {BUDGET_S} s)"
+    check = CHECKS.get(path.stem[:2])
+    if check is not None:
+        check(namespace, {p.name for p in pngs})
+
+
+def _check_sections(ns: dict, pngs: set[str]) -> None:
+    """02: only section C is enhanced, by the model trained on A and B, and scored beside the baselines."""
+    sdata = ns["sdata"]
+    out = sdata.tables["table_from_AB"]
+    assert out.n_obs == 7 * 200 and set(out.obs["spot_id"]) <= set(sdata.shapes["spots_C"].index)
+    assert "spots_C_from_AB" in sdata.shapes and "spots_A_from_AB" not in sdata.shapes
+    assert (ns["model_dir"] / "model.pt").is_file()
+    assert {"soscope", "even_split", "gaussian_interpolation"} <= set(ns["summary"]["mean"])
+    assert {"training.png", "accuracy.png", "maps_C.png"} <= pngs
+
+
+def _check_dask(ns: dict, pngs: set[str]) -> None:
+    """03: several chunks; the cluster's results equal the local scheduler's and are in the store."""
+    import numpy as np
+    import spatialdata as sd
+
+    assert len(ns["chunks"]) > 1
+    local, dask_run = (np.asarray(ns["sdata"].tables[f"table_{k}"].X) for k in ("local", "dask"))
+    np.testing.assert_allclose(dask_run, local, rtol=1e-5, atol=1e-6)
+    assert local.shape == (7 * 200, 60) and local.std() > 0
+    back = sd.read_zarr(ns["store"])
+    assert {"table_local", "table_dask"} <= set(back.tables) and "spots_dask" in back.shapes
+    assert "maps.png" in pngs
+
+
+def _check_multiomics(ns: dict, pngs: set[str]) -> None:
+    """04: one enhanced table per modality (283 proteins, 10 genes) over the same sub-pixels."""
+    proteins, rna = ns["proteins"], ns["rna"]
+    assert (proteins.n_vars, rna.n_vars) == (283, 10)
+    assert proteins.n_obs == rna.n_obs == len(ns["sdata"].shapes["pixels_soscope"]) > ns["table"].n_obs
+    assert ns["protein"] in proteins.var_names and ns["gene"] in rna.var_names
+    assert "protein_and_gene.png" in pngs
+
+
+CHECKS = {"02": _check_sections, "03": _check_dask, "04": _check_multiomics}

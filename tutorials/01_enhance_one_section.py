@@ -23,6 +23,7 @@ import spatialdata as sd
 import soscope
 
 N_SPOTS = int(os.environ.get("SOSCOPE_TUTORIAL_SPOTS", 600))
+EPOCHS = int(os.environ["SOSCOPE_TUTORIAL_EPOCHS"]) if "SOSCOPE_TUTORIAL_EPOCHS" in os.environ else None
 out = Path(os.environ.get("SOSCOPE_TUTORIAL_OUT", tempfile.mkdtemp()))
 
 # %% [markdown]
@@ -43,7 +44,7 @@ sdata
 # enhance. Everything else (spots, image, coordinate system, sub-spot scheme, likelihood) is picked from the data.
 
 # %%
-soscope.enhance(sdata, table="table", progress=False)
+soscope.enhance(sdata, table="table", epochs=EPOCHS, progress=False)  # epochs: None = automatic
 sdata.tables["table_soscope"]
 
 # %% [markdown]
@@ -62,6 +63,7 @@ print(back.tables["table_soscope"].uns["soscope"]["likelihood"])
 # %%
 markers = list(sdata.tables["table"].var_names[sdata.tables["table"].var["informative"].to_numpy()][:2])
 fig = soscope.pl.enhanced(sdata, markers, table="table", truth="truth", save=out / "maps.png")
+fig
 
 # %% [markdown]
 # ## Score against the truth

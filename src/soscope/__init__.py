@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from ._errors import ModelCompatibilityError, SoscopeError, SoscopeInputError
+from ._errors import ModelCompatibilityError, SoscopeError, SoscopeInputError, TrainingDivergedError
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ __all__ = [
     "SoScope",
     "SoscopeError",
     "SoscopeInputError",
+    "TrainingDivergedError",
     "__version__",
     "datasets",
     "enhance",

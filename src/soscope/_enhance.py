@@ -31,6 +31,7 @@ def enhance(
     inplace: bool = True,
     overwrite: bool = False,
     n_samples: int = 0,
+    client=None,
     **model_kwargs,
 ):
     """Enhance every spot into sub-spots and write the results into ``sdata``.
@@ -49,7 +50,8 @@ def enhance(
         Elements to use; optional when unambiguous (the error lists the candidates otherwise).
         ``image=False`` ignores images.
     subspots
-        ``"auto"`` (hex7 for circles on a hexagonal lattice, ``grid:3`` for squares), ``"hex7"``,
+        ``"auto"`` (the detected platform's default, see :doc:`/platforms`: hex7 for Visium, the cells
+        beside Xenium-like spots, ``grid:2`` for Visium HD, else from the geometry), ``"hex7"``,
         ``"grid:K"``, ``"rings:N"``, or the name of a shapes element of cells.
     likelihood
         ``"auto"``, ``"nb"``, ``"zinb"``, ``"poisson"``, ``"bernoulli"``, ``"gaussian"``, or a dict
@@ -77,6 +79,9 @@ def enhance(
         Replace existing elements with the output names that soscope did not write.
     n_samples
         When > 0, add ``layers["std"]`` from this many posterior samples.
+    client
+        A ``dask.distributed`` client to run inference on (default: the active one, if any, else local
+        threads; see :doc:`/scale`).
     **model_kwargs
         Passed to :class:`~soscope.SoScope` (e.g. ``use_image``, ``n_latent``, ``image_features``).
 
@@ -94,10 +99,30 @@ def enhance(
             sdata, subspots=subspots, likelihood=likelihood, batch_key=batch_key, seed=seed, device=device,
             progress=progress, **selection, **model_kwargs,
         )  # fmt: skip
+        _check_output_names_early(sdata, m.prepared, key_added, overwrite)
         m.train(epochs=epochs)
-        return m.enhance(key_added=key_added, n_samples=n_samples, overwrite=overwrite, inplace=inplace)
+        return m.enhance(
+            key_added=key_added, n_samples=n_samples, overwrite=overwrite, inplace=inplace, client=client
+        )
     if isinstance(model, (str, Path)):
         model = SoScope.load(model, device=device, progress=progress)
     if not isinstance(model, SoScope):
         raise SoscopeInputError(f"model must be None, a SoScope or a path saved by SoScope.save, not {type(model).__name__}")
-    return model.enhance(sdata, key_added=key_added, n_samples=n_samples, overwrite=overwrite, inplace=inplace, **{k: v for k, v in selection.items() if v is not None})
+    return model.enhance(sdata, key_added=key_added, n_samples=n_samples, overwrite=overwrite, inplace=inplace, client=client, **{k: v for k, v in selection.items() if v is not None})
+
+
+def _check_output_names_early(sdata, prepared, key_added: str, overwrite: bool) -> None:
+    """Refuse colliding output names before training rather than after (the write checks them again)."""
+    from .io._validate import check_output_names, element_type
+    from .io._write import _local_store_path, _ls
+    from .model._output import output_names
+
+    shapes, tables = output_names(prepared, key_added)
+    types = {**dict.fromkeys(shapes.values(), "shapes"), **dict.fromkeys(tables.values(), "tables")}
+    root = _local_store_path(sdata)
+    on_disk = []
+    if root is not None:
+        for etype in ("images", "labels", "points", "shapes", "tables"):
+            names = [n for n in _ls(root / etype) if n in types and element_type(sdata, n) is None]
+            on_disk += [f"{etype}/{n}" for n in names]
+    check_output_names(sdata, types, overwrite, on_disk=on_disk)

@@ -11,3 +11,7 @@ class SoscopeInputError(SoscopeError, ValueError):
 
 class ModelCompatibilityError(SoscopeError, ValueError):
     """A saved model does not fit the data it is applied to (features, modalities, settings)."""
+
+
+class TrainingDivergedError(SoscopeError, FloatingPointError):
+    """Training produced a non-finite loss; the message says which settings to change."""

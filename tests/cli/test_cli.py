@@ -170,6 +170,16 @@ def test_cli_terms_and_likelihood_parsing():
     }
 
 
+def test_evaluate_before_enhance_and_bad_demo_option_fail_with_a_message(stores, tmp_path):
+    """`evaluate` on a store soscope has not enhanced, and `demo --epochs 0`: exit 2, saying what to do."""
+    err = _one_line_error(run("evaluate", stores["a"], "--truth", "truth"))
+    assert "soscope enhance" in err and "--key-added" in err
+    proc = run("demo", "--epochs", "0", "--out", tmp_path / "demo")
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "--epochs" in proc.stderr and "greater than or equal to 1" in proc.stderr
+    assert not (tmp_path / "demo").exists()  # refused before any work
+
+
 def test_train_refuses_to_overwrite_a_folder(stores, tmp_path):
     """`train -o` into a non-empty folder needs --overwrite."""
     (tmp_path / "m").mkdir()

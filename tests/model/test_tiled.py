@@ -114,3 +114,23 @@ def test_tiled_equals_untiled_two_sections():
     data = model.prepared.data
     assert len(np.unique(data.sections)) == 2
     _check_tiled_equals_untiled(model)
+
+
+@pytest.mark.parametrize("fixture", ["hex_model", "grid_model"])
+def test_tiled_equals_untiled_on_several_threads(fixture, request, monkeypatch):
+    """Chunk tasks spread over 3 threads of Dask's threaded scheduler: same results, borders included."""
+    import threading
+
+    import soscope.model._dask as dk
+
+    threads = set()
+    run_chunk = dk.run_chunk
+
+    def spy(*args, **kwargs):
+        threads.add(threading.get_ident())
+        return run_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(dk, "local_workers", lambda device, n: min(3, n))
+    monkeypatch.setattr(dk, "run_chunk", spy)
+    _check_tiled_equals_untiled(request.getfixturevalue(fixture))
+    assert len(threads) >= 2, "chunks must run as tasks on several threads"

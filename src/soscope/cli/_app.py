@@ -130,17 +130,11 @@ def _open_many(paths: list[Path], sections: list[str] | None) -> tuple[Any, list
         return _open(paths[0]), sections
     for p in paths:
         _check_store(p)
-    import spatialdata as sd
+    from soscope.io import combine
 
     used: set[str] = set()
     parts = {_store_key(p, used): _open(p) for p in paths}
-    try:
-        merged = sd.concatenate(parts, concatenate_tables=True, merge_coordinate_systems_on_name=True)
-    except Exception as e:
-        _fail(
-            f"Could not combine the stores {[str(p) for p in paths]} ({type(e).__name__}: {e}): their tables "
-            "must share features and spatialdata_attrs; or train on one store."
-        )
+    merged = combine(parts)  # a SoscopeInputError becomes a one-line message and exit code 2
     if sections:
         expanded: list[str] = []
         for s in sections:
@@ -398,7 +392,10 @@ def info(
     _echo("enhance would use:")
     _echo(f"  table: {sel.table}{f' (layer {sel.layer})' if sel.layer else ' (X)'}")
     _echo(f"  spots: {', '.join(sel.spots)} ({sel.n_spots:,} spots)")
-    _echo(f"  image: {sel.image if sel.image is not None else '(none)'}")
+    if sel.image is None and sel.has_image:
+        _echo("  images: " + ", ".join(f"{k} → {v}" for k, v in sel.images.items()))
+    else:
+        _echo(f"  image: {sel.image if sel.image is not None else '(none)'}")
     _echo(f"  coordinate system: {sel.coordinate_system}")
     mods = ", ".join(f"{m} ({int(mask.sum())})" for m, mask in sel.modalities.items())
     _echo(f"  features: {sel.n_features:,}; modalities: {mods}")

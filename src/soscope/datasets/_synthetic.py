@@ -417,6 +417,22 @@ def _render(
     return out
 
 
+_OBSERVATIONS = ("counts", "poisson", "binary", "gaussian")
+
+
+def _as_gaussian(rng: np.random.Generator, x: np.ndarray, layout, agg: sp.csr_matrix, bias: float):
+    """Continuous values (see ``observation="gaussian"``): sub-spot truth, its footprint part, spot values."""
+    rel_area = layout.area / layout.area.mean()
+    values = np.log1p(x / rel_area[:, None]).astype(np.float32)
+    aw = (layout.area * layout.footprint_weight)[:, None]
+    spot = (agg @ (aw * values)) / np.maximum(agg @ aw, 1e-12)
+    spot = spot + rng.normal(0.0, 0.05, spot.shape)
+    if bias > 0:
+        spot = spot + rng.normal(0.0, bias) + rng.normal(0.0, bias, spot.shape[1])[None, :]
+    inside = values * (layout.footprint_weight > 0)[:, None]
+    return values, inside.astype(np.float32), spot
+
+
 def _scale_factors(h: int, w: int, smallest: int = 256) -> list[int]:
     f, size = [], min(h, w)
     while size // 2 >= smallest and len(f) < 6:
@@ -442,6 +458,7 @@ def synthetic(
     cell_spacing: float = 10.0,
     counts_per_cell: float = 400.0,
     domain_size: float = 200.0,
+    observation: str = "counts",
 ):
     """Make a synthetic spatial omics sample with an H&E-like image and the true sub-spot counts.
 
@@ -480,6 +497,17 @@ def synthetic(
         Mean expected counts per cell (sets the library size: a Visium spot holds ~20 cells).
     domain_size
         Correlation length (µm) of the fields that lay out the tissue domains.
+    observation
+        How the features are measured (the truth follows the same kind):
+
+        * ``"counts"``: overdispersed counts (negative-binomial-like; RNA);
+        * ``"poisson"``: Poisson counts (``var["theta"]`` = 1e6; e.g. proteins, fragments);
+        * ``"binary"``: presence / absence (a sub-spot is 1 when it holds any count, a spot when any count
+          falls in its footprint; e.g. binarised chromatin peaks: use a small ``counts_per_cell``);
+        * ``"gaussian"``: continuous normalised values: each sub-spot's value is
+          ``log1p(counts / relative area)`` and a spot observes the area-weighted mean of its sub-spots'
+          values over its footprint, plus N(0, 0.05) noise (``section_bias`` then shifts each section's
+          values by ``N(0, s)`` per feature and overall).
 
     Returns
     -------
@@ -526,11 +554,15 @@ def synthetic(
         raise SoscopeInputError("`n_sections` must be between 1 and 26.")
     if microns_per_pixel <= 0:
         raise SoscopeInputError("`microns_per_pixel` must be positive.")
+    if observation not in _OBSERVATIONS:
+        raise SoscopeInputError(f"`observation` must be one of {_OBSERVATIONS}, got {observation!r}.")
 
     rng = np.random.default_rng(seed)
     roles = _Roles.make(n_types)
     look = _appearance(rng, roles, n_types)
     prof = _profiles(rng, n_types, n_features, informative_fraction, counts_per_cell)
+    if observation == "poisson":
+        prof["theta"] = np.full_like(prof["theta"], 1e6)  # NB with infinite inverse dispersion
     xy_um, rows, cols, spacing, size, kind, width, height = _spot_lattice(n_spots, k, spot_size)
     scheme = "hex7" if k == 7 else f"grid:{int(round(np.sqrt(k)))}"
     mpp = float(microns_per_pixel)
@@ -590,13 +622,20 @@ def synthetic(
         )
         spot_counts = np.asarray(agg @ foot.astype(np.int64))  # exact integer sums of the inside parts
         n_cells_spot = agg @ n_foot_cells_sub
-        if bias > 0:
+        if observation == "gaussian":
+            x, foot, spot_counts = _as_gaussian(sec_rng, x, layout, agg, bias)
+        elif bias > 0:
             lib = np.exp(sec_rng.normal(0.0, bias))
             feat = np.exp(sec_rng.normal(0.0, bias, n_features))
             scaled = spot_counts * (lib * feat)[None, :]
             low = np.floor(scaled)
             spot_counts = (low + (sec_rng.random(scaled.shape) < (scaled - low))).astype(np.int64)
-        counts_list.append(sp.csr_matrix(spot_counts.astype(np.int32)))
+        if observation == "binary":
+            x, foot, spot_counts = (x > 0).astype(np.int32), (foot > 0).astype(np.int32), spot_counts > 0
+        if observation == "gaussian":
+            counts_list.append(spot_counts.astype(np.float32))
+        else:
+            counts_list.append(sp.csr_matrix(spot_counts.astype(np.int32)))
         obs_list.append(
             pd.DataFrame(
                 {
@@ -684,13 +723,15 @@ def synthetic(
         "cell_spacing_um": float(cell_spacing),
         "counts_per_cell": float(counts_per_cell),
         "domain_size_um": float(domain_size),
+        "observation": observation,
         "sections": sections,
         "regions": regions,
         "cell_types": [f"type_{i}" for i in range(n_types)],
         "cell_type_looks": list(look["name"]),
         "type_profiles": prof["profiles"].astype(np.float32),
     }
-    table = ad.AnnData(X=sp.vstack(counts_list).tocsr(), obs=obs, var=var)
+    x_spots = np.vstack(counts_list) if observation == "gaussian" else sp.vstack(counts_list).tocsr()
+    table = ad.AnnData(X=x_spots, obs=obs, var=var)
     table.obsm["spatial"] = np.vstack([xy_um / mpp] * n_sections)
     table.uns["synthetic"] = params
     table = TableModel.parse(table, region=regions, region_key="region", instance_key="spot_id")

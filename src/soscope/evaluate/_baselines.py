@@ -109,6 +109,14 @@ def gaussian_interpolation(
     return (np.asarray(W @ d) * layout.area[:, None]).astype(np.float32)
 
 
+def footprint_design(subspot_features: np.ndarray, layout: SubspotLayout) -> np.ndarray:
+    """``(N, D)`` footprint-area-weighted mean of each spot's sub-spot features: what a spot's image shows."""
+    z = np.asarray(subspot_features, dtype=np.float64)
+    wa = layout.area * layout.footprint_weight
+    agg = sp.csr_matrix((wa, (layout.spot_index, np.arange(layout.n_subspots))), shape=(layout.n_spots, len(wa)))
+    return np.asarray(agg @ z) / _footprint_area(layout)[:, None]
+
+
 def fit_footprint_ridge(
     spot_density: np.ndarray, subspot_features: np.ndarray, layout: SubspotLayout, *, alpha: float = 1e-4
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,7 +129,7 @@ def fit_footprint_ridge(
     Parameters
     ----------
     spot_density
-        ``(N, F)`` per-area spot values.
+        ``(N, F)`` per-area spot values, dense or scipy sparse (never densified).
     subspot_features
         ``(M, D)`` standardised features without NaN, in layout order.
     layout
@@ -129,15 +137,20 @@ def fit_footprint_ridge(
     alpha
         Ridge penalty on standardised features, relative to the number of spots.
     """
-    z = np.asarray(subspot_features, dtype=np.float64)
-    wa = layout.area * layout.footprint_weight
-    agg = sp.csr_matrix((wa, (layout.spot_index, np.arange(layout.n_subspots))), shape=(layout.n_spots, len(wa)))
-    x = np.asarray(agg @ z) / _footprint_area(layout)[:, None]
-    xm, ym = x.mean(axis=0), spot_density.mean(axis=0)
-    xc, yc = x - xm, spot_density - ym
+    x = footprint_design(subspot_features, layout)
+    xm = x.mean(axis=0)
+    xc = x - xm
     n = len(x)
+    if sp.issparse(spot_density):
+        # xc's columns sum to 0, so xc.T @ (Y - ym) == xc.T @ Y: no need to centre (densify) a sparse Y
+        ym = np.asarray(spot_density.mean(axis=0), dtype=np.float64).ravel()
+        xty = np.asarray((spot_density.T @ xc).T, dtype=np.float64)
+    else:
+        spot_density = np.asarray(spot_density, dtype=np.float64)
+        ym = spot_density.mean(axis=0)
+        xty = xc.T @ (spot_density - ym)
     gram = xc.T @ xc / n + alpha * np.eye(x.shape[1])
-    beta = np.linalg.solve(gram, xc.T @ yc / n)
+    beta = np.linalg.solve(gram, xty / n)
     return xm, ym, beta
 
 

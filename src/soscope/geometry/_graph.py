@@ -61,16 +61,27 @@ def lattice_spacing(centres: ArrayLike) -> float:
         raise SoscopeInputError(
             f"Cannot infer the lattice spacing from {len(xy)} spot(s); pass `spacing=` explicitly."
         )
+    # Duplicated centres (stacked sections, repeated spots) would pull the medians to 0: keep one of each.
+    # Centroids of polygons sharing a centre differ by float rounding, so "the same" is relative to the
+    # coordinates' magnitude.
+    tol = 1e-9 * max(float(np.abs(xy).max()), float(np.ptp(xy, axis=0).max()))
+    if tol > 0:
+        xy = xy[np.sort(np.unique(np.round(xy / tol), axis=0, return_index=True)[1])]
+    if len(xy) < 2 or tol == 0:  # tol == 0: every centre is (0, 0)
+        raise SoscopeInputError(
+            "All spot centres coincide, so the lattice spacing is undefined: check the spots' coordinates "
+            "(or pass `spacing=` to make_subspots)."
+        )
     tree = cKDTree(xy)
     dist, _ = tree.query(xy, k=2)
     nn = dist[:, 1]
-    nn = nn[nn > 0]  # duplicates would otherwise pull the median to 0
+    nn = nn[nn > tol]  # near-duplicates that straddled a rounding boundary
     if len(nn) == 0:
-        raise SoscopeInputError("All spot centres coincide; pass `spacing=` explicitly.")
+        nn = dist[:, 1]
     first = float(np.median(nn))
     pairs = tree.query_pairs(r=1.25 * first, output_type="ndarray")
     bonds = np.linalg.norm(xy[pairs[:, 0]] - xy[pairs[:, 1]], axis=1)
-    bonds = bonds[bonds > 0]
+    bonds = bonds[bonds > tol]
     return float(np.median(bonds)) if len(bonds) else first
 
 

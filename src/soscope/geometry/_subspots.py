@@ -60,8 +60,12 @@ def _spot_kind(spots: gpd.GeoDataFrame, what: str = "spots") -> str:
     if len(spots) == 0:
         raise SoscopeInputError(f"`{what}` is empty: there is nothing to split.")
     geoms = np.asarray(spots.geometry.values, dtype=object)
-    if shapely.is_missing(geoms).any() or shapely.is_empty(geoms).any():
-        raise SoscopeInputError(f"`{what}` has missing or empty geometries; drop those rows first.")
+    missing = shapely.is_missing(geoms) | shapely.is_empty(geoms)
+    if missing.any():
+        raise SoscopeInputError(
+            f"`{what}` has {int(missing.sum())} missing or empty geometries (index e.g. "
+            f"{list(spots.index[missing][:5])}); drop those rows first (`gdf = gdf[~gdf.is_empty]`)."
+        )
     types = set(np.unique(shapely.get_type_id(geoms)).tolist())
     if types == {0}:  # Point
         if not isinstance(spots, gpd.GeoDataFrame) or "radius" not in spots.columns:
@@ -70,10 +74,24 @@ def _spot_kind(spots: gpd.GeoDataFrame, what: str = "spots") -> str:
                 "(e.g. `gdf['radius'] = 27.5`)."
             )
         r = np.asarray(spots["radius"], dtype=np.float64)
-        if not (np.isfinite(r).all() and (r > 0).all()):
-            raise SoscopeInputError(f"`{what}['radius']` must be positive and finite.")
+        bad = ~(np.isfinite(r) & (r > 0))
+        if bad.any():
+            raise SoscopeInputError(
+                f"`{what}['radius']` must be positive and finite, but {int(bad.sum())} of {len(r)} are not "
+                f"(index e.g. {list(spots.index[bad][:5])}): fix the radii or drop those rows first."
+            )
         return "circles"
     if types <= {3, 6}:  # Polygon, MultiPolygon
+        area = shapely.area(geoms)
+        invalid = ~shapely.is_valid(geoms)  # e.g. a bow-tie: signed areas cancel, its repaired form has area
+        area[invalid] = shapely.area(shapely.make_valid(geoms[invalid]))
+        flat = ~(np.isfinite(area) & (area > 0))
+        if flat.any():
+            raise SoscopeInputError(
+                f"{int(flat.sum())} of {len(geoms)} polygons of `{what}` have no area (degenerate: index "
+                f"e.g. {list(spots.index[flat][:5])}), so they cannot be split; drop or fix them first "
+                "(`gdf = gdf[gdf.area > 0]`)."
+            )
         return "polygons"
     names = sorted(shapely.GeometryType(t).name for t in types)
     raise SoscopeInputError(

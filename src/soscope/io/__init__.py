@@ -1,5 +1,8 @@
 """Reading soscope's inputs from a SpatialData and writing its results back (atomically on zarr stores)."""
 
+from soscope.io._combine import combine
+from soscope.io._platforms import PLATFORM_DEFAULTS, Platform, PlatformDefaults, detect_platform
+from soscope.io._readers import read_dbit, read_soscope_layout
 from soscope.io._select import MODALITY_COLUMNS, SINGLE_MODALITY, Selection, counts_matrix, select
 from soscope.io._validate import (
     SOSCOPE_KEY,
@@ -9,28 +12,34 @@ from soscope.io._validate import (
     check_image_coordinate_system,
     check_min_spots,
     check_output_names,
+    check_spots_on_image,
     check_values,
     is_integer_valued,
     is_soscope_output,
     zero_spots_mask,
     zero_variance_mask,
 )
-from soscope.io._readers import read_dbit, read_soscope_layout
 from soscope.io._write import write_results
 
 __all__ = [
     "MODALITY_COLUMNS",
+    "PLATFORM_DEFAULTS",
+    "Platform",
+    "PlatformDefaults",
     "SINGLE_MODALITY",
     "SOSCOPE_KEY",
     "Selection",
     "check_counts",
+    "combine",
     "check_element_name",
     "check_image",
     "check_image_coordinate_system",
     "check_min_spots",
     "check_output_names",
+    "check_spots_on_image",
     "check_values",
     "counts_matrix",
+    "detect_platform",
     "is_integer_valued",
     "is_soscope_output",
     "read_dbit",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ from soscope.io._validate import (
     check_instance_ids,
     check_min_spots,
     check_not_empty,
+    check_spots_on_image,
     check_table_annotates_shapes,
     coordinate_systems_of,
     is_soscope_output,
@@ -57,7 +58,10 @@ class Selection:
     region_key, instance_key
         The table's ``obs`` columns naming each row's region and spot id (``uns["spatialdata_attrs"]``).
     image
-        Name of the image element, or None (no image).
+        Name of the image element when every spots element uses the same one, else None.
+    images
+        Spots element → its image element (None: no image). Sections imaged separately (``image_A`` under
+        ``spots_A``, ``image_B`` under ``spots_B``) each get their own.
     coordinate_system
         The coordinate system in which spots and image are related.
     layer
@@ -102,6 +106,16 @@ class Selection:
     modality_key: str | None
     modalities: dict[str, np.ndarray] = field(default_factory=dict)
     var_names: tuple[str, ...] = ()
+    images: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def has_image(self) -> bool:
+        """Whether the spots have an image (every spots element then has one)."""
+        return any(v is not None for v in self.images.values()) or self.image is not None
+
+    def image_of(self, name: str) -> str | None:
+        """The image element under spots element ``name`` (None without an image)."""
+        return self.images.get(name, self.image)
 
     @property
     def n_spots(self) -> int:
@@ -178,8 +192,13 @@ def _pick_coordinate_system(
     spots: Sequence[str],
     image: str | None | Literal[False],
     coordinate_system: str | None,
+    allow_per_spots: bool = False,
 ) -> tuple[str, str | None]:
-    """Resolve the coordinate system and the image together."""
+    """Resolve the coordinate system and the image together.
+
+    With ``allow_per_spots`` and several candidate images, returns ``_PER_SPOTS`` as the image when each
+    spots element may have an image of its own (resolved by :func:`_pick_images_per_spots`).
+    """
     spot_cs = {s: coordinate_systems_of(sdata.shapes[s]) for s in spots}
     shared = [c for c in spot_cs[spots[0]] if all(c in v for v in spot_cs.values())]
     desc = "; ".join(f"'{s}': {_fmt_list(v)}" for s, v in spot_cs.items())
@@ -218,6 +237,8 @@ def _pick_coordinate_system(
         shared, img = in_shared, image
     else:
         cands = [n for n, el in sdata.images.items() if any(c in shared for c in coordinate_systems_of(el))]
+        if len(cands) > 1 and allow_per_spots and _images_by_cover(sdata, spots, cands, shared) is not None:
+            return shared[0], _PER_SPOTS
         if len(cands) > 1:
             raise _ambiguous(
                 f"images in the spots' coordinate system{'s' if len(shared) > 1 else ''} {_fmt_list(shared)}",
@@ -228,6 +249,16 @@ def _pick_coordinate_system(
         img = cands[0] if cands else None
         if img is not None:
             shared = [c for c in shared if c in coordinate_systems_of(sdata.images[img])]
+        elif len(sdata.images):
+            elsewhere = {n: coordinate_systems_of(el) for n, el in sdata.images.items()}
+            logger.warning(
+                "No image shares a coordinate system with the spots (%s; images: %s): running without an "
+                "image. To use one, register it with `sd.transformations.set_transformation(sdata[image], "
+                "transformation, to_coordinate_system='%s')` and pass `image=`.",
+                desc,
+                "; ".join(f"'{n}': {_fmt_list(v)}" for n, v in elsewhere.items()),
+                shared[0],
+            )
 
     if len(shared) == 1:
         return shared[0], img
@@ -237,6 +268,114 @@ def _pick_coordinate_system(
         logger.info("Spots are in coordinate systems %s; using '%s' (no image).", shared, cs)
         return cs, None
     raise _ambiguous(f"coordinate systems shared by the spots and image '{img}'", shared, "coordinate_system")
+
+
+_PER_SPOTS = "\0per-spots"
+
+
+def _extent_box(element: Any, cs: str) -> tuple[float, float, float, float]:
+    from spatialdata import get_extent
+
+    ext = get_extent(element, coordinate_system=cs)
+    return float(ext["x"][0]), float(ext["y"][0]), float(ext["x"][1]), float(ext["y"][1])
+
+
+def _cover(spots_box: tuple, image_box: tuple) -> float:
+    """Share of the spots' bounding box that lies inside the image's bounding box."""
+    x0, y0, x1, y1 = spots_box
+    ix = max(0.0, min(x1, image_box[2]) - max(x0, image_box[0]))
+    iy = max(0.0, min(y1, image_box[3]) - max(y0, image_box[1]))
+    area = max(x1 - x0, 1e-12) * max(y1 - y0, 1e-12)
+    return ix * iy / area
+
+
+def _images_by_cover(sdata: Any, spots: Sequence[str], images: Sequence[str], shared: Sequence[str]) -> dict | None:
+    """Each spots element's image: the one candidate covering ≥ 90 % of its extent (None if not unique)."""
+    for cs in shared:
+        imgs = [n for n in images if cs in coordinate_systems_of(sdata.images[n])]
+        if not imgs:
+            continue
+        boxes = {n: _extent_box(sdata.images[n], cs) for n in imgs}
+        out = {}
+        for s in spots:
+            box = _extent_box(sdata.shapes[s], cs)
+            fits = [n for n in imgs if _cover(box, boxes[n]) >= 0.9]
+            if len(fits) > 1:  # overlapping images (e.g. stores combined): the one named like the spots
+                fits = _named_alike(s, fits)
+            if len(fits) != 1:
+                break
+            out[s] = fits[0]
+        else:
+            return {"coordinate_system": cs, "images": out}
+    return None
+
+
+def _named_alike(spots: str, images: Sequence[str]) -> list[str]:
+    """The images whose names share the longest common suffix with ``spots`` (``spots_A`` → ``image_A``)."""
+
+    def suffix(a: str, b: str) -> int:
+        n = 0
+        while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+            n += 1
+        return n
+
+    scores = {n: suffix(spots, n) for n in images}
+    best = max(scores.values())
+    return [n for n, v in scores.items() if v == best] if best > 0 else list(images)
+
+
+def _pick_images_per_spots(
+    sdata: Any, spots: Sequence[str], image: Mapping[str, str] | None, coordinate_system: str | None
+) -> tuple[str, str | None, dict[str, str | None]]:
+    """Resolve one image per spots element (sections imaged separately) and the coordinate system."""
+    if image is not None:
+        unknown = [s for s in image if s not in spots]
+        if unknown:
+            raise SoscopeInputError(
+                f"`image=` names spots {_fmt_list(unknown)} that are not selected; the spots are "
+                f"{_fmt_list(spots)}."
+            )
+        missing = [s for s in spots if s not in image]
+        if missing:
+            raise SoscopeInputError(
+                f"`image=` gives no image for spots {_fmt_list(missing)}: give every spots element its image, "
+                "or `image=False` to run without images."
+            )
+        absent = [v for v in image.values() if v not in sdata.images]
+        if absent:
+            raise SoscopeInputError(
+                f"No image {_fmt_list(absent)} in the SpatialData; images present: {_fmt_list(sdata.images)}."
+            )
+        css = None
+        for s in spots:
+            common = check_image_coordinate_system(sdata, image[s], [s])
+            css = [c for c in (common if css is None else css) if c in common]
+        if coordinate_system is not None:
+            if coordinate_system not in (css or []):
+                raise SoscopeInputError(
+                    f"coordinate_system='{coordinate_system}' is not shared by the spots and their images: pass "
+                    f"one of {_fmt_list(css or [])}."
+                )
+            css = [coordinate_system]
+        if not css:
+            raise SoscopeInputError(
+                "The spots and their images share no coordinate system: register them with "
+                "`sd.transformations.set_transformation`, or pass `image=False`."
+            )
+        images = {s: str(image[s]) for s in spots}
+        cs = "global" if "global" in css else css[0]
+    else:
+        spot_cs = {s: coordinate_systems_of(sdata.shapes[s]) for s in spots}
+        shared = [c for c in spot_cs[spots[0]] if all(c in v for v in spot_cs.values())]
+        if coordinate_system is not None:
+            shared = [coordinate_system]
+        match = _images_by_cover(sdata, spots, list(sdata.images), shared)
+        if match is None:  # pragma: no cover - _pick_coordinate_system checked that it exists
+            raise SoscopeInputError("Could not match images to spots: pass `image=` a dict spots → image.")
+        cs, images = match["coordinate_system"], match["images"]
+        logger.info("One image per spots element: %s", images)
+    distinct = set(images.values())
+    return cs, (distinct.pop() if len(distinct) == 1 else None), images
 
 
 def _pick_modalities(adata: Any, modality_key: str | None) -> tuple[str | None, dict[str, np.ndarray]]:
@@ -266,7 +405,7 @@ def select(
     *,
     table: str | None = None,
     spots: str | Sequence[str] | None = None,
-    image: str | None | Literal[False] = None,
+    image: str | Mapping[str, str] | None | Literal[False] = None,
     layer: str | None = None,
     coordinate_system: str | None = None,
     sections: str | Sequence[str] | None = None,
@@ -289,8 +428,9 @@ def select(
         The shapes element(s) with the spots, among those the table annotates; default all of them (each is
         a section unless ``section_key`` is given).
     image
-        The image element; None picks the only image in the spots' coordinate system (if any), False uses no
-        image.
+        The image element; None picks the only image in the spots' coordinate system (if any) or, with several
+        spots elements and several images, the image that covers each spots element (sections imaged
+        separately); a dict gives the image of each spots element; False uses no image.
     layer
         The table layer holding the counts; None for ``X``.
     coordinate_system
@@ -430,9 +570,18 @@ def select(
         used = [used[i] for i in present]
     check_min_spots(len(spot_rows))
 
-    cs, img = _pick_coordinate_system(sdata, used, image, coordinate_system)
-    if img is not None:
-        check_image(sdata.images[img], img)
+    if isinstance(image, Mapping):
+        cs, img, images = _pick_images_per_spots(sdata, used, image, coordinate_system)
+    else:
+        cs, img = _pick_coordinate_system(sdata, used, image, coordinate_system, allow_per_spots=True)
+        images = {s: img for s in used}
+        if img == _PER_SPOTS:
+            cs, img, images = _pick_images_per_spots(sdata, used, None, coordinate_system)
+    for name in dict.fromkeys(v for v in images.values() if v is not None):
+        check_image(sdata.images[name], name)
+    for pos, name in enumerate(used):  # spots placed off their image: mismatched transformations
+        if images.get(name) is not None:
+            check_spots_on_image(sdata, images[name], name, cs, rows=shape_rows[spot_element == pos])
     mkey, modalities = _pick_modalities(adata, modality_key)
 
     return Selection(
@@ -441,6 +590,7 @@ def select(
         region_key=region_key,
         instance_key=instance_key,
         image=img,
+        images=images,
         coordinate_system=cs,
         layer=layer,
         spot_rows=_readonly(spot_rows),

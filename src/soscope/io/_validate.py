@@ -395,20 +395,39 @@ def check_counts(
 
 
 def zero_spots_mask(matrix: Any, *, spot_names: Sequence[str] | None = None) -> np.ndarray:
-    """Return a boolean mask of spots whose profile is all zeros; log a warning when there are any."""
+    """Return a boolean mask of spots whose profile is all zeros; log a warning naming them if any.
+
+    Such spots are skipped, not refused: they are left out of the training loss (a spot with no counts says
+    nothing about how counts split), and their enhanced counts are conditioned on their observation: 0
+    inside their footprint, so every sub-spot lying inside the footprint (all of them with ``grid:K``) is 0,
+    while the parts of hex7 / rings sub-spots outside the footprint get the model's estimate from the
+    neighbours, as for every spot.
+
+    Raises
+    ------
+    SoscopeInputError
+        When every spot is all zeros.
+
+    """
     x = _as_matrix(matrix)
     if sp.issparse(x):
         nz = np.asarray((x != 0).sum(axis=1)).ravel()
     else:
         nz = np.concatenate([(blk != 0).sum(1) for _, blk in _dense_blocks(x)]) if x.shape[0] else np.zeros(0)
     mask = nz == 0
+    if mask.any() and mask.all():
+        raise SoscopeInputError(
+            f"All {x.shape[0]} spots have no counts at all (the matrix is all zeros): pass `layer=` naming "
+            "the layer that holds the counts, or check that the table is the one with the spot profiles."
+        )
     if mask.any():
         examples = ""
         if spot_names is not None:
-            examples = f" (e.g. {_fmt_list([spot_names[i] for i in np.flatnonzero(mask)[:5]])})"
+            examples = f" ({_fmt_list([spot_names[i] for i in np.flatnonzero(mask)], limit=_MAX_LISTED)})"
         logger.warning(
-            "%d of %d spots have no counts at all%s; they carry no signal for the split and are kept as "
-            "zeros.",
+            "%d of %d spots have no counts at all%s: they are skipped in training, and their enhanced counts "
+            "are 0 inside their footprints (sub-spots outside a footprint get the model's estimate). Drop "
+            "them from the table to leave them out of the output.",
             int(mask.sum()),
             x.shape[0],
             examples,
@@ -453,6 +472,8 @@ def check_min_spots(n_spots: int, *, where: str = "the selection") -> None:
 
 # --------------------------------------------------------------------------------------------- images
 _OK_DTYPES = ("uint8", "uint16")
+_MIN_IMAGE_SIDE = 4  # an image axis this short is a channel axis in the wrong place
+_MAX_CHANNELS = 256  # more channels than this: the axes are almost surely in the wrong order
 
 
 def _scale0(image: Any) -> Any:
@@ -465,7 +486,13 @@ def _scale0(image: Any) -> Any:
 
 
 def check_image(image: Any, name: str) -> None:
-    """Check an image element: a ``c`` axis, 2-D, dtype uint8/uint16/float, 1 or ≥ 3 channels."""
+    """Check an image element: a ``c`` axis, 2-D, dtype uint8/uint16/float, 1 or 3–256 channels.
+
+    Axes of at most 4 pixels, or more than 256 channels, mean the axes were given in the wrong order
+    (channels-last data parsed as ``(c, y, x)``) and are refused. Float images may hold any range: the
+    feature extraction rescales them by their maximum when it exceeds 1. Boolean and other integer dtypes are
+    refused (convert them).
+    """
     arr = _scale0(image)
     dims = tuple(arr.dims)
     if "c" not in dims:
@@ -487,6 +514,24 @@ def check_image(image: Any, name: str) -> None:
             "`image=False`."
         )
     n_c = int(arr.sizes["c"])
+    small = {
+        d: int(arr.sizes[d]) for d in ("y", "x") if d in arr.sizes and int(arr.sizes[d]) <= _MIN_IMAGE_SIDE
+    }
+    if small:
+        sizes = ", ".join(f"{d}={arr.sizes[d]}" for d in dims)
+        raise SoscopeInputError(
+            f"Image '{name}' has axes ({sizes}): {_fmt_list(small)} only {max(small.values())} pixels wide, "
+            "which looks like channels-last data (y, x, c) parsed as (c, y, x). Parse it with the axes in "
+            "their real order, e.g. `Image2DModel.parse(array, dims=('y', 'x', 'c'))` (it is transposed to "
+            "(c, y, x)), or pass `image=False`."
+        )
+    if n_c > _MAX_CHANNELS:
+        raise SoscopeInputError(
+            f"Image '{name}' has {n_c} channels (axes {dims}, shape {tuple(arr.shape)}); more than "
+            f"{_MAX_CHANNELS} suggests the axes are in the wrong order (e.g. (y, x, c) parsed as (c, y, x)). "
+            "Parse it with its real axis order (`Image2DModel.parse(array, dims=('y', 'x', 'c'))`), keep the "
+            "channels you need (`img.isel(c=[...])`), or pass `image=False`."
+        )
     if n_c == 2 or n_c < 1:
         raise SoscopeInputError(
             f"Image '{name}' has {n_c} channels; soscope reads 1 channel (DAPI / grey) or 3 or more (H&E "
@@ -518,6 +563,81 @@ def check_image_coordinate_system(sdata: Any, image: str, spots: Sequence[str] |
             f"to_coordinate_system='{first_cs}')`, or pass `image=False`."
         )
     return shared
+
+
+def check_spots_on_image(
+    sdata: Any, image: str, spots: str, coordinate_system: str, *, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Check that the spots lie on the image once both are placed in ``coordinate_system``.
+
+    Parameters
+    ----------
+    sdata
+        The SpatialData.
+    image, spots
+        Names of the image and of the shapes element with the spots.
+    coordinate_system
+        The coordinate system relating them.
+    rows
+        ``iloc`` rows of the spots to check (default all).
+
+    Returns
+    -------
+    ``(n,)`` boolean mask of the spots whose centre lies outside the image. Some outside: a warning (their
+    sub-spots get no image features, filled with the mean); all outside: an error.
+
+    Raises
+    ------
+    SoscopeInputError
+        When no spot lies on the image: the transformations of image and spots do not match.
+
+    """
+    from soscope._transforms import affine_xy
+    from soscope.geometry import spot_centres
+
+    gdf = sdata.shapes[spots] if rows is None else sdata.shapes[spots].iloc[np.asarray(rows)]
+    arr = _scale0(sdata.images[image])
+    h, w = int(arr.sizes["y"]), int(arr.sizes["x"])
+    to_cs_spots = affine_xy(sdata.shapes[spots], coordinate_system)
+    to_cs_image = affine_xy(sdata.images[image], coordinate_system)
+    try:
+        spots_to_pixels = np.linalg.inv(to_cs_image) @ to_cs_spots
+    except np.linalg.LinAlgError:
+        raise SoscopeInputError(
+            f"The transformation of image '{image}' to '{coordinate_system}' is not invertible: set a proper "
+            "one with `sd.transformations.set_transformation`, or pass `image=False`."
+        ) from None
+    xy = spot_centres(gdf)
+    px = xy @ spots_to_pixels[:2, :2].T + spots_to_pixels[:2, 2]
+    outside = ~((px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h))
+    if len(outside) and outside.all():
+        cs_xy = xy @ to_cs_spots[:2, :2].T + to_cs_spots[:2, 2]
+        corners = (
+            np.array([[0, 0], [w, 0], [0, h], [w, h]], float) @ to_cs_image[:2, :2].T + to_cs_image[:2, 2]
+        )
+
+        def span(a: np.ndarray) -> str:
+            return f"x {a[:, 0].min():.4g}..{a[:, 0].max():.4g}, y {a[:, 1].min():.4g}..{a[:, 1].max():.4g}"
+
+        raise SoscopeInputError(
+            f"None of the {len(xy)} spots of '{spots}' lies on image '{image}': in coordinate system "
+            f"'{coordinate_system}' the spots span {span(cs_xy)} but the image covers {span(corners)}. The "
+            "transformations of the image and the spots do not match (e.g. one in pixels, the other in µm, "
+            "or an image of another section): fix them with `sd.transformations.set_transformation(sdata"
+            f"['{image}'], transformation, to_coordinate_system='{coordinate_system}')`, pass another "
+            "`image=`, or `image=False` to run without an image."
+        )
+    if outside.any():
+        logger.warning(
+            "%d of %d spots of '%s' lie outside image '%s' (in '%s'): their sub-spots get no image features "
+            "(the mean is used). If that is unexpected, check the transformations of the image and spots.",
+            int(outside.sum()),
+            len(outside),
+            spots,
+            image,
+            coordinate_system,
+        )
+    return outside
 
 
 # --------------------------------------------------------------------------------------------- outputs

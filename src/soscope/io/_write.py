@@ -13,6 +13,11 @@ How the store is updated (local stores)
 4. Any exception (or interrupt) during 1–3 undoes the renames in reverse order (and re-consolidates when
    step 3 had started), so the store is as before; the temporary folder is always removed.
 
+Streaming (tables larger than memory): with ``fill=``, the tables are staged as skeletons (obs, var, uns,
+no ``X``) and ``fill(staged_store)`` then writes their ``X`` / layers into the staged store chunk by chunk
+(:func:`create_dense_array`) before step 2; results still become visible only at the commit. After the
+commit, the in-memory SpatialData gets these tables with ``X`` read lazily (Dask) from the store.
+
 The elements are put into the in-memory SpatialData before step 1 and taken out again (the previous ones
 put back) if the store update fails, so memory and store agree either way. Only a hard kill during the
 renames of step 2 (milliseconds) can leave a replaced soscope output under ``.soscope_tmp_*/replaced``.
@@ -26,9 +31,11 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from soscope._errors import SoscopeInputError
 from soscope.io._validate import _fmt_list, check_output_names, element_type
@@ -143,6 +150,8 @@ def write_results(
     shapes: Mapping[str, Any] | None = None,
     tables: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    fill: Callable[[Path], None] | None = None,
+    staged_shapes: Mapping[str, Any] | None = None,
 ) -> None:
     """Put soscope's shapes and tables into ``sdata`` and, if it is backed by zarr, into its store atomically.
 
@@ -161,6 +170,14 @@ def write_results(
     overwrite
         Replace existing elements of the same names that soscope did not write (its own earlier outputs
         are always replaced).
+    fill
+        Streaming: called as ``fill(staged_store)`` after the elements are staged and before they are moved
+        into place; it writes the tables' ``X`` / layers (the ``tables`` are skeletons with ``X=None``)
+        with :func:`create_dense_array`. Requires a local zarr store.
+    staged_shapes
+        Streaming: small stand-ins (e.g. the first row) staged instead of the given shapes, whose
+        ``shapes.parquet`` ``fill`` then rewrites in full (:func:`write_shapes_parquet`); the given shapes
+        go into memory.
 
     Raises
     ------
@@ -194,12 +211,19 @@ def write_results(
         on_disk = [p for p in on_disk if element_type(sdata, p.split("/", 1)[1]) is None]
     check_output_names(sdata, types, overwrite, on_disk=[p for p in on_disk if p.split("/", 1)[1] in types])
     _validate_elements(shapes, tables, sdata)
+    if fill is not None and root is None:
+        raise SoscopeInputError("streaming results to disk needs a SpatialData backed by a local zarr store")
 
     # Memory first (it cannot fail after the checks above), then the store; undo memory if the store fails.
     previous = _put_in_memory(sdata, shapes, tables)
     try:
         if root is not None:
-            _write_atomic(sdata, root, shapes, tables)
+            _write_atomic(sdata, root, {**shapes, **dict(staged_shapes or {})}, tables, fill=fill)
+            if fill is not None:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*not present in the SpatialData.*")
+                    for name, skeleton in tables.items():  # the complete tables, read lazily from the store
+                        sdata.tables[name] = read_table_lazy(root / "tables" / name, skeleton)
         elif getattr(sdata, "path", None) is not None:
             _write_remote(sdata, shapes, tables)
     except BaseException:
@@ -276,7 +300,13 @@ def _stage(sdata_tmp: Any, staged: Path, formats: Any) -> None:
     sdata_tmp.write(staged, **kwargs)
 
 
-def _write_atomic(sdata: Any, root: Path, shapes: Mapping[str, Any], tables: Mapping[str, Any]) -> None:
+def _write_atomic(
+    sdata: Any,
+    root: Path,
+    shapes: Mapping[str, Any],
+    tables: Mapping[str, Any],
+    fill: Callable[[Path], None] | None = None,
+) -> None:
     _stale_tmp_warning(root)
     tmp = root / f"{TMP_PREFIX}{uuid.uuid4().hex}"
     tmp.mkdir()
@@ -288,6 +318,8 @@ def _write_atomic(sdata: Any, root: Path, shapes: Mapping[str, Any], tables: Map
     consolidating = False
     try:
         _stage(_staging_sdata(shapes, tables), staged, _staging_formats(root))
+        if fill is not None:
+            fill(staged)
         items = [("shapes", n) for n in shapes] + [("tables", n) for n in tables]
         for etype, name in items:
             group = root / etype
@@ -320,6 +352,106 @@ def _write_atomic(sdata: Any, root: Path, shapes: Mapping[str, Any], tables: Map
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("Wrote %s to %s.", [f"{t}/{n}" for t, n in items], root)
+
+
+def create_dense_array(
+    table_group: Path, key: str, shape: tuple[int, int], *, block_rows: int, dtype: Any = "float32"
+) -> Any:
+    """Create an empty dense array ``key`` (``"X"`` or ``"layers/<name>"``) in a staged AnnData's zarr group.
+
+    The array is chunked in blocks of ``block_rows`` whole rows (for writing a block at a time) and
+    carries anndata's encoding attributes, so ``anndata`` / ``spatialdata`` read it like one they wrote.
+    Returns the ``zarr.Array`` to fill.
+    """
+    import zarr
+
+    group = zarr.open_group(str(table_group), mode="r+")
+    parent, _, name = key.rpartition("/")
+    if parent:
+        group = group[parent]
+    arr = group.create_array(
+        name,
+        shape=shape,
+        chunks=(max(1, min(block_rows, shape[0])), max(1, shape[1])),
+        dtype=dtype,
+        fill_value=0,
+    )
+    arr.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+    return arr
+
+
+#: rows per row group when soscope writes a shapes element's parquet itself (bounded memory)
+SHAPES_ROWS_PER_GROUP = 1 << 18
+
+
+def write_shapes_parquet(path: Path, gdf: Any, *, rows_per_group: int | None = None) -> None:
+    """Rewrite a staged shapes element's ``shapes.parquet`` with all of ``gdf``, one row group at a time.
+
+    ``path`` must hold the parquet that spatialdata wrote for a stand-in with the same columns and index
+    kind (e.g. ``gdf.iloc[:1]``): its schema and GeoParquet / pandas metadata are reused, with the row
+    range and the bounding box updated, so ``sd.read_zarr`` reads the file like one spatialdata wrote. Only
+    one row group of WKB is in memory at a time (geopandas would convert every polygon at once).
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import shapely
+
+    rows_per_group = rows_per_group or SHAPES_ROWS_PER_GROUP
+    schema = pq.read_schema(path)
+    meta = dict(schema.metadata or {})
+    geo = json.loads(meta[b"geo"])
+    geom_col = geo["primary_column"]
+    n = len(gdf)
+    if b"pandas" in meta:
+        pandas_meta = json.loads(meta[b"pandas"])
+        for ix in pandas_meta.get("index_columns", []):
+            if isinstance(ix, dict) and ix.get("kind") == "range":
+                if not (isinstance(gdf.index, pd.RangeIndex) and gdf.index.step == 1):
+                    raise ValueError("write_shapes_parquet: a range-indexed stand-in needs a RangeIndex")
+                ix["start"], ix["stop"], ix["step"] = int(gdf.index.start), int(gdf.index.stop), 1
+        meta[b"pandas"] = json.dumps(pandas_meta).encode()
+    geoms = gdf.geometry.values
+    if "bbox" in geo["columns"][geom_col]:
+        geo["columns"][geom_col]["bbox"] = [float(v) for v in shapely.total_bounds(np.asarray(geoms))]
+    meta[b"geo"] = json.dumps(geo).encode()
+    schema = schema.with_metadata(meta)
+    tmp = path.with_name(path.name + ".part")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for start in range(0, n, rows_per_group):
+            part = slice(start, min(n, start + rows_per_group))
+            arrays = []
+            for field in schema:
+                if field.name == geom_col:
+                    arrays.append(pa.array(shapely.to_wkb(np.asarray(geoms[part])), type=field.type))
+                elif field.name == "__index_level_0__":
+                    arrays.append(pa.array(np.asarray(gdf.index[part]), type=field.type))
+                else:
+                    arrays.append(pa.array(np.asarray(gdf[field.name].iloc[part]), type=field.type))
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+    os.replace(tmp, path)
+
+
+def read_table_lazy(table_group: Path, template: Any) -> Any:
+    """Return the skeleton ``template`` with ``X`` and layers read lazily (Dask) from ``table_group``."""
+    import anndata as ad
+    import dask.array as da
+    import zarr
+
+    group = zarr.open_group(str(table_group), mode="r")
+
+    def lazy(arr):
+        return da.from_zarr(arr, chunks=(arr.chunks[0], arr.shape[1]))
+
+    layers = {name: lazy(arr) for name, arr in group["layers"].arrays()} if "layers" in group else {}
+    return ad.AnnData(
+        X=lazy(group["X"]) if "X" in group else None,
+        obs=template.obs,
+        var=template.var,
+        uns=template.uns,
+        obsm=dict(template.obsm),
+        layers=layers,
+    )
 
 
 def _rollback(undo: list[tuple[str, Path, Path | None]]) -> None:

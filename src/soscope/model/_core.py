@@ -52,7 +52,13 @@ def build_batches(
     hops = receptive_hops(config)
     chunks = plan_chunks(data.centres, data.edge_index, sections=data.sections, chunk_spots=chunk_spots, n_hops=hops)
     adj = adjacency(data.edge_index, data.n_spots)
-    batches = [make_batch(data, c, norm, loss_spots=loss_spots, use_image_offset=config.use_image, adj=adj) for c in chunks]
+    sub_adj = None if data.sub_edge_index is None else adjacency(data.sub_edge_index, data.layout.n_subspots)
+    batches = [
+        make_batch(
+            data, c, norm, loss_spots=loss_spots, use_image_offset=config.use_image, adj=adj, sub_adj=sub_adj
+        )
+        for c in chunks
+    ]
     return chunks, batches
 
 
@@ -82,40 +88,59 @@ def fit(
     return train_module(module, train, train_config, device=device, progress=progress, history=history)
 
 
-@torch.no_grad()
 def predict(
     module: SoScopeModule,
     data: SpotData,
     norm: Normaliser,
     *,
-    device: torch.device,
+    device: torch.device | str,
     n_samples: int = 0,
     chunk_spots: int = INFER_CHUNK_SPOTS,
     progress: bool = False,
-) -> list[dict[str, np.ndarray]]:
+    client=None,
+    sink=None,
+) -> list[dict[str, np.ndarray]] | None:
     """Enhanced sub-spot profiles for every sub-spot of ``data`` (rows in layout order), per modality.
 
-    Runs chunk by chunk (core + halo) so memory is bounded by the chunk size; core results equal
-    untiled results because the halo covers the receptive field.
+    Runs as a Dask graph of chunks (core + halo; see :mod:`soscope.model._dask`): on the local threaded
+    scheduler, or on a ``dask.distributed`` cluster when ``client`` is given or one is active. Memory is
+    bounded by the chunk size; core results equal untiled results because the halo covers the receptive
+    field.
+
+    Parameters
+    ----------
+    module, data, norm
+        The trained network, the spots and the model's normalisation.
+    device
+        Device of the local engine (``"auto"``: CUDA when available); cluster workers resolve their own.
+    n_samples
+        When > 0, also ``"std"`` over this many posterior samples (seeded per chunk).
+    chunk_spots
+        Core spots per chunk.
+    progress
+        Show a progress bar over chunks.
+    client
+        A ``dask.distributed`` client to run on (default: the active one, if any; else local threads).
+    sink
+        ``sink(rows, results)`` receives each chunk's core results as it completes (e.g. a
+        :class:`~soscope.model._dask.BlockWriter` streaming them to zarr); ``None`` returns the results as
+        in-memory arrays instead.
+
+    Returns
+    -------
+    Per modality ``{"enhanced", "mean"[, "std"]}`` arrays, or None when a ``sink`` is given.
+
     """
-    module.to(device).eval()
-    chunks = plan_chunks(data.centres, data.edge_index, sections=data.sections, chunk_spots=chunk_spots, n_hops=receptive_hops(module.config))
-    adj = adjacency(data.edge_index, data.n_spots)
-    out = [
-        {k: np.zeros((data.layout.n_subspots, m.n_features), dtype=np.float32) for k in (["enhanced", "mean"] + (["std"] if n_samples else []))}
-        for m in module.config.modalities
-    ]
-    if n_samples:
-        torch.manual_seed(0)
-    for chunk in chunks:
-        batch = make_batch(data, chunk, norm, use_image_offset=module.config.use_image, adj=adj).to(device)
-        res = module.enhance(batch, n_samples=n_samples)
-        sub = data.layout.subset(chunk.nodes)
-        local_rows = sub.rows_of(chunk.core_in_nodes)
-        global_rows = data.layout.rows_of(chunk.core)
-        for mi, r in enumerate(res):
-            for key, arr in r.items():
-                out[mi][key][global_rows] = arr[local_rows].cpu().numpy()
+    from ._dask import collect, run_inference
+
+    out = None
+    if sink is None:
+        out, sink = collect(data.layout.n_subspots, module.config, n_samples)
+    hops = receptive_hops(module.config)
+    run_inference(
+        module, data, norm, sink, device=device, chunk_spots=chunk_spots, n_hops=hops, n_samples=n_samples,
+        client=client, progress=progress,
+    )  # fmt: skip
     return out
 
 

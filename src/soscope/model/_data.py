@@ -77,9 +77,9 @@ class Normaliser:
             else:
                 dens = np.asarray(x.mean(0)).ravel()
             dens_mean.append(dens.astype(np.float32))
-            xin = encoder_input(x, spec, lib)
-            in_mean.append(xin.mean(0).astype(np.float32))
-            in_std.append(np.maximum(xin.std(0), 1e-3).astype(np.float32))
+            mean, std = _encoder_input_moments(x, spec, lib)
+            in_mean.append(mean.astype(np.float32))
+            in_std.append(np.maximum(std, 1e-3).astype(np.float32))
         if data.image_features is not None:
             f = data.image_features
             img_mean = np.nanmean(f, 0).astype(np.float32)
@@ -112,10 +112,33 @@ def _fit_image_ridge(data: SpotData, norm: Normaliser, footprint: np.ndarray) ->
     for mi, spec in enumerate(data.modalities):
         x = data.counts[mi]
         y = spot_density(x, data.layout, norm.area_unit) if spec.is_count else x
-        y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=np.float64)
-        xm, ym, beta = fit_footprint_ridge(y, z, data.layout, alpha=1e-4)
-        ridges.append((xm.astype(np.float32), ym.astype(np.float32), beta.astype(np.float32)))
-    return ridges
+        y = y if sp.issparse(y) else np.asarray(y, dtype=np.float64)  # sparse stays sparse
+        y = _to_common_scale(y, data.batches, spec)
+        ridges.append(fit_footprint_ridge(y, z, data.layout, alpha=1e-4))
+    return [tuple(a.astype(np.float32) for a in r) for r in ridges]
+
+
+def _to_common_scale(y, batches: np.ndarray, spec: ModalitySpec):
+    """Spot values with each batch's per-feature mean brought to the mean over all spots.
+
+    Sections with different capture bias would otherwise blur the image model fitted on them together;
+    the batch bias itself is learned by the network (``batch_bias``).
+    """
+    labels, codes = np.unique(np.asarray(batches), return_inverse=True)
+    if len(labels) < 2:
+        return y
+    overall = np.asarray(y.mean(0)).ravel()
+    factors = np.empty((len(labels), y.shape[1]))
+    for b in range(len(labels)):
+        mean_b = np.asarray(y[codes == b].mean(0)).ravel()
+        factors[b] = overall / np.maximum(mean_b, 1e-12) if spec.is_count else overall - mean_b
+    if spec.is_count:
+        if sp.issparse(y):
+            y = y.tocsr(copy=True).astype(np.float64)
+            y.data *= factors[codes[np.repeat(np.arange(y.shape[0]), np.diff(y.indptr))], y.indices]
+            return y
+        return y * factors[codes]
+    return (y.toarray() if sp.issparse(y) else y) + factors[codes]
 
 
 def image_offset(z: np.ndarray, ridge, spec: ModalitySpec, floor: np.ndarray) -> np.ndarray:
@@ -153,6 +176,25 @@ def encoder_input(x, spec: ModalitySpec, lib: np.ndarray) -> np.ndarray:
         dense = scaled.toarray() if sp.issparse(scaled) else np.asarray(scaled)
         return np.hstack([np.log1p(dense), np.log1p(lib)[:, None]]).astype(np.float32)
     return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+
+
+_MOMENT_ROWS = 4096  # spots per block when computing the encoder inputs' moments
+
+
+def _encoder_input_moments(x, spec: ModalitySpec, lib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and (population) std of :func:`encoder_input`, a block of rows at a time.
+
+    A sparse matrix is never densified whole: only ``_MOMENT_ROWS`` rows at once.
+    """
+    n = x.shape[0]
+    total = sq = None
+    for start in range(0, n, _MOMENT_ROWS):
+        rows = slice(start, start + _MOMENT_ROWS)
+        blk = encoder_input(x[rows], spec, lib[rows]).astype(np.float64)
+        s, s2 = blk.sum(0), (blk**2).sum(0)
+        total, sq = (s, s2) if total is None else (total + s, sq + s2)
+    mean = total / max(n, 1)
+    return mean, np.sqrt(np.maximum(sq / max(n, 1) - mean**2, 0.0))
 
 
 def n_encoder_inputs(modalities: list[ModalitySpec]) -> int:
@@ -193,6 +235,7 @@ def make_batch(
     loss_spots: np.ndarray | None = None,
     use_image_offset: bool = True,
     adj=None,
+    sub_adj=None,
 ) -> SpotBatch:
     """Tensors of one chunk: its spots (core + halo), their sub-spots, local graphs and the loss mask.
 
@@ -241,7 +284,7 @@ def make_batch(
     batch_codes = np.array([norm.batch_codes.get(b, 0) for b in data.batches[nodes]], dtype=np.int64)
     sub_edges = sim = None
     if data.sub_edge_index is not None and img is not None:
-        sub_edges, sim = _local_sub_edges(data.sub_edge_index, rows, img)
+        sub_edges, sim = _local_sub_edges(data.sub_edge_index, rows, img, sub_adj=sub_adj)
     return SpotBatch(
         x=xs,
         x_in=torch.as_tensor(np.concatenate(ins, axis=1), dtype=torch.float32),
@@ -258,14 +301,26 @@ def make_batch(
     )
 
 
-def _local_sub_edges(sub_edge_index: np.ndarray, rows: np.ndarray, img: torch.Tensor):
-    """Sub-spot edges with both ends in ``rows`` (sorted), re-indexed, with image similarity weights."""
-    a, b = sub_edge_index
-    ia = np.searchsorted(rows, a)
-    ib = np.searchsorted(rows, b)
-    ok = (ia < len(rows)) & (ib < len(rows))
-    ok[ok] &= (rows[ia[ok]] == a[ok]) & (rows[ib[ok]] == b[ok])
-    edges = torch.as_tensor(np.vstack([ia[ok], ib[ok]]), dtype=torch.long)
+def _local_sub_edges(sub_edge_index: np.ndarray, rows: np.ndarray, img: torch.Tensor, sub_adj=None):
+    """Sub-spot edges with both ends in ``rows`` (sorted), re-indexed, with image similarity weights.
+
+    ``sub_adj``, the CSR adjacency of ``sub_edge_index`` built once (:func:`soscope.tiling.adjacency`),
+    makes this proportional to the chunk instead of to all the slide's edges (same edges, same order:
+    the edge index is sorted by source then target).
+    """
+    if sub_adj is not None:
+        local = sub_adj[rows][:, rows]
+        local.sort_indices()
+        local = local.tocoo()
+        ia, ib = local.row.astype(np.int64), local.col.astype(np.int64)
+    else:
+        a, b = sub_edge_index
+        ia = np.searchsorted(rows, a)
+        ib = np.searchsorted(rows, b)
+        ok = (ia < len(rows)) & (ib < len(rows))
+        ok[ok] &= (rows[ia[ok]] == a[ok]) & (rows[ib[ok]] == b[ok])
+        ia, ib = ia[ok], ib[ok]
+    edges = torch.as_tensor(np.vstack([ia, ib]), dtype=torch.long)
     if edges.shape[1] == 0:
         return edges, torch.zeros(0)
     d2 = ((img[edges[0]] - img[edges[1]]) ** 2).mean(-1)

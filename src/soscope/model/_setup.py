@@ -10,8 +10,26 @@ import scipy.sparse as sp
 
 from .._errors import SoscopeInputError
 from .._transforms import affine_xy
-from ..geometry import SubspotLayout, lattice_spacing, make_subspots, parse_subspot_scheme, spot_centres, spot_graph, subspot_graph
-from ..io import Selection, check_counts, check_min_spots, check_values, counts_matrix, select, zero_spots_mask, zero_variance_mask
+from ..geometry import (
+    SubspotLayout,
+    lattice_spacing,
+    make_subspots,
+    parse_subspot_scheme,
+    spot_centres,
+    spot_graph,
+    subspot_graph,
+)
+from ..io import (
+    Selection,
+    check_counts,
+    check_min_spots,
+    check_values,
+    counts_matrix,
+    detect_platform,
+    select,
+    zero_spots_mask,
+    zero_variance_mask,
+)
 from ..module import ModalitySpec
 from ._data import SpotData
 from ._likelihood_choice import resolve_likelihoods
@@ -30,6 +48,7 @@ class Prepared:
     likelihoods: dict[str, str]
     modality_masks: dict[str, np.ndarray]
     image_extractor: str | None
+    platform: str = "generic"  # detected by soscope.io.detect_platform (its PLATFORM_DEFAULTS key)
 
 
 def _to_cs(layout: SubspotLayout, affine: np.ndarray) -> SubspotLayout:
@@ -112,6 +131,10 @@ def prepare(
 
     # sub-spots per spots element, in intrinsic coordinates; the model works in the coordinate system
     cells_elements = [k for k in sdata.shapes if k not in sel.spots]
+    # subspots="auto": the detected platform's default scheme (e.g. Xenium cells, Visium HD grid:2)
+    platform = detect_platform(sdata, sel)
+    if isinstance(subspots, str) and subspots.strip().lower() == "auto" and platform.subspots != "auto":
+        subspots = platform.subspots
     layouts, cs_layouts, centres, edge_parts, sub_edge_parts = {}, [], [], [], []
     schemes = set()
     n_before = 0
@@ -145,14 +168,21 @@ def prepare(
     spacing = lattice_spacing(centres_all) if len(centres_all) > 1 else 1.0
 
     img_values, img_names, extractor = None, [], None
-    if sel.image is not None and use_image:
+    if sel.has_image and use_image:
         from ..features import subspot_image_features
 
+        without = [name for name in sel.spots if sel.image_of(name) is None]
+        if without:
+            raise SoscopeInputError(
+                f"spots {without} have no image while the others do: pass `image=` a dict spots → image for every "
+                "spots element, or `image=False` to run without images"
+            )
         parts = []
         for name in sel.spots:
             feats = subspot_image_features(
-                sdata, sel.image, layouts[name], name, coordinate_system=sel.coordinate_system, extractor=image_features, progress=progress
-            )
+                sdata, sel.image_of(name), layouts[name], name, coordinate_system=sel.coordinate_system,
+                extractor=image_features, progress=progress,
+            )  # fmt: skip
             parts.append(np.asarray(feats.values, dtype=np.float32))
             img_names = list(feats.names)
         img_values = np.vstack(parts)
@@ -180,7 +210,9 @@ def prepare(
         image_feature_names=img_names,
         sub_edge_index=np.hstack(sub_edge_parts),
     )
-    return Prepared(data, sel, layouts, schemes.pop(), likelihoods, dict(sel.modalities), extractor)
+    scheme = schemes.pop()
+    logger.info("platform: %s (%s); sub-spots: %s; likelihood: %s", platform.name, platform.evidence, scheme, likelihoods)  # fmt: skip
+    return Prepared(data, sel, layouts, scheme, likelihoods, dict(sel.modalities), extractor, platform.name)
 
 
 def _check_same_transform(sdata, a: str, b: str, cs: str) -> None:

@@ -14,7 +14,8 @@ from .._errors import ModelCompatibilityError, SoscopeInputError
 from .._version import __version__
 from ..module import ModalitySpec, ModuleConfig, SoScopeModule
 from ..train import History, TrainConfig
-from ._core import default_epochs, fit, latent, predict, resolve_device
+from ._calibrate import calibrate_new_batches, fit_batch_bias
+from ._core import default_epochs, fit, latent, resolve_device
 from ._data import Normaliser, n_encoder_inputs
 from ._setup import Prepared, prepare
 
@@ -31,7 +32,9 @@ class SoScope:
     ----------
     sdata
         SpatialData with a table of spot profiles annotating a shapes element of spots (and optionally
-        an image in the same coordinate system).
+        an image in the same coordinate system), or a list / dict of them to train one model on several
+        samples (combined with :func:`soscope.io.combine`: element names get the suffix ``-<key>``, ``key``
+        the list position or dict key; each sample's spots are their own sections).
     table, spots, image, layer, coordinate_system
         Elements to use; each may be omitted when the choice is unambiguous. ``image=False`` ignores images.
     subspots
@@ -98,7 +101,12 @@ class SoScope:
         }  # fmt: skip
         self._image_extractor = image_features
         self.device = resolve_device(device)
+        self.device_request = str(device)  # as asked: cluster workers resolve "auto" on their own hardware
         self.progress = progress
+        if isinstance(sdata, (list, tuple, dict)):
+            from ..io import combine
+
+            sdata = combine(sdata)
         self.sdata = sdata
         self.prepared: Prepared | None = prepare(
             sdata, table=table, spots=spots, image=image, layer=layer, subspots=subspots, likelihood=likelihood,
@@ -110,6 +118,7 @@ class SoScope:
         self.feature_names = data.feature_names
         self.image_feature_names = data.image_feature_names
         self.scheme = self.prepared.scheme
+        self.platform = self.prepared.platform
         torch.manual_seed(seed)
         self.module = SoScopeModule(
             ModuleConfig(
@@ -139,6 +148,7 @@ class SoScope:
         self,
         epochs: int | None = None,
         *,
+        pretrain_epochs: int = 0,
         lr: float = 2e-3,
         validation_fraction: float = 0.1,
         early_stopping: bool = True,
@@ -157,6 +167,10 @@ class SoScope:
         ----------
         epochs
             Passes over all spots; default ``600 / (spots / 256)`` clipped to [20, 200].
+        pretrain_epochs
+            Epochs of graph-autoencoder pretraining of the encoder before the full model (the published
+            two-step training). Default 0 (off): on synthetic data it did not change the enhanced
+            sub-spots' accuracy (see the ablation benchmark) and costs time.
         lr
             Peak learning rate (warm-up, then cosine decay).
         validation_fraction
@@ -187,13 +201,18 @@ class SoScope:
         epochs = default_epochs(data.n_spots) if epochs is None else int(epochs)
         if epochs < 1:
             raise SoscopeInputError(f"epochs must be ≥ 1, got {epochs}")
+        if pretrain_epochs < 0:
+            raise SoscopeInputError(f"pretrain_epochs must be ≥ 0, got {pretrain_epochs}")
         self.train_config = TrainConfig(
-            epochs=epochs, lr=lr, early_stopping=early_stopping, image_reg_weight=image_reg_weight, kl_weight=kl_weight,
+            epochs=epochs, pretrain_epochs=int(pretrain_epochs), lr=lr, early_stopping=early_stopping, image_reg_weight=image_reg_weight, kl_weight=kl_weight,
             image_warmup_fraction=image_warmup, image_weight_decay=image_weight_decay,
             checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), checkpoint_every=checkpoint_every,
             resume=resume, seed=self.settings["seed"],
         )  # fmt: skip
         torch.manual_seed(self.settings["seed"])
+        if len(self.normaliser.batch_codes) > 1 and not resume:
+            # several batches: start from their closed-form bias (gradient steps alone move it too slowly)
+            fit_batch_bias(self.module, data, self.normaliser, list(self.normaliser.batch_codes), device=self.device)
         self.history = fit(
             self.module, data, self.normaliser, self.train_config, validation_fraction=validation_fraction,
             device=self.device, progress=self.progress if progress is None else progress,
@@ -213,6 +232,7 @@ class SoScope:
             use_image=s["use_image"], progress=self.progress, **args,
         )  # fmt: skip
         self._align_features(prepared)
+        calibrate_new_batches(self.module, prepared.data, self.normaliser, device=self.device)
         return prepared
 
     def _align_features(self, prepared: Prepared) -> None:
@@ -253,6 +273,7 @@ class SoScope:
         n_samples: int = 0,
         overwrite: bool = False,
         inplace: bool = True,
+        client=None,
         **selection,
     ):
         """Enhance spots to sub-spots and write the results into the SpatialData.
@@ -270,6 +291,9 @@ class SoScope:
             Replace elements with the output names that soscope did not write.
         inplace
             Add the results to ``sdata`` (and its zarr store); otherwise to a new in-memory SpatialData.
+        client
+            A ``dask.distributed`` client to run inference on (default: the active client, if any, else
+            local threads). Large outputs are streamed to the zarr store chunk by chunk.
         **selection
             Element choices for new data (``table=``, ``spots=``, ``image=``, ``sections=`` ...).
 
@@ -277,7 +301,7 @@ class SoScope:
         -------
         The SpatialData holding the results.
         """
-        from ._output import results_to_elements
+        from ._dask import enhance_and_write
 
         if not self.is_trained:
             raise SoscopeInputError("the model is not trained yet: call .train() first (or soscope.enhance(sdata))")
@@ -289,19 +313,13 @@ class SoScope:
             prepared = self.prepared
         else:
             prepared = self._prepare_other(sdata, **selection)
-        preds = predict(self.module, prepared.data, self.normaliser, device=self.device, n_samples=n_samples, progress=self.progress)
-        shapes, tables = results_to_elements(sdata, prepared, preds, key_added=key_added, uns=self._uns())
-        if not inplace:
-            import spatialdata as sd
-
-            sdata = sd.SpatialData(
-                images=dict(sdata.images), labels=dict(sdata.labels), points=dict(sdata.points),
-                shapes=dict(sdata.shapes), tables=dict(sdata.tables),
-            )  # fmt: skip
-        from ..io import write_results
-
-        write_results(sdata, shapes=shapes, tables=tables, overwrite=overwrite)
-        return sdata
+        # inference as a Dask graph; large outputs stream into the store (see soscope.model._dask)
+        return enhance_and_write(
+            sdata, prepared, self.module, self.normaliser, uns=self._uns(), key_added=key_added,
+            device=getattr(self, "device_request", self.device), n_samples=n_samples, overwrite=overwrite,
+            inplace=inplace, client=client,
+            progress=self.progress,
+        )  # fmt: skip
 
     def get_latent(self, sdata=None, **selection) -> np.ndarray:
         """Posterior mean latent of every spot, ``(N, n_latent)``, in the order of the spots element(s)."""
@@ -318,6 +336,7 @@ class SoScope:
             "version": __version__,
             "parameters": settings,
             "subspots": self.scheme,
+            "platform": getattr(self, "platform", "unknown"),  # "unknown": a loaded model
             "likelihood": {m.name: m.likelihood for m in self.module.config.modalities},
             "train": {} if self.train_config is None else {k: ("None" if v is None else v) for k, v in self.train_config.__dict__.items()},
             "history": {k: (np.asarray(v) if isinstance(v, list) else v) for k, v in hist.items()},
@@ -385,6 +404,7 @@ class SoScope:
         self.settings = json.loads(payload["settings"])
         self._image_extractor = self.settings["image_features"]
         self.device = resolve_device(device)
+        self.device_request = str(device)  # as asked: cluster workers resolve "auto" on their own hardware
         self.progress = progress
         self.sdata, self.prepared = None, None
         self.module = SoScopeModule(ModuleConfig(**cfg))

@@ -133,6 +133,8 @@ class SoScopeModule(nn.Module):
         nn.init.zeros_(self.batch_embed.weight)
         self.spot_trunk = mlp(c.n_latent, c.n_hidden, c.n_hidden, n_blocks=2, dropout=c.dropout)
         self.spot_heads = nn.ModuleList([nn.Linear(c.n_hidden, m.n_features) for m in c.modalities])
+        # step 1 of the published two-step training: a graph autoencoder of the spots' normalised profiles
+        self.pretrain_head = nn.Linear(c.n_hidden, c.n_input)
         for head in self.spot_heads:  # start from the fixed offsets alone: no spot deviation yet
             nn.init.normal_(head.weight, std=1e-3)
             nn.init.zeros_(head.bias)
@@ -148,6 +150,11 @@ class SoScopeModule(nn.Module):
         self.log_theta = nn.ParameterList([nn.Parameter(torch.full((m.n_features,), 2.0)) for m in c.modalities])
         self.zi_logits = nn.ParameterList([nn.Parameter(torch.full((m.n_features,), -3.0)) for m in c.modalities])
         self.log_sigma = nn.ParameterList([nn.Parameter(torch.zeros(m.n_features)) for m in c.modalities])
+
+    @property
+    def n_reference_batches(self) -> int:
+        """Batches the network was trained on: their mean bias defines the common output scale."""
+        return int(self.config.extra.get("n_trained_batches", self.config.n_batches))
 
     # ----------------------------------------------------------------- inference
     def encode(self, batch: SpotBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,6 +327,24 @@ class SoScopeModule(nn.Module):
             out["val_n"] = batch.val_mask.sum()
         return out
 
+    def pretrain_loss(self, batch: SpotBatch, *, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
+        """Graph-autoencoder loss (pretraining): reconstruct each spot's encoder input from its latent.
+
+        The encoder and the spot trunk learn a latent that summarises each spot and its neighbourhood before
+        the full model (sub-spots, likelihoods, image) is fitted, as in the published two-step training.
+        Held-out spots (``val_mask``) are excluded from the loss.
+        """
+        mu, logvar = self.encode(batch)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        recon = self.pretrain_head(self.spot_trunk(z + self.batch_embed(batch.batch)))
+        mask = batch.loss_mask if batch.loss_mask is not None else torch.ones(batch.n_spots, dtype=torch.bool)
+        n_used = mask.sum().clamp_min(1)
+        err = ((recon - batch.x_in) ** 2).sum(-1)
+        kl = 0.5 * (mu**2 + torch.exp(logvar) - 1 - logvar).sum(-1)
+        recon_loss = (err * mask).sum() / n_used
+        kl_loss = (kl * mask).sum() / n_used
+        return {"loss": recon_loss + kl_weight * kl_loss, "reconstruction": recon_loss.detach(), "kl": kl_loss.detach()}
+
     def image_regulariser(self, batch: SpotBatch, values: list[torch.Tensor]) -> torch.Tensor:
         """Neighbouring sub-spots with similar morphology should have similar (log-density) profiles.
 
@@ -364,7 +389,7 @@ class SoScopeModule(nn.Module):
                 enhanced = v
             if remove_batch_bias:
                 # to the common scale: each batch's bias relative to the mean over batches (0 with one batch)
-                centred_bias = self.batch_bias[mi] - self.batch_bias[mi].mean(0, keepdim=True)
+                centred_bias = self.batch_bias[mi] - self.batch_bias[mi][: self.n_reference_batches].mean(0, keepdim=True)
                 factor = centred_bias[batch.batch][batch.sub_spot]
                 enhanced = enhanced * torch.exp(-factor) if spec.is_count else enhanced - factor
                 v = v * torch.exp(-factor) if spec.is_count else v - factor

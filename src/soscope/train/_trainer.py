@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._errors import TrainingDivergedError
 from ..module import SoScopeModule, SpotBatch
 
 logger = logging.getLogger("soscope")
@@ -23,6 +24,7 @@ class TrainConfig:
     """Settings of one training run (stored in the model's history)."""
 
     epochs: int = 200
+    pretrain_epochs: int = 0  # graph-autoencoder pretraining of the encoder first (the published step 1)
     lr: float = 2e-3
     weight_decay: float = 1e-4
     image_weight_decay: float = 1e-4
@@ -49,6 +51,7 @@ class History:
     train_loss: list[float] = field(default_factory=list)
     validation_loss: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
+    pretrain_loss: list[float] = field(default_factory=list)
     best_epoch: int = -1
     stopped_early: bool = False
 
@@ -104,6 +107,8 @@ def train_module(
         logger.info("resumed training from %s at epoch %d", ckpt, start_epoch)
     rng = np.random.default_rng(config.seed + start_epoch)
     batches = [b.to(device) for b in batches]
+    if config.pretrain_epochs > 0 and start_epoch == 0 and not history.pretrain_loss:
+        _pretrain(module, batches, config, rng, history, progress)
     has_validation = any(b.val_mask is not None and bool(b.val_mask.any()) for b in batches)
     smoothed = None
     best = (math.inf, None)
@@ -140,7 +145,7 @@ def train_module(
         history.validation_loss.append(raw_val)
         history.lr.append(config.lr * factor)
         if not np.isfinite(train_loss):
-            raise FloatingPointError(
+            raise TrainingDivergedError(
                 f"training diverged at epoch {epoch} (loss {train_loss}); lower lr (now {config.lr}) or check the input"
             )
         if best[1] is None or val_loss < best[0] - 1e-4 * abs(best[0]):
@@ -166,6 +171,34 @@ def train_module(
     module.spot_deviation_on = True
     module.eval()
     return history
+
+
+def _pretrain(module: SoScopeModule, batches: Sequence[SpotBatch], config: TrainConfig, rng, history: History, progress: bool) -> None:
+    """Step 1: fit the encoder as a graph autoencoder of the spots (its own optimizer and schedule)."""
+    params = [p for n, p in module.named_parameters() if n.startswith(("input_proj", "graph_", "to_latent", "spot_trunk", "batch_embed", "pretrain_head"))]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    total = config.pretrain_epochs * len(batches)
+    warm = max(1, int(config.kl_warmup_fraction * total))
+    bar = _progress(progress, config.pretrain_epochs, "pretraining (graph autoencoder)")
+    step = 0
+    module.train()
+    for _ in range(config.pretrain_epochs):
+        losses = []
+        for bi in rng.permutation(len(batches)):
+            for g in opt.param_groups:
+                g["lr"] = config.lr * _lr_factor(step, total)
+            out = module.pretrain_loss(batches[bi], kl_weight=config.kl_weight * min(1.0, (step + 1) / warm))
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            opt.step()
+            losses.append(float(out["loss"].detach()))
+            step += 1
+        history.pretrain_loss.append(float(np.mean(losses)))
+        if bar is not None:
+            bar.update(1, f"loss {history.pretrain_loss[-1]:.3g}")
+    if bar is not None:
+        bar.close()
 
 
 def _save_checkpoint(path: Path, module, opt, epoch: int, history: History) -> None:

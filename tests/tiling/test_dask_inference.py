@@ -1,0 +1,161 @@
+"""Inference as a Dask graph: several threads, a dask.distributed cluster and the untiled network agree."""
+
+# ruff: noqa: D103
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import soscope
+import soscope.model._dask as dk
+from soscope.model._core import predict, receptive_hops
+from soscope.tiling import plan_chunks
+
+pytest.importorskip("spatialdata")
+
+MODEL_ARGS = dict(table="table", n_hidden=16, n_latent=4, device="cpu", progress=False, seed=0)
+SMALL = 30  # core spots per chunk: several chunks, most spots near a border
+
+
+@pytest.fixture(scope="module", params=[(7, True), (9, False)], ids=["hex7-image", "grid3-no-image"])
+def model(request):
+    k, image = request.param
+    sdata = soscope.datasets.synthetic(n_spots=150, n_features=20, k=k, image=image, seed=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m = soscope.SoScope(sdata, **MODEL_ARGS)
+        m.train(epochs=2)
+    finally:
+        torch.set_num_threads(before)
+    assert m.scheme == ("hex7" if k == 7 else "grid:3")
+    return m
+
+
+def _predict(m, **kw):
+    return predict(m.module, m.prepared.data, m.normaliser, device="cpu", **kw)
+
+
+def _assert_same(a, b, exact=False):
+    for ra, rb in zip(a, b, strict=True):
+        assert set(ra) == set(rb)
+        for key in ra:
+            assert np.abs(ra[key]).sum() > 0
+            if exact:
+                np.testing.assert_array_equal(ra[key], rb[key], err_msg=key)
+            else:
+                np.testing.assert_allclose(ra[key], rb[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_chunk_payload_is_self_contained(model):
+    """A chunk's payload alone (no polygons, local indices) gives its core spots' untiled results."""
+    data = model.prepared.data
+    chunks = plan_chunks(data.centres, data.edge_index, sections=data.sections, chunk_spots=SMALL,
+                         n_hops=receptive_hops(model.module.config))  # fmt: skip
+    full = _predict(model, chunk_spots=10**9)
+    chunk = max(chunks, key=lambda c: len(c.nodes) - len(c.core))  # the one with the widest halo
+    payload, core = dk.chunk_payload(data, chunk)
+    assert payload.n_spots == len(chunk.nodes) < data.n_spots
+    assert payload.layout.geometry.dtype == np.uint8, "polygons are not shipped with the tasks"
+    res = dk.run_chunk(model.module, payload, core, model.normaliser, device=torch.device("cpu"))
+    rows = data.layout.rows_of(chunk.core)
+    np.testing.assert_allclose(res[0]["enhanced"], full[0]["enhanced"][rows], rtol=1e-4, atol=1e-5)
+
+
+def test_posterior_std_does_not_depend_on_threads(model, monkeypatch):
+    """Samples are seeded per chunk: the std layer is the same whatever the number of threads."""
+    monkeypatch.setattr(dk, "local_workers", lambda device, n: 1)
+    one = _predict(model, chunk_spots=SMALL, n_samples=3)
+    monkeypatch.setattr(dk, "local_workers", lambda device, n: min(3, n))
+    three = _predict(model, chunk_spots=SMALL, n_samples=3)
+    assert (one[0]["std"] > 0).mean() > 0.5
+    _assert_same(one, three, exact=True)
+
+
+def test_auto_device_is_cpu_without_cuda(monkeypatch):
+    from soscope.model._core import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+@pytest.fixture(scope="module")
+def cluster_client():
+    """Start a 2-process LocalCluster (one thread each), shared by the tests of this module."""
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+    ):
+        yield client
+
+
+@pytest.mark.timeout(60)
+def test_local_cluster_equals_local_scheduler(model, cluster_client):
+    """The same graph on a 2-process LocalCluster: weights scattered once, a network built once per worker."""
+    client = cluster_client
+    local = _predict(model, chunk_spots=SMALL, n_samples=2)
+    n_chunks = len(
+        plan_chunks(model.prepared.data.centres, model.prepared.data.edge_index, chunk_spots=SMALL)
+    )
+    assert n_chunks >= 4
+    builds_before = client.run(lambda: dk._WORKER_BUILDS)
+    scatters = []
+    original = client.scatter
+
+    def spy(data, **kwargs):
+        scatters.append(kwargs)
+        return original(data, **kwargs)
+
+    client.scatter = spy
+    try:
+        remote = _predict(model, chunk_spots=SMALL, n_samples=2, client=client)
+    finally:
+        client.scatter = original
+    assert len(scatters) == 1 and scatters[0].get("broadcast") is True, "weights are broadcast once"
+    builds = client.run(lambda: dk._WORKER_BUILDS)
+    new = [builds[w] - builds_before[w] for w in builds]
+    assert set(new) <= {0, 1} and sum(new) >= 1, (
+        "each worker builds the network at most once for all its tasks"
+    )
+    _assert_same(local, remote, exact=True)
+    full = _predict(model, chunk_spots=10**9)
+    _assert_same([{k: r[k] for k in ("enhanced", "mean")} for r in remote], full)
+
+
+@pytest.mark.timeout(60)
+def test_active_client_is_used(model, cluster_client):
+    """Without ``client=``, the graph runs on the active client (``with client.as_current()``)."""
+    local = _predict(model, chunk_spots=SMALL)
+    assert dk.active_client() is None
+    with cluster_client.as_current():
+        assert dk.active_client() is cluster_client
+        builds_before = sum(cluster_client.run(lambda: dk._WORKER_BUILDS).values())
+        active = _predict(model, chunk_spots=SMALL)
+        assert sum(cluster_client.run(lambda: dk._WORKER_BUILDS).values()) > builds_before, (
+            "ran on the cluster"
+        )
+    _assert_same(local, active, exact=True)
+
+
+def test_training_batches_with_subspot_adjacency_are_identical(model):
+    """Training batches find their sub-spot edges by slicing a CSR built once (cost ∝ chunk, not slide)."""
+    from soscope.model._data import make_batch
+    from soscope.tiling import adjacency
+
+    data = model.prepared.data
+    if data.sub_edge_index is None or data.image_features is None:
+        pytest.skip("no sub-spot image regulariser without an image")
+    chunks = plan_chunks(data.centres, data.edge_index, sections=data.sections, chunk_spots=SMALL, n_hops=2)
+    sub_adj = adjacency(data.sub_edge_index, data.layout.n_subspots)
+    for chunk in chunks[:3]:
+        slow = make_batch(data, chunk, model.normaliser)
+        fast = make_batch(data, chunk, model.normaliser, sub_adj=sub_adj)
+        assert slow.sub_edges.shape[1] > 0
+        assert torch.equal(slow.sub_edges, fast.sub_edges)
+        assert torch.equal(slow.sub_edge_sim, fast.sub_edge_sim)
