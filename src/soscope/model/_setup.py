@@ -101,8 +101,13 @@ def prepare(
     image_features: str | object = "morphology",
     use_image: bool = True,
     progress: bool = False,
+    for_training: bool = True,
 ) -> Prepared:
-    """Select, validate and convert ``sdata`` for the model (see :func:`soscope.enhance` for the arguments)."""
+    """Select, validate and convert ``sdata`` for the model (see :func:`soscope.enhance` for the arguments).
+
+    ``for_training=False`` (data a trained model only enhances) skips the sub-spot graph, which only the
+    training loss uses.
+    """
     sel = select(
         sdata,
         table=table,
@@ -158,7 +163,8 @@ def prepare(
         centres.append(c)
         secs = sel.sections[sel.spots_of(name)]
         edge_parts.append(spot_graph(c, sections=secs) + n_before)
-        sub_edge_parts.append(subspot_graph(layout) + m_before)
+        if for_training:  # the sub-spot graph only serves the image regulariser of the training loss
+            sub_edge_parts.append(subspot_graph(layout) + m_before)
         n_before += len(gdf)
         m_before += layout.n_subspots
     if len(schemes) > 1:
@@ -208,7 +214,7 @@ def prepare(
         spacing=float(spacing),
         image_features=img_values,
         image_feature_names=img_names,
-        sub_edge_index=np.hstack(sub_edge_parts),
+        sub_edge_index=np.hstack(sub_edge_parts) if for_training else None,
     )
     scheme = schemes.pop()
     logger.info("platform: %s (%s); sub-spots: %s; likelihood: %s", platform.name, platform.evidence, scheme, likelihoods)  # fmt: skip

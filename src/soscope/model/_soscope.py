@@ -229,7 +229,7 @@ class SoScope:
         prepared = prepare(
             sdata, subspots=self.scheme if not self.scheme.startswith("cells") else s["subspots"],
             likelihood={m.name: m.likelihood for m in self.module.config.modalities}, image_features=self._image_extractor,
-            use_image=s["use_image"], progress=self.progress, **args,
+            use_image=s["use_image"], progress=self.progress, for_training=False, **args,
         )  # fmt: skip
         self._align_features(prepared)
         calibrate_new_batches(self.module, prepared.data, self.normaliser, device=self.device)
