@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 from ..geometry import SubspotLayout
 from ..module import ModalitySpec, SpotBatch
 from ..tiling import Chunk, adjacency
+
+logger = logging.getLogger("soscope")
 
 _FLOOR = 0.05  # floor of the offsets' densities, as a fraction of a feature's mean density
 
@@ -62,6 +65,9 @@ class Normaliser:
     batch_codes: dict[str, int]
     # per modality (x_mean, y_mean, beta): closed-form ridge of relative spot density on image features
     image_ridge: list | None = None
+    # per modality None or (source modalities, mean, components, beta): without an image, a sparse count
+    # modality's neighbour densities predicted from a deeper modality of the same spots (cross-omics reference)
+    cross_reference: list | None = None
 
     @classmethod
     def fit(cls, data: SpotData, batch_labels: list[str] | None = None) -> Normaliser:
@@ -90,6 +96,8 @@ class Normaliser:
         norm = cls(in_mean, in_std, dens_mean, img_mean, img_std, area_unit, {b: i for i, b in enumerate(labels)})
         if data.image_features is not None:
             norm.image_ridge = _fit_image_ridge(data, norm, footprint)
+        else:
+            norm.cross_reference = _fit_cross_reference(data, norm)
         return norm
 
     def standardise_image(self, features: np.ndarray) -> np.ndarray:
@@ -116,6 +124,59 @@ def _fit_image_ridge(data: SpotData, norm: Normaliser, footprint: np.ndarray) ->
         y = _to_common_scale(y, data.batches, spec)
         ridges.append(fit_footprint_ridge(y, z, data.layout, alpha=1e-4))
     return [tuple(a.astype(np.float32) for a in r) for r in ridges]
+
+
+#: a modality is a reference for another when it has at least this many times its counts per spot
+_REFERENCE_DEPTH = 4.0
+#: principal components of the reference modality's log densities used to predict the sparse one
+_REFERENCE_COMPONENTS = 8
+
+
+def _log_density(data: SpotData, sources, nodes: np.ndarray, layout: SubspotLayout, area_unit: float) -> np.ndarray:
+    parts = [spot_density(data.rows(int(j), nodes), layout, area_unit) for j in sources]
+    return np.log1p(np.hstack([np.asarray(p.toarray() if sp.issparse(p) else p, dtype=np.float32) for p in parts]))
+
+
+def _fit_cross_reference(data: SpotData, norm: Normaliser) -> list | None:
+    """Without an image: for each count modality much sparser than another, a ridge predicting its spot
+    densities from the deeper modality's leading log-density components (fitted once, in closed form).
+
+    The offsets of the sparse modality then interpolate these predicted neighbour densities instead of its
+    own noisy ones, so the deeper modality's spatial pattern shapes how the sparse one splits (the
+    cross-omics reference: e.g. antibody tags for the RNA of spatial-CITE-seq).
+    """
+    counts = [i for i, spec in enumerate(data.modalities) if spec.is_count and spec.likelihood != "bernoulli"]
+    if len(counts) < 2 or data.n_spots < 3 * _REFERENCE_COMPONENTS:
+        return None
+    depth = {i: float(np.asarray(data.counts[i].sum())) / data.n_spots for i in counts}
+    every = np.arange(data.n_spots)
+    out: list = [None] * len(data.modalities)
+    for m in counts:
+        sources = [j for j in counts if j != m and depth[j] >= _REFERENCE_DEPTH * max(depth[m], 1e-12)]
+        if not sources:
+            continue
+        lp = _log_density(data, sources, every, data.layout, norm.area_unit)
+        mean = lp.mean(0)
+        _, _, vt = np.linalg.svd(lp - mean, full_matrices=False)
+        comp = vt[: min(_REFERENCE_COMPONENTS, vt.shape[0])].astype(np.float32)
+        design = np.hstack([(lp - mean) @ comp.T, np.ones((data.n_spots, 1), np.float32)]).astype(np.float64)
+        y = spot_density(data.counts[m], data.layout, norm.area_unit)
+        y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=np.float64)
+        beta = np.linalg.solve(design.T @ design + 1e-3 * np.eye(design.shape[1]), design.T @ y)
+        out[m] = (np.asarray(sources, dtype=np.int64), mean.astype(np.float32), comp, beta.astype(np.float32))
+        logger.info(
+            "no image: modality %r borrows the spatial pattern of %s (cross-omics reference, %d components)",
+            data.modalities[m].name, [data.modalities[j].name for j in sources], comp.shape[0],
+        )  # fmt: skip
+    return out if any(r is not None for r in out) else None
+
+
+def reference_density(data: SpotData, nodes: np.ndarray, layout: SubspotLayout, norm: Normaliser, reference) -> np.ndarray:
+    """Spot densities of a sparse modality predicted from its reference modality (see the fit above)."""
+    sources, mean, comp, beta = reference
+    lp = _log_density(data, sources, nodes, layout, norm.area_unit)
+    design = np.hstack([(lp - mean) @ comp.T, np.ones((len(nodes), 1), np.float32)])
+    return design @ beta
 
 
 def _to_common_scale(y, batches: np.ndarray, spec: ModalitySpec):
@@ -266,7 +327,11 @@ def make_batch(
             if use_ridge:
                 offset = image_offset(img, norm.image_ridge[mi], spec, floor)
             else:  # no image: start from the interpolation of neighbouring spots' densities
-                dens = spot_density(x, sub, norm.area_unit)
+                reference = None if norm.cross_reference is None else norm.cross_reference[mi]
+                if reference is None:
+                    dens = spot_density(x, sub, norm.area_unit)
+                else:  # a sparse modality: its densities as predicted from a deeper one
+                    dens = np.maximum(reference_density(data, nodes, sub, norm, reference), floor)
                 offset = np.log(kernel_interpolate(dens, centres, centroids, data.spacing) + floor)
         else:
             offset = image_offset(img, norm.image_ridge[mi], spec, None) if use_ridge else kernel_interpolate(x, centres, centroids, data.spacing)

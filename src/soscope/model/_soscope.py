@@ -375,6 +375,9 @@ class SoScope:
                 "area_unit": float(n.area_unit),
                 "batch_codes": json.dumps(n.batch_codes),
                 "image_ridge": None if n.image_ridge is None else [[torch.as_tensor(a) for a in r] for r in n.image_ridge],
+                "cross_reference": None if n.cross_reference is None else [
+                    [] if r is None else [torch.as_tensor(a) for a in r] for r in n.cross_reference
+                ],
             },
         }
         tmp = target.with_suffix(".tmp")
@@ -420,6 +423,9 @@ class SoScope:
             area_unit=float(nm["area_unit"]),
             batch_codes=json.loads(nm["batch_codes"]),
             image_ridge=None if nm.get("image_ridge") is None else [tuple(t.numpy() for t in r) for r in nm["image_ridge"]],
+            cross_reference=None if nm.get("cross_reference") is None else [
+                tuple(t.numpy() for t in r) if r else None for r in nm["cross_reference"]
+            ],
         )
         self.scheme = payload["scheme"]
         self.feature_names = json.loads(payload["feature_names"])
