@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from ..module import SoScopeModule
+from ..module._soscope import N_TRAINED_BATCHES
 from ..tiling import plan_chunks
+from ._core import INFER_CHUNK_SPOTS, receptive_hops
 from ._data import Normaliser, SpotData, make_batch
 
 logger = logging.getLogger("soscope")
 
-#: ``ModuleConfig.extra`` key: the number of batches the network was trained on (bias reference).
-N_TRAINED_BATCHES = "n_trained_batches"
 
 
 def new_batches(data: SpotData, norm: Normaliser) -> list[str]:
@@ -42,7 +42,7 @@ def calibrate_new_batches(
     norm: Normaliser,
     *,
     device: torch.device | str = "cpu",
-    chunk_spots: int = 4096,
+    chunk_spots: int = INFER_CHUNK_SPOTS,
 ) -> list[str]:
     """Add a closed-form feature bias for every batch of ``data`` unknown to the model (see module docs).
 
@@ -82,7 +82,7 @@ def fit_batch_bias(
     labels: list[str],
     *,
     device: torch.device | str = "cpu",
-    chunk_spots: int = 4096,
+    chunk_spots: int = INFER_CHUNK_SPOTS,
 ) -> None:
     """Set the feature bias rows of batches ``labels`` in closed form, given the rest of the network.
 
@@ -103,8 +103,8 @@ def fit_batch_bias(
     sums_x = [np.zeros((len(labels), m.n_features)) for m in cfg.modalities]
     sums_mu = [np.zeros((len(labels), m.n_features)) for m in cfg.modalities]
     n_spots = np.zeros(len(labels))
-    hops = max(cfg.n_graph_layers if cfg.use_graph else 0, 2)
-    for chunk in plan_chunks(data.centres, data.edge_index, sections=data.sections, chunk_spots=chunk_spots, n_hops=hops):
+    chunks = plan_chunks(data.centres, data.edge_index, sections=data.sections, chunk_spots=chunk_spots, n_hops=receptive_hops(cfg))
+    for chunk in chunks:
         core = chunk.core[is_member[chunk.core]]
         if len(core) == 0:
             continue

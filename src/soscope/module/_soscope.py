@@ -31,6 +31,10 @@ from torch import nn
 from ._distributions import COUNT_LIKELIHOODS, LIKELIHOODS, spot_likelihood
 from ._layers import GraphAttention, mlp
 
+#: ``ModuleConfig.extra`` key: the number of batches the network was trained on (the output scale's reference);
+#: batches calibrated later (new sections) come after them.
+N_TRAINED_BATCHES = "n_trained_batches"
+
 
 @dataclass(frozen=True)
 class ModalitySpec:
@@ -154,7 +158,7 @@ class SoScopeModule(nn.Module):
     @property
     def n_reference_batches(self) -> int:
         """Batches the network was trained on: their mean bias defines the common output scale."""
-        return int(self.config.extra.get("n_trained_batches", self.config.n_batches))
+        return int(self.config.extra.get(N_TRAINED_BATCHES, self.config.n_batches))
 
     # ----------------------------------------------------------------- inference
     def encode(self, batch: SpotBatch) -> tuple[torch.Tensor, torch.Tensor]:
