@@ -14,7 +14,8 @@ neither is ever whole in memory. Each slide is written to a zarr store, then, in
 The model is trained once, briefly, on a small slide from the same generator. Peak memory is the largest
 resident set of the worker process and its children, sampled every 0.2 s (and the kernel's own peak).
 
-    python benchmarks/scale.py                       # 10k, 50k, 200k, 1M spots (about an hour on 2 cores)
+    python benchmarks/scale.py --epoch-max-steps 40  # 10k, 50k, 200k, 1M spots; epochs timed on 40 steps
+    python benchmarks/scale.py                       # the same with whole epochs (11 min more at 1M)
     python benchmarks/scale.py --sizes 10000 50000   # some sizes
     python benchmarks/scale.py --quick               # 5k and 20k spots, 50 features: a smoke test
 
@@ -24,6 +25,7 @@ Results are appended as a table to ``benchmarks/results/scale.md`` (``--out``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -218,10 +220,12 @@ def stage_run(args) -> dict:
     import torch
 
     import soscope
+    from soscope._transforms import affine_xy
+    from soscope.geometry import subspot_size
     from soscope.model import _core
     from soscope.model._dask import STREAM_MIN_BYTES, enhance_and_write, output_bytes
-    from soscope.model._data import make_batch
-    from soscope.tiling import adjacency, plan_chunks
+    from soscope.model._setup import _to_cs, concat_layouts
+    from soscope.tiling import plan_chunks
 
     res: dict = {"torch_threads": torch.get_num_threads()}
     t0 = time.perf_counter()
@@ -240,16 +244,24 @@ def stage_run(args) -> dict:
     )  # fmt: skip
     res["infer_s"] = time.perf_counter() - t0
     res["infer_peak_gb"] = peak_rss_gb()
-    del sdata
 
-    # one epoch: every spot's minibatch once, each built when used (bounded memory per step)
+    # one epoch: every chunk's minibatch once, built when used (bounded memory per step), with the sub-spot
+    # graph of the image regulariser found per minibatch, as in training
+    sel = prepared.selection
+    layouts = [
+        _to_cs(prepared.layouts[n], affine_xy(sdata.shapes[n], sel.coordinate_system), polygons=True)
+        for n in sel.spots
+    ]
+    layout = concat_layouts(layouts)
+    data = dataclasses.replace(data, layout=layout, subspot_size=subspot_size(layout))
+    del sdata, prepared, layouts
     module, norm = model.module, model.normaliser
     chunks = plan_chunks(
         data.centres, data.edge_index, sections=data.sections, chunk_spots=_core.TRAIN_CHUNK_SPOTS,
         n_hops=_core.receptive_hops(module.config),
     )  # fmt: skip
-    adj = adjacency(data.edge_index, data.n_spots)
-    sub_adj = None if data.sub_edge_index is None else adjacency(data.sub_edge_index, data.layout.n_subspots)
+    held_out = np.random.default_rng(0).random(data.n_spots) < 0.1
+    batches = _core.ChunkBatches(data, norm, module.config, chunks, held_out=held_out)
     opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
     module.to(model.device).train()
     order = np.random.default_rng(0).permutation(len(chunks))
@@ -257,10 +269,7 @@ def stage_run(args) -> dict:
         order = order[: args.epoch_max_steps]  # time a random sample of the epoch's steps, then scale up
     t0 = time.perf_counter()
     for i in order:
-        batch = make_batch(
-            data, chunks[i], norm, use_image_offset=module.config.use_image, adj=adj, sub_adj=sub_adj
-        ).to(model.device)
-        out = module.loss(batch, kl_weight=1.0, image_reg_weight=0.1, max_features=512)
+        out = module.loss(batches[i].to(model.device), kl_weight=1.0, image_reg_weight=0.1, max_features=512)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()

@@ -57,7 +57,7 @@ model = soscope.SoScope(sdata, table="table", progress=False)
 history = model.train(epochs=EPOCHS)
 
 # %% [markdown]
-# Chunks hold about 4,096 spots each; this slide would be a single chunk, so for the demonstration we make
+# Chunks hold about 2,048 spots each; this slide would be a single chunk, so for the demonstration we make
 # them smaller (an internal setting, not needed on a real slide) to have several tasks to share between
 # workers.
 

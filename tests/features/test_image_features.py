@@ -18,6 +18,7 @@ from soscope.features import (
     spots_to_image_pixels,
     subspot_image_features,
 )
+from soscope.geometry import PolygonArray
 from soscope.geometry._layout import SubspotLayout
 
 RED = np.array([220, 20, 30], dtype=np.uint8)
@@ -46,7 +47,7 @@ def make_layout(polys: list, per_spot: int = 4) -> SubspotLayout:
     subspot = (np.arange(m) - offsets[spot_index]).astype(np.int32)
     cen = shapely.centroid(geoms)
     return SubspotLayout(
-        geometry=geoms,
+        polygons=PolygonArray.from_shapely(geoms),
         spot_index=spot_index,
         subspot=subspot,
         offsets=offsets,

@@ -100,6 +100,35 @@ def test_streamed_store_reads_back_identical_to_in_memory(model, sample_store, t
     assert not list((tmp_path / "str.zarr").glob(f"{TMP_PREFIX}*")), "the staging folder must be removed"
 
 
+def test_shapes_beyond_the_memory_limit_are_written_but_not_loaded(
+    model, sample_store, tmp_path, monkeypatch, caplog
+):
+    """Past MAX_SHAPES_IN_MEMORY polygons, the shapes go to the store only (written from vertex arrays, a
+    row group at a time): the store equals the in-memory path's, the in-memory SpatialData holds the
+    tables but not the shapes, an earlier run's shapes left in memory are dropped, and a warning says how
+    to read them."""
+    import logging
+
+    mem = _enhance(model, _copy(sample_store, tmp_path / "mem.zarr"), stream=False, monkeypatch=monkeypatch)
+    assert "spots_soscope" in mem.shapes
+    monkeypatch.setattr(dk, "MAX_SHAPES_IN_MEMORY", 10)
+    monkeypatch.setattr(dk, "STREAM_MIN_BYTES", 0)
+    with caplog.at_level(logging.WARNING, logger="soscope"):
+        model.enhance(mem)  # the same object again: its in-memory shapes are now stale
+    assert "spots_soscope" not in mem.shapes and "table_soscope" in mem.tables
+    assert any("not loaded into this SpatialData" in r.getMessage() for r in caplog.records)
+    disk = _copy(sample_store, tmp_path / "disk.zarr")
+    backed = sd.read_zarr(disk)
+    model.enhance(backed)
+    assert "spots_soscope" not in backed.shapes
+    a, b = sd.read_zarr(tmp_path / "mem.zarr"), sd.read_zarr(disk)
+    sa, sb = a.shapes["spots_soscope"], b.shapes["spots_soscope"]
+    assert len(sb) == a.tables["table_soscope"].n_obs > 10
+    assert sa.index.equals(sb.index) and sa.drop(columns="geometry").equals(sb.drop(columns="geometry"))
+    assert sa.geometry.geom_equals_exact(sb.geometry, tolerance=0).all()
+    np.testing.assert_array_equal(np.asarray(b.tables["table_soscope"].X), np.asarray(a.tables["table_soscope"].X))
+
+
 def test_streamed_results_equal_untiled_prediction(model, sample_store, tmp_path, monkeypatch):
     """The streamed X holds, row for row, the untiled network output (no row lost or misplaced)."""
     streamed = _enhance(model, _copy(sample_store, tmp_path / "s.zarr"), stream=True, monkeypatch=monkeypatch)

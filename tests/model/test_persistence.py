@@ -191,6 +191,27 @@ def test_same_seed_same_result(hex_sdata):
     assert not np.array_equal(xa, _x(c.enhance(hex_sdata, key_added=KEY, inplace=False)))
 
 
+def test_batches_rebuilt_when_used_train_like_cached_ones(hex_sdata, monkeypatch):
+    """With no memory for built batches (a whole slide), each minibatch is rebuilt from its chunk at every
+    step: training is bit-identical to keeping them all (small data)."""
+    import soscope.model._core as core
+
+    cached = train_model(hex_sdata, seed=5)
+    calls = []
+    real_make_batch = core.make_batch
+    monkeypatch.setattr(core, "make_batch", lambda *a, **k: calls.append(1) or real_make_batch(*a, **k))
+    monkeypatch.setattr(core, "BATCH_CACHE_BYTES", 0)
+    rebuilt = train_model(hex_sdata, seed=5)
+    n_chunks = len(core.plan_chunks(
+        rebuilt.prepared.data.centres, rebuilt.prepared.data.edge_index, sections=rebuilt.prepared.data.sections,
+        chunk_spots=core.TRAIN_CHUNK_SPOTS, n_hops=core.receptive_hops(rebuilt.module.config),
+    ))  # fmt: skip
+    assert len(calls) == n_chunks * len(rebuilt.history.epoch), "one build per step: nothing kept"
+    assert rebuilt.history.train_loss == cached.history.train_loss
+    xa = _x(cached.enhance(hex_sdata, key_added=KEY, inplace=False))
+    assert np.array_equal(xa, _x(rebuilt.enhance(hex_sdata, key_added=KEY, inplace=False)))
+
+
 def test_round_trip_two_modalities(grid_sdata, tmp_path):
     """A multi-omics model (nb + poisson heads) reloads and gives the same tables."""
     sdata = _variant(grid_sdata, "peaks")

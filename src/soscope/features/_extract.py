@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import shapely
 
 from soscope._errors import SoscopeInputError
 from soscope.features._morphology import TEXTURE_MARGIN, MorphologySpec, fit_spec, morphology_tile
@@ -29,6 +28,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["SubspotFeatures", "choose_level", "precomputed_features", "subspot_image_features"]
 
 logger = logging.getLogger("soscope.features")
+
+#: sub-spots per block when computing polygon bounds (bounded temporary memory)
+_BOUNDS_BLOCK = 1 << 20
 
 #: Default minimum size (pixels across, ``sqrt(median area)``) of a sub-spot at the level that is read.
 MIN_PIXELS_ACROSS = 12.0
@@ -319,7 +321,7 @@ def subspot_image_features(
         ``"auto"``: ``"rgb"`` (H&E-like) when the image has 3 channels and is ``uint8`` or has channels
         named r/g/b (or unnamed), else ``"fluorescence"``.
     progress
-        Show a Dask progress bar (local schedulers).
+        Show a progress bar over the image tiles.
 
     Returns
     -------
@@ -371,11 +373,8 @@ def subspot_image_features(
 
     arr = level_array(image_el, k)
     h, w = lv.shape
-    lin, t = to_level[:2, :2], to_level[:2, 2]
-    geoms = np.asarray(layout.geometry, dtype=object)
-    polys = shapely.transform(geoms, lambda p: p @ lin.T + t)
     centroids = apply_affine(to_level, np.asarray(layout.centroid, dtype=np.float64).reshape(-1, 2))
-    m = len(geoms)
+    m = layout.n_subspots
 
     morphology = isinstance(extractor, str)
     floating = not (np.issubdtype(np.dtype(arr.dtype), np.integer) or np.dtype(arr.dtype) == bool)
@@ -386,15 +385,15 @@ def subspot_image_features(
         kind = _image_kind(arr, image_kind)
         spec = fit_spec(sample, kind, _channel_names(arr), scale)
         names = spec.names
-        bounds = shapely.bounds(polys)
-        with np.errstate(invalid="ignore"):
-            inside = (
-                np.isfinite(bounds).all(axis=1)
-                & (bounds[:, 2] > 0)
-                & (bounds[:, 0] < w)
-                & (bounds[:, 3] > 0)
-                & (bounds[:, 1] < h)
-            )
+        # vertex arrays, not shapely objects: each tile's task builds the shapely polygons of its sub-spots;
+        # which overlap the image is found a block of rows at a time (no copy of all the vertices)
+        inside = np.concatenate(
+            [
+                _overlaps(layout.polygons[a : a + _BOUNDS_BLOCK].transform(to_level).bounds(), h, w)
+                for a in range(0, m, _BOUNDS_BLOCK)
+            ]
+            or [np.zeros(0, dtype=bool)]
+        )
         extractor_name = "morphology"
     else:
         spec = None
@@ -426,55 +425,54 @@ def subspot_image_features(
         splits = np.flatnonzero(np.diff(tile)) + 1
         groups = np.split(members, splits)
         token = uuid.uuid4().hex[:12]
-        tasks = []
-        for gi, idx in enumerate(groups):
+
+        def tile_task(gi: int, idx: np.ndarray):
             if morphology:
-                b = bounds[idx]
+                polys = layout.polygons[idx].transform(to_level)
+                b = polys.bounds()
                 y0 = max(int(np.floor(b[:, 1].min())) - TEXTURE_MARGIN, 0)
                 y1 = min(int(np.ceil(b[:, 3].max())) + TEXTURE_MARGIN, h)
                 x0 = max(int(np.floor(b[:, 0].min())) - TEXTURE_MARGIN, 0)
                 x1 = min(int(np.ceil(b[:, 2].max())) + TEXTURE_MARGIN, w)
                 win = arr.isel(y=slice(y0, y1), x=slice(x0, x1)).data
-                tasks.append(
-                    dask.delayed(morphology_tile, pure=True)(
-                        win, (y0, x0), polys[idx], spec, dask_key_name=f"soscope-morphology-{token}-{gi}"
-                    )
+                return dask.delayed(morphology_tile, pure=True)(
+                    win, (y0, x0), polys, spec, dask_key_name=f"soscope-morphology-{token}-{gi}"
                 )
-            else:
-                c = corners[idx]
-                y0 = max(int(c[:, 0].min()), 0)
-                y1 = min(int(c[:, 0].max()) + patch_size, h)
-                x0 = max(int(c[:, 1].min()), 0)
-                x1 = min(int(c[:, 1].max()) + patch_size, w)
-                win = arr.isel(y=slice(y0, y1), x=slice(x0, x1)).data
-                tasks.append(
-                    dask.delayed(_patch_tile, pure=True)(
-                        win,
-                        (y0, x0),
-                        c,
-                        (h, w),
-                        patch_size,
-                        scale,
-                        extractor,
-                        batch_size,
-                        dask_key_name=f"soscope-patches-{token}-{gi}",
-                    )
-                )
-        if progress:
-            from dask.diagnostics import ProgressBar
+            c = corners[idx]
+            y0 = max(int(c[:, 0].min()), 0)
+            y1 = min(int(c[:, 0].max()) + patch_size, h)
+            x0 = max(int(c[:, 1].min()), 0)
+            x1 = min(int(c[:, 1].max()) + patch_size, w)
+            win = arr.isel(y=slice(y0, y1), x=slice(x0, x1)).data
+            return dask.delayed(_patch_tile, pure=True)(
+                win, (y0, x0), c, (h, w), patch_size, scale, extractor, batch_size,
+                dask_key_name=f"soscope-patches-{token}-{gi}",
+            )  # fmt: skip
 
-            with ProgressBar():
-                results = dask.compute(*tasks)
-        else:
-            results = dask.compute(*tasks)
-        for idx, res in zip(groups, results, strict=True):
-            res = np.asarray(res, dtype=np.float32)
-            if res.shape != (len(idx), len(names)):
-                raise SoscopeInputError(
-                    f"the feature extractor returned {res.shape[1:]} features per patch here but "
-                    f"{len(names)} on a probe patch; it must return a fixed number D."
-                )
-            out[idx] = res
+        from ..train._trainer import _progress
+
+        # one row of tiles at a time, its tasks built then: the image chunks a row reads are released before
+        # the next row, so memory stays about one row of windows whatever the image size (in one graph, Dask
+        # may load chunks far ahead of the tasks that consume them)
+        row_of_group = tile[np.concatenate([[0], splits]).astype(np.int64)] // ntx
+        row_bounds = np.flatnonzero(np.diff(row_of_group)) + 1
+        bar = _progress(progress, len(groups), "image features (tiles)")
+        try:
+            for lo, hi in zip([0, *row_bounds], [*row_bounds, len(groups)], strict=True):
+                results = dask.compute(*[tile_task(gi, groups[gi]) for gi in range(lo, hi)])
+                for idx, res in zip(groups[lo:hi], results, strict=True):
+                    res = np.asarray(res, dtype=np.float32)
+                    if res.shape != (len(idx), len(names)):
+                        raise SoscopeInputError(
+                            f"the feature extractor returned {res.shape[1:]} features per patch here but "
+                            f"{len(names)} on a probe patch; it must return a fixed number D."
+                        )
+                    out[idx] = res
+                if bar is not None:
+                    bar.update(hi - lo)
+        finally:
+            if bar is not None:
+                bar.close()
     n_missing = int(np.isnan(out).all(axis=1).sum()) if out.shape[1] else int((~inside).sum())
     if n_missing:
         logger.warning(
@@ -492,6 +490,18 @@ def subspot_image_features(
         extractor=extractor_name,
         spec=spec,
     )
+
+
+def _overlaps(bounds: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Which boxes ``(xmin, ymin, xmax, ymax)`` (pixels) overlap an ``h`` × ``w`` image (NaN: no)."""
+    with np.errstate(invalid="ignore"):
+        return (
+            np.isfinite(bounds).all(axis=1)
+            & (bounds[:, 2] > 0)
+            & (bounds[:, 0] < w)
+            & (bounds[:, 3] > 0)
+            & (bounds[:, 1] < h)
+        )
 
 
 # ----------------------------------------------------------------------------------------- precomputed

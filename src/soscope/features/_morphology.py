@@ -281,7 +281,7 @@ def morphology_tile(
     window_origin
         ``(y0, x0)`` level pixel of ``window[:, 0, 0]``.
     polygons
-        ``(n,)`` shapely polygons in level pixel coordinates.
+        ``(n,)`` shapely polygons, or a :class:`~soscope.geometry.PolygonArray`, in level pixel coordinates.
     spec
         The image's :class:`MorphologySpec`.
 
@@ -290,6 +290,8 @@ def morphology_tile(
     ``(n, D)`` float32 features (``D = len(spec.names)``); NaN rows for polygons covering no pixel centre.
 
     """
+    if hasattr(polygons, "to_shapely"):
+        polygons = polygons.to_shapely()
     raw = np.asarray(window)
     c, h, w = raw.shape
     grey_img = _grey(raw, spec)

@@ -187,18 +187,6 @@ def spot_graph(
     return _sorted_unique_edges(np.concatenate(src), np.concatenate(dst))
 
 
-def _polygon_edges(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every boundary segment (exterior and holes) of every polygon: start, end ``(S, 2)``, owner ``(S,)``."""
-    parts, owner = shapely.get_parts(geoms, return_index=True)  # MultiPolygons -> Polygons
-    rings, ring_owner = shapely.get_rings(parts, return_index=True)
-    coords, ring = shapely.get_coordinates(rings, return_index=True)
-    same = ring[1:] == ring[:-1]
-    start, end = coords[:-1][same], coords[1:][same]
-    who = owner[ring_owner[ring[:-1][same]]]
-    keep = (start != end).any(axis=1)
-    return start[keep], end[keep], who[keep].astype(np.int64)
-
-
 def _shared_lengths(
     start: np.ndarray, end: np.ndarray, owner: np.ndarray, tol: float, chunk: int = 200_000
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -238,11 +226,19 @@ def _shared_lengths(
     return pair // n, pair % n, np.bincount(inverse, weights=ln)
 
 
+def subspot_size(layout: SubspotLayout) -> float:
+    """Return a spot's size, ``sqrt`` of the median summed sub-spot area per spot (:func:`subspot_graph` tolerances)."""
+    per_spot = np.bincount(np.asarray(layout.spot_index), weights=np.asarray(layout.area, dtype=np.float64))
+    per_spot = per_spot[per_spot > 0]
+    return float(np.sqrt(np.median(per_spot))) if len(per_spot) else 1.0
+
+
 def subspot_graph(
     layout: SubspotLayout,
     *,
     tolerance: float | None = None,
     min_shared: float | None = None,
+    size: float | None = None,
 ) -> np.ndarray:
     """Adjacency of sub-spots that share a boundary segment, within and across spots.
 
@@ -269,6 +265,9 @@ def subspot_graph(
         Minimum shared length. Default ``tolerance`` (at least ``1e-9 * size``): it rejects the short
         overlaps that jitter creates between parts that merely meet end to end, and is below every edge
         of the built-in schemes up to ``rings:6`` and ``grid:16``.
+    size
+        The spot size the defaults derive from; default :func:`subspot_size` of ``layout``. Pass the whole
+        layout's to find the edges of a part of it (a training chunk) exactly as on the whole.
 
     Returns
     -------
@@ -277,19 +276,16 @@ def subspot_graph(
         target.
 
     """
-    geoms = np.asarray(layout.geometry, dtype=object)
-    if len(geoms) < 2:
+    if layout.n_subspots < 2:
         return np.zeros((2, 0), dtype=np.int64)
-    per_spot = np.bincount(np.asarray(layout.spot_index), weights=np.asarray(layout.area, dtype=np.float64))
-    per_spot = per_spot[per_spot > 0]
-    size = float(np.sqrt(np.median(per_spot))) if len(per_spot) else 1.0
+    size = subspot_size(layout) if size is None else float(size)
     tol = 0.02 * size if tolerance is None else float(tolerance)
     if not tol >= 0:
         raise SoscopeInputError(f"`tolerance` must be >= 0; got {tolerance!r}.")
     if min_shared is None:
         min_shared = max(tol, 1e-9 * size)
     # a floor for float noise: exactly shared edges of neighbouring spots differ in the last bits
-    start, end, owner = _polygon_edges(geoms)
+    start, end, owner = layout.polygons.edges()
     i, j, shared = _shared_lengths(start, end, owner, max(tol, 1e-9 * size))
     ok = shared > min_shared
     return _sorted_unique_edges(i[ok], j[ok])

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from soscope.geometry._polygons import PolygonArray
+
 
 @dataclass(frozen=True)
 class SubspotLayout:
@@ -16,8 +18,11 @@ class SubspotLayout:
 
     Attributes
     ----------
-    geometry
-        ``(M,)`` object array of shapely polygons, one per sub-spot, sorted by parent then ``subspot``.
+    polygons
+        The ``M`` sub-spot polygons (:class:`~soscope.geometry.PolygonArray`: vertex arrays, about 100
+        bytes per hex7 part where a shapely polygon costs about 1 kB), sorted by parent then ``subspot``;
+        ``None`` where they are not carried (the per-chunk copies that inference ships to workers).
+        :attr:`geometry` builds the shapely objects.
     spot_index
         ``(M,)`` int64, position (0..N-1) of each sub-spot's parent in the spots' row order.
     subspot
@@ -40,7 +45,7 @@ class SubspotLayout:
 
     """
 
-    geometry: np.ndarray
+    polygons: PolygonArray | None
     spot_index: np.ndarray
     subspot: np.ndarray
     offsets: np.ndarray
@@ -49,6 +54,17 @@ class SubspotLayout:
     centroid: np.ndarray
     scheme: str
     source_index: np.ndarray | None = None
+
+    @property
+    def geometry(self) -> np.ndarray:
+        """``(M,)`` object array of shapely polygons, built anew on each access.
+
+        On large layouts slice :attr:`polygons` first: 1M Visium spots have 7M hex7 parts, about 7 GB as
+        shapely objects.
+        """
+        if self.polygons is None:
+            raise ValueError("this layout does not carry its polygons")
+        return self.polygons.to_shapely()
 
     @property
     def n_spots(self) -> int:
@@ -84,7 +100,7 @@ class SubspotLayout:
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         rows = self.rows_of(spots)
         return SubspotLayout(
-            geometry=self.geometry[rows],
+            polygons=None if self.polygons is None else self.polygons[rows],
             spot_index=np.repeat(np.arange(len(spots), dtype=np.int64), counts),
             subspot=self.subspot[rows],
             offsets=offsets,

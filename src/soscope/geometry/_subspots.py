@@ -32,6 +32,7 @@ from scipy.spatial import cKDTree
 from soscope._errors import SoscopeInputError
 from soscope.geometry._graph import lattice_spacing
 from soscope.geometry._layout import SubspotLayout
+from soscope.geometry._polygons import PolygonArray
 
 __all__ = ["make_subspots", "parse_subspot_scheme", "spot_centres", "spot_footprints"]
 
@@ -279,29 +280,36 @@ def _parts_layout(
     radius: np.ndarray | None = None,
     footprints: np.ndarray | None = None,
 ) -> SubspotLayout:
-    """Layout from K generated parts per spot, each ``(absolute rings (N, nv, 2), local rings)``.
+    """Layout from K generated parts per spot, each ``(absolute rings (N, nv, 2) or None, local rings)``.
 
-    Local rings are relative to the spot centre (``(1, nv, 2)`` when shared by all spots): areas,
+    Absolute rings ``None``: the spot centre plus the local rings. Local rings are relative to the spot centre (``(1, nv, 2)`` when shared by all spots): areas,
     centroids and circle overlaps come from them in numpy, exactly and without cancellation in large
     pixel coordinates. Weights: exact circle overlap with ``radius``, shapely intersection with polygon
     ``footprints``, or 1 when neither is given (parts that tile their own spot).
     """
     n, k = len(xy), len(parts)
-    geoms = np.stack([shapely.polygons(ring) for ring, _ in parts], axis=1).ravel()
+    if all(ring is None for ring, _ in parts):
+        polygons = PolygonArray.from_rings([local for _, local in parts], origin=xy)
+    else:
+        polygons = PolygonArray.from_rings([ring for ring, _ in parts])
     area = np.empty((n, k))
     centroid = np.empty((n, k, 2))
     weight = np.ones((n, k))
     for col, (_, local) in enumerate(parts):
         a, c = _ring_stats(local)
         area[:, col], centroid[:, col] = a, xy + c
-        if radius is not None:
+        if radius is not None and len(local) == 1:  # parts shared by all spots: once per distinct radius
+            radii, which = np.unique(radius, return_inverse=True)
+            overlap = _circle_overlap(np.broadcast_to(local, (len(radii), *local.shape[1:])), radii)
+            weight[:, col] = overlap[which.ravel()] / a
+        elif radius is not None:
             weight[:, col] = _circle_overlap(np.broadcast_to(local, (n, *local.shape[1:])), radius) / a
     spot_index = np.repeat(np.arange(n, dtype=np.int64), k)
     area, weight = area.ravel(), weight.ravel()
     if footprints is not None:
-        weight = shapely.area(shapely.intersection(geoms, footprints[spot_index])) / area
+        weight = shapely.area(shapely.intersection(polygons.to_shapely(), footprints[spot_index])) / area
     return SubspotLayout(
-        geometry=geoms,
+        polygons=polygons,
         spot_index=spot_index,
         subspot=np.tile(np.arange(k, dtype=np.int32), n),
         offsets=np.arange(n + 1, dtype=np.int64) * k,
@@ -457,7 +465,7 @@ def _cells_layout(
     weight = np.clip(np.where(area > 0, inside / np.where(area > 0, area, 1.0), 0.0), 0.0, 1.0)
     centroid = shapely.get_coordinates(shapely.centroid(geoms)).reshape(len(geoms), 2)
     return SubspotLayout(
-        geometry=np.asarray(geoms, dtype=object),
+        polygons=PolygonArray.from_shapely(geoms),
         spot_index=spot_index,
         subspot=subspot,
         offsets=offsets,
@@ -575,7 +583,8 @@ def make_subspots(
     scheme = parse_subspot_scheme(scheme, spots)
     xy = spot_centres(spots)
     n = len(xy)
-    footprints = spot_footprints(spots)
+    # measured footprints as shapely polygons (circles as 128-gons, ~3 kB each): only where intersections need them
+    footprints = spot_footprints(spots) if scheme.startswith("cells") or kind == "polygons" else None
 
     if scheme.startswith("cells"):
         if cells is None:
@@ -604,5 +613,5 @@ def make_subspots(
     s = _resolve_spacing(spots, kind, xy, spacing)
     order = _orientation(xy, s)
     theta = order["theta6"] if order["psi6"] >= _ORDER_MIN else 0.0
-    parts = [(xy[:, None, :] + tpl[None], tpl[None]) for tpl in _hex_templates(n_rings, s, theta)]
+    parts = [(None, tpl[None]) for tpl in _hex_templates(n_rings, s, theta)]  # absolute: centre + template
     return _parts_layout(xy, parts, scheme, **weights)

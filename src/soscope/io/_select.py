@@ -628,7 +628,10 @@ def counts_matrix(sdata: Any, selection: Selection) -> sp.csr_matrix | np.ndarra
         csr = x if x.format == "csr" else x.tocsr()
         return sp.csr_matrix(csr[rows])
     if isinstance(x, np.ndarray):
-        return np.asarray(x)[rows]  # np.matrix → ndarray
+        x = np.asarray(x)  # np.matrix → ndarray
+        if len(rows) == x.shape[0] and np.array_equal(rows, np.arange(len(rows))):
+            return x  # rows already in order: the table's own array, not a copy of a whole slide's counts
+        return x[rows]
     if hasattr(x, "compute") and not hasattr(x, "to_memory"):  # dask array
         out = x[rows]
         out = out.compute()

@@ -31,7 +31,7 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +175,10 @@ def write_results(
         into place; it writes the tables' ``X`` / layers (the ``tables`` are skeletons with ``X=None``)
         with :func:`create_dense_array`. Requires a local zarr store.
     staged_shapes
-        Streaming: small stand-ins (e.g. the first row) staged instead of the given shapes, whose
-        ``shapes.parquet`` ``fill`` then rewrites in full (:func:`write_shapes_parquet`); the given shapes
-        go into memory.
+        Streaming: small stand-ins (e.g. the first row) staged instead of the full shapes, whose
+        ``shapes.parquet`` ``fill`` then rewrites in full (:func:`write_shapes_parquet`). Those also given in
+        ``shapes`` go into memory; the others are written to the store only (an element of the same name
+        in memory is removed): millions of polygons would not fit in memory as shapely objects.
 
     Raises
     ------
@@ -195,12 +196,14 @@ def write_results(
     """
     shapes = dict(shapes or {})
     tables = dict(tables or {})
-    both = set(shapes) & set(tables)
+    staged_shapes = dict(staged_shapes or {})
+    disk_only = [n for n in staged_shapes if n not in shapes]
+    both = (set(shapes) | set(staged_shapes)) & set(tables)
     if both:
         raise SoscopeInputError(f"Names used for both shapes and tables: {_fmt_list(sorted(both))}.")
-    if not shapes and not tables:
+    if not shapes and not tables and not staged_shapes:
         return
-    types = {**dict.fromkeys(shapes, "shapes"), **dict.fromkeys(tables, "tables")}
+    types = {**dict.fromkeys([*shapes, *staged_shapes], "shapes"), **dict.fromkeys(tables, "tables")}
 
     root = _local_store_path(sdata)
     on_disk: list[str] = []
@@ -210,15 +213,15 @@ def write_results(
         ]
         on_disk = [p for p in on_disk if element_type(sdata, p.split("/", 1)[1]) is None]
     check_output_names(sdata, types, overwrite, on_disk=[p for p in on_disk if p.split("/", 1)[1] in types])
-    _validate_elements(shapes, tables, sdata)
+    _validate_elements({**shapes, **staged_shapes}, tables, sdata)
     if fill is not None and root is None:
         raise SoscopeInputError("streaming results to disk needs a SpatialData backed by a local zarr store")
 
     # Memory first (it cannot fail after the checks above), then the store; undo memory if the store fails.
-    previous = _put_in_memory(sdata, shapes, tables)
+    previous = _put_in_memory(sdata, shapes, tables, remove=disk_only)
     try:
         if root is not None:
-            _write_atomic(sdata, root, {**shapes, **dict(staged_shapes or {})}, tables, fill=fill)
+            _write_atomic(sdata, root, {**shapes, **staged_shapes}, tables, fill=fill)
             if fill is not None:
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message=".*not present in the SpatialData.*")
@@ -238,14 +241,20 @@ def _ls(folder: Path) -> list[str]:
 
 
 def _put_in_memory(
-    sdata: Any, shapes: Mapping[str, Any], tables: Mapping[str, Any]
+    sdata: Any, shapes: Mapping[str, Any], tables: Mapping[str, Any], *, remove: Sequence[str] = ()
 ) -> list[tuple[str, str, Any]]:
-    """Put the elements into ``sdata``; return ``(type, name, previous element or None)`` to undo it."""
-    previous = [("shapes", n, sdata.shapes.get(n)) for n in shapes]
+    """Put the elements into ``sdata`` and drop the shapes ``remove``.
+
+    Returns ``(type, name, previous element or None)`` to undo it.
+    """
+    previous = [("shapes", n, sdata.shapes.get(n)) for n in [*shapes, *remove]]
     previous += [("tables", n, sdata.tables.get(n)) for n in tables]
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*not present in the SpatialData.*")
+            for name in remove:
+                if name in sdata.shapes:
+                    del sdata.shapes[name]
             for name, gdf in shapes.items():
                 sdata.shapes[name] = gdf
             for name, adata in tables.items():
@@ -384,13 +393,17 @@ def create_dense_array(
 SHAPES_ROWS_PER_GROUP = 1 << 18
 
 
-def write_shapes_parquet(path: Path, gdf: Any, *, rows_per_group: int | None = None) -> None:
-    """Rewrite a staged shapes element's ``shapes.parquet`` with all of ``gdf``, one row group at a time.
+def write_shapes_parquet(
+    path: Path, frame: Any, polygons: Any, *, rows_per_group: int | None = None
+) -> None:
+    """Rewrite a staged shapes element's ``shapes.parquet`` with ``frame``'s columns and ``polygons``.
 
     ``path`` must hold the parquet that spatialdata wrote for a stand-in with the same columns and index
-    kind (e.g. ``gdf.iloc[:1]``): its schema and GeoParquet / pandas metadata are reused, with the row
-    range and the bounding box updated, so ``sd.read_zarr`` reads the file like one spatialdata wrote. Only
-    one row group of WKB is in memory at a time (geopandas would convert every polygon at once).
+    kind (e.g. the first row): its schema and GeoParquet / pandas metadata are reused, with the row range
+    and the bounding box updated, so ``sd.read_zarr`` reads the file like one spatialdata wrote.
+    ``polygons`` (a :class:`~soscope.geometry.PolygonArray`, one per row of ``frame``) become shapely
+    objects and WKB one row group at a time, so memory does not grow with the number of rows (a
+    GeoDataFrame of 7M polygons alone would take about 7 GB).
     """
     import pandas as pd
     import pyarrow as pa
@@ -402,18 +415,21 @@ def write_shapes_parquet(path: Path, gdf: Any, *, rows_per_group: int | None = N
     meta = dict(schema.metadata or {})
     geo = json.loads(meta[b"geo"])
     geom_col = geo["primary_column"]
-    n = len(gdf)
+    n = len(frame)
+    if len(polygons) != n:
+        raise ValueError(f"write_shapes_parquet: {len(polygons)} polygons for {n} rows")
     if b"pandas" in meta:
         pandas_meta = json.loads(meta[b"pandas"])
         for ix in pandas_meta.get("index_columns", []):
             if isinstance(ix, dict) and ix.get("kind") == "range":
-                if not (isinstance(gdf.index, pd.RangeIndex) and gdf.index.step == 1):
+                if not (isinstance(frame.index, pd.RangeIndex) and frame.index.step == 1):
                     raise ValueError("write_shapes_parquet: a range-indexed stand-in needs a RangeIndex")
-                ix["start"], ix["stop"], ix["step"] = int(gdf.index.start), int(gdf.index.stop), 1
+                ix["start"], ix["stop"], ix["step"] = int(frame.index.start), int(frame.index.stop), 1
         meta[b"pandas"] = json.dumps(pandas_meta).encode()
-    geoms = gdf.geometry.values
     if "bbox" in geo["columns"][geom_col]:
-        geo["columns"][geom_col]["bbox"] = [float(v) for v in shapely.total_bounds(np.asarray(geoms))]
+        coords = polygons.coords
+        box = [*coords.min(0), *coords.max(0)] if len(coords) else [np.nan] * 4
+        geo["columns"][geom_col]["bbox"] = [float(v) for v in box]
     meta[b"geo"] = json.dumps(geo).encode()
     schema = schema.with_metadata(meta)
     tmp = path.with_name(path.name + ".part")
@@ -423,11 +439,12 @@ def write_shapes_parquet(path: Path, gdf: Any, *, rows_per_group: int | None = N
             arrays = []
             for field in schema:
                 if field.name == geom_col:
-                    arrays.append(pa.array(shapely.to_wkb(np.asarray(geoms[part])), type=field.type))
+                    wkb = shapely.to_wkb(polygons[part].to_shapely())
+                    arrays.append(pa.array(wkb, type=field.type))
                 elif field.name == "__index_level_0__":
-                    arrays.append(pa.array(np.asarray(gdf.index[part]), type=field.type))
+                    arrays.append(pa.array(np.asarray(frame.index[part]), type=field.type))
                 else:
-                    arrays.append(pa.array(np.asarray(gdf[field.name].iloc[part]), type=field.type))
+                    arrays.append(pa.array(np.asarray(frame[field.name].iloc[part]), type=field.type))
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
     os.replace(tmp, path)
 

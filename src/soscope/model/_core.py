@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from ._data import Normaliser, SpotData, make_batch
 logger = logging.getLogger("soscope")
 
 TRAIN_CHUNK_SPOTS = 256  # spots per training minibatch (plus their halo)
-INFER_CHUNK_SPOTS = 4096  # spots per inference task (plus their halo)
+INFER_CHUNK_SPOTS = 2048  # spots per inference task (plus their halo): ~0.3 GB of activations with 200 features
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -40,6 +41,89 @@ def default_epochs(n_spots: int, chunk_spots: int = TRAIN_CHUNK_SPOTS) -> int:
     return int(np.clip(math.ceil(600 / steps_per_epoch), 20, 200))
 
 
+#: training minibatches are kept in memory while their tensors total at most this; beyond, each is rebuilt
+#: from its chunk when used, so memory per step stays bounded whatever the slide size
+BATCH_CACHE_BYTES = 256 << 20
+
+
+class ChunkBatches(Sequence[SpotBatch]):
+    """The minibatches of chunks of spots, each built from its chunk when first used.
+
+    Built batches are kept while their tensors total at most ``cache_bytes`` (small data: every batch is
+    built once), and rebuilt on every use beyond (a whole slide: memory per step stays bounded).
+    :func:`make_batch` is deterministic, so caching does not change results.
+
+    Parameters
+    ----------
+    data, norm, config
+        The spots, the fitted normaliser and the network's configuration.
+    chunks
+        The chunks (:func:`soscope.tiling.plan_chunks`), one batch each.
+    loss_spots
+        Boolean ``(N,)``: spots whose likelihood may count (see :func:`make_batch`).
+    held_out
+        Boolean ``(N,)``: spots scored for validation only (their ``val_mask``), not trained on.
+    cache_bytes
+        Memory for built batches (default :data:`BATCH_CACHE_BYTES`).
+    device
+        Where the batches are put (and kept: on a GPU, cached batches are not copied again at each step).
+
+    """
+
+    def __init__(
+        self,
+        data: SpotData,
+        norm: Normaliser,
+        config: ModuleConfig,
+        chunks: list,
+        *,
+        loss_spots: np.ndarray | None = None,
+        held_out: np.ndarray | None = None,
+        cache_bytes: int | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        self.data, self.norm, self.config, self.chunks, self.device = data, norm, config, chunks, device
+        self.loss_spots, self.held_out = loss_spots, held_out
+        self.cache_bytes = BATCH_CACHE_BYTES if cache_bytes is None else cache_bytes
+        self.adj = adjacency(data.edge_index, data.n_spots)
+        self._cache: dict[int, SpotBatch] = {}
+        self._cached_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if i in self._cache:
+            return self._cache[i]
+        chunk = self.chunks[i]
+        batch = make_batch(
+            self.data, chunk, self.norm, loss_spots=self.loss_spots, use_image_offset=self.config.use_image,
+            adj=self.adj,
+        )  # fmt: skip
+        if self.held_out is not None:
+            held = torch.as_tensor(self.held_out[chunk.nodes])
+            batch = dataclasses.replace(batch, loss_mask=batch.loss_mask & ~held, val_mask=batch.loss_mask & held)
+        batch = batch.to(self.device)
+        size = batch_bytes(batch)
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._cache[i] = batch
+            self._cached_bytes += size
+        return batch
+
+
+def batch_bytes(batch: SpotBatch) -> int:
+    """Bytes of a batch's tensors."""
+    total = 0
+    for value in batch.__dict__.values():
+        for t in value if isinstance(value, list) else [value]:
+            if isinstance(t, torch.Tensor):
+                total += t.element_size() * t.nelement()
+    return total
+
+
 def build_batches(
     data: SpotData,
     norm: Normaliser,
@@ -47,19 +131,14 @@ def build_batches(
     *,
     chunk_spots: int,
     loss_spots: np.ndarray | None = None,
-) -> tuple[list, list[SpotBatch]]:
-    """Plan chunks over ``data`` and build their tensors."""
-    hops = receptive_hops(config)
-    chunks = plan_chunks(data.centres, data.edge_index, sections=data.sections, chunk_spots=chunk_spots, n_hops=hops)
-    adj = adjacency(data.edge_index, data.n_spots)
-    sub_adj = None if data.sub_edge_index is None else adjacency(data.sub_edge_index, data.layout.n_subspots)
-    batches = [
-        make_batch(
-            data, c, norm, loss_spots=loss_spots, use_image_offset=config.use_image, adj=adj, sub_adj=sub_adj
-        )
-        for c in chunks
-    ]
-    return chunks, batches
+    held_out: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[list, ChunkBatches]:
+    """Plan chunks over ``data``; return them and their (lazily built) minibatches."""
+    chunks = plan_chunks(
+        data.centres, data.edge_index, sections=data.sections, chunk_spots=chunk_spots, n_hops=receptive_hops(config)
+    )
+    return chunks, ChunkBatches(data, norm, config, chunks, loss_spots=loss_spots, held_out=held_out, device=device)
 
 
 def fit(
@@ -80,12 +159,10 @@ def fit(
     """
     rng = np.random.default_rng(train_config.seed)
     held_out = rng.random(data.n_spots) < validation_fraction
-    chunks, batches = build_batches(data, norm, module.config, chunk_spots=TRAIN_CHUNK_SPOTS)
-    train = []
-    for chunk, b in zip(chunks, batches, strict=True):
-        held = torch.as_tensor(held_out[chunk.nodes])
-        train.append(dataclasses.replace(b, loss_mask=b.loss_mask & ~held, val_mask=b.loss_mask & held))
-    return train_module(module, train, train_config, device=device, progress=progress, history=history)
+    _, batches = build_batches(
+        data, norm, module.config, chunk_spots=TRAIN_CHUNK_SPOTS, held_out=held_out, device=device
+    )
+    return train_module(module, batches, train_config, device=device, progress=progress, history=history)
 
 
 def predict(

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._memory import release_free_memory
 from ..module import ModuleConfig, SoScopeModule
 from ..tiling import Chunk, adjacency, plan_chunks
 from ._data import Normaliser, SpotData, make_batch
@@ -73,9 +74,8 @@ def chunk_payload(data: SpotData, chunk: Chunk, adj=None) -> tuple[SpotData, np.
     adj = adjacency(data.edge_index, data.n_spots) if adj is None else adj
     local = adj[nodes][:, nodes].tocoo()
     rows = data.layout.rows_of(nodes)
-    sub = data.layout.subset(nodes)
-    # polygons are not used by the network: a one-byte placeholder per sub-spot keeps the layout's shape
-    sub = dataclasses.replace(sub, geometry=np.zeros(sub.n_subspots, dtype=np.uint8), source_index=None)
+    # polygons are not used by the network: left out of the payload
+    sub = dataclasses.replace(data.layout, polygons=None, source_index=None).subset(nodes)
     payload = dataclasses.replace(
         data,
         counts=[c[nodes] for c in data.counts],
@@ -85,9 +85,7 @@ def chunk_payload(data: SpotData, chunk: Chunk, adj=None) -> tuple[SpotData, np.
         layout=sub,
         edge_index=np.vstack([local.row, local.col]).astype(np.int64),
         image_features=None if data.image_features is None else data.image_features[rows],
-        # sub-spot edges serve only the training loss (image regulariser); finding a chunk's among all the
-        # slide's would cost O(slide) per chunk
-        sub_edge_index=None,
+        subspot_size=None,  # the sub-spot graph serves only the training loss (image regulariser)
     )
     return payload, chunk.core_in_nodes
 
@@ -349,7 +347,7 @@ class BlockWriter:
         arrays: dict[str, Any],
         route: Callable[[ChunkResult], dict[str, np.ndarray]],
         *,
-        max_buffer_bytes: int = 1 << 30,
+        max_buffer_bytes: int = 512 << 20,
     ):
         self.arrays = arrays
         self.route = route
@@ -416,6 +414,9 @@ class BlockWriter:
 
 #: enhanced outputs at least this large (bytes of X and layers) are streamed to the store, not held in memory
 STREAM_MIN_BYTES = 512 * 2**20
+#: streamed outputs keep their sub-spot shapes in memory up to this many polygons (~1 kB each as shapely
+#: objects); beyond, the shapes are only written to the store
+MAX_SHAPES_IN_MEMORY = 2_000_000
 #: target size of one zarr block of the streamed arrays (whole rows)
 STREAM_BLOCK_BYTES = 16 * 2**20
 
@@ -456,9 +457,9 @@ def enhance_and_write(
 
     """
     from ..io import write_results
-    from ..io._write import _local_store_path, create_dense_array, write_shapes_parquet
+    from ..io._write import SHAPES_ROWS_PER_GROUP, _local_store_path, create_dense_array, write_shapes_parquet
     from . import _core
-    from ._output import output_names, results_to_elements
+    from ._output import output_names, parent_ids, results_to_elements, subspot_columns, subspot_shapes
 
     data = prepared.data
     chunk_spots = _core.INFER_CHUNK_SPOTS  # read at call time (tests and benchmarks change it)
@@ -483,14 +484,32 @@ def enhance_and_write(
         fill = staged_shapes = None
     else:
         skeleton = [{"enhanced": None} for _ in data.modalities]
-        shapes, tables = results_to_elements(sdata, prepared, skeleton, key_added=key_added, uns=uns)
-        _, table_of = output_names(prepared, key_added)
-        # shapes: a one-row stand-in is staged by spatialdata, then its parquet is rewritten in row groups
-        staged_shapes = {name: _first_row(gdf) for name, gdf in shapes.items()}
+        # shapes: a one-row stand-in is staged by spatialdata, then its parquet is written in row groups
+        # straight from the polygons' vertex arrays
+        staged_shapes, tables = results_to_elements(
+            sdata, prepared, skeleton, key_added=key_added, uns=uns, stand_in_shapes=True
+        )
+        shape_of, table_of = output_names(prepared, key_added)
+        n_polygons = sum(prepared.layouts[name].n_subspots for name in shape_of)
+        if n_polygons <= MAX_SHAPES_IN_MEMORY:
+            shapes = subspot_shapes(sdata, prepared, key_added=key_added)
+        else:
+            shapes = {}
+            logger.warning(
+                "%d sub-spot polygons (about %.0f GB as shapely objects) are written to the store but not "
+                "loaded into this SpatialData: read them with `sd.read_zarr(%r, selection=('shapes',))`, or "
+                "a part of them with `geopandas.read_parquet` / pyarrow from <store>/shapes/%s/shapes.parquet "
+                "(row groups of %d polygons).",
+                n_polygons, n_polygons * 1e3 / 1e9, str(_local_store_path(sdata)), next(iter(shape_of.values())),
+                SHAPES_ROWS_PER_GROUP,
+            )  # fmt: skip
 
         def fill(staged) -> None:
-            for name, gdf in shapes.items():
-                write_shapes_parquet(staged / "shapes" / name / "shapes.parquet", gdf)
+            for name, out_name in shape_of.items():
+                layout = prepared.layouts[name]
+                frame = subspot_columns(parent_ids(prepared, name), layout)
+                write_shapes_parquet(staged / "shapes" / out_name / "shapes.parquet", frame, layout.polygons)
+            release_free_memory()  # the shapely objects and WKB of the row groups, before inference
             arrays = {}
             for mi, spec in enumerate(data.modalities):
                 group = staged / "tables" / table_of[spec.name]
@@ -522,11 +541,6 @@ def enhance_and_write(
     write_results(
         sdata, shapes=shapes, tables=tables, overwrite=overwrite, fill=fill, staged_shapes=staged_shapes
     )
+    release_free_memory()
     return sdata
 
-
-def _first_row(gdf):
-    """Return the first row of a parsed shapes element, with its transformations (a staging stand-in)."""
-    head = gdf.iloc[:1].copy()
-    head.attrs = dict(gdf.attrs)
-    return head

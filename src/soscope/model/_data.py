@@ -36,7 +36,9 @@ class SpotData:
     spacing: float
     image_features: np.ndarray | None = None  # (M, D) raw
     image_feature_names: list[str] = field(default_factory=list)
-    sub_edge_index: np.ndarray | None = None  # (2, E') sub-spot neighbour graph
+    # sqrt(median spot area) of the whole layout: fixes the tolerances of the sub-spot graph, which each
+    # training minibatch finds among its own sub-spots (the image regulariser); None: no sub-spot graph
+    subspot_size: float | None = None
 
     @property
     def n_spots(self) -> int:
@@ -296,7 +298,6 @@ def make_batch(
     loss_spots: np.ndarray | None = None,
     use_image_offset: bool = True,
     adj=None,
-    sub_adj=None,
 ) -> SpotBatch:
     """Tensors of one chunk: its spots (core + halo), their sub-spots, local graphs and the loss mask.
 
@@ -348,8 +349,8 @@ def make_batch(
     core_mask &= nonempty
     batch_codes = np.array([norm.batch_codes.get(b, 0) for b in data.batches[nodes]], dtype=np.int64)
     sub_edges = sim = None
-    if data.sub_edge_index is not None and img is not None:
-        sub_edges, sim = _local_sub_edges(data.sub_edge_index, rows, img, sub_adj=sub_adj)
+    if data.subspot_size is not None and img is not None and sub.polygons is not None:
+        sub_edges, sim = _sub_edges(sub, img, data.subspot_size)
     return SpotBatch(
         x=xs,
         x_in=torch.as_tensor(np.concatenate(ins, axis=1), dtype=torch.float32),
@@ -366,26 +367,16 @@ def make_batch(
     )
 
 
-def _local_sub_edges(sub_edge_index: np.ndarray, rows: np.ndarray, img: torch.Tensor, sub_adj=None):
-    """Sub-spot edges with both ends in ``rows`` (sorted), re-indexed, with image similarity weights.
+def _sub_edges(sub: SubspotLayout, img: torch.Tensor, size: float):
+    """Edges between the chunk's sub-spots that share a boundary, with image similarity weights.
 
-    ``sub_adj``, the CSR adjacency of ``sub_edge_index`` built once (:func:`soscope.tiling.adjacency`),
-    makes this proportional to the chunk instead of to all the slide's edges (same edges, same order:
-    the edge index is sorted by source then target).
+    The edges are those of :func:`soscope.geometry.subspot_graph` on the whole layout with both ends in the
+    chunk (the tolerances derive from the whole layout's spot ``size``), found on the chunk's polygons
+    alone: memory and time per minibatch do not grow with the slide.
     """
-    if sub_adj is not None:
-        local = sub_adj[rows][:, rows]
-        local.sort_indices()
-        local = local.tocoo()
-        ia, ib = local.row.astype(np.int64), local.col.astype(np.int64)
-    else:
-        a, b = sub_edge_index
-        ia = np.searchsorted(rows, a)
-        ib = np.searchsorted(rows, b)
-        ok = (ia < len(rows)) & (ib < len(rows))
-        ok[ok] &= (rows[ia[ok]] == a[ok]) & (rows[ib[ok]] == b[ok])
-        ia, ib = ia[ok], ib[ok]
-    edges = torch.as_tensor(np.vstack([ia, ib]), dtype=torch.long)
+    from ..geometry import subspot_graph
+
+    edges = torch.as_tensor(subspot_graph(sub, size=size), dtype=torch.long)
     if edges.shape[1] == 0:
         return edges, torch.zeros(0)
     d2 = ((img[edges[0]] - img[edges[1]]) ** 2).mean(-1)

@@ -14,6 +14,25 @@ REGION_KEY = "region"
 INSTANCE_KEY = "instance_id"
 
 
+def _categorical(labels: np.ndarray, index: np.ndarray) -> pd.Categorical:
+    """``labels[index]`` as a categorical, without building one string per row."""
+    categories, codes = np.unique(labels, return_inverse=True)
+    return pd.Categorical.from_codes(codes[index], categories=categories.astype(str).tolist())
+
+
+def subspot_columns(parent_ids: np.ndarray, layout) -> pd.DataFrame:
+    """Return the columns of a sub-spot shapes element: parent ``spot_id`` and ``subspot``, on a RangeIndex."""
+    return pd.DataFrame(
+        {"spot_id": parent_ids, "subspot": layout.subspot.astype(np.int64)}, index=pd.RangeIndex(layout.n_subspots)
+    )
+
+
+def parent_ids(prepared: Prepared, name: str) -> np.ndarray:
+    """Instance ids of the parent spot of each sub-spot of spots element ``name``."""
+    sel = prepared.selection
+    return np.asarray(sel.instance_ids)[sel.spots_of(name)][prepared.layouts[name].spot_index]
+
+
 def output_names(prepared: Prepared, key_added: str) -> tuple[dict[str, str], dict[str, str]]:
     """Names of the written elements: spots element → shapes name, modality → table name."""
     sel = prepared.selection
@@ -26,42 +45,70 @@ def output_names(prepared: Prepared, key_added: str) -> tuple[dict[str, str], di
     return shapes, tables
 
 
-def results_to_elements(sdata, prepared: Prepared, predictions: list[dict[str, np.ndarray]], *, key_added: str, uns: dict):
-    """Sub-spot shapes (one per spots element) and enhanced tables (one per modality), parsed and linked."""
-    from spatialdata.models import ShapesModel, TableModel
+def subspot_shapes(sdata, prepared: Prepared, *, key_added: str, stand_in: bool = False) -> dict[str, gpd.GeoDataFrame]:
+    """Return the sub-spot shapes elements (one per spots element), parsed, with the spots' transformations.
+
+    ``stand_in``: each element holds only its first sub-spot, a stand-in for staging whose parquet
+    :func:`soscope.io._write.write_shapes_parquet` then writes in full from the layout's vertex arrays
+    (no shapely object for the other rows).
+    """
+    from spatialdata.models import ShapesModel
     from spatialdata.transformations import get_transformation
+
+    shapes = {}
+    for name, out_name in output_names(prepared, key_added)[0].items():
+        layout = prepared.layouts[name]
+        rows = slice(0, 1) if stand_in else slice(None)
+        gdf = gpd.GeoDataFrame(
+            subspot_columns(parent_ids(prepared, name), layout)[rows],
+            geometry=gpd.GeoSeries(layout.polygons[rows].to_shapely()),
+        )
+        transformations = get_transformation(sdata.shapes[name], get_all=True)
+        shapes[out_name] = ShapesModel.parse(gdf, transformations=dict(transformations))
+    return shapes
+
+
+def results_to_elements(
+    sdata,
+    prepared: Prepared,
+    predictions: list[dict[str, np.ndarray]],
+    *,
+    key_added: str,
+    uns: dict,
+    stand_in_shapes: bool = False,
+):
+    """Sub-spot shapes (one per spots element, see :func:`subspot_shapes`) and enhanced tables.
+
+    One table per modality, parsed and linked to the shapes.
+    """
+    from spatialdata.models import TableModel
 
     sel = prepared.selection
     data = prepared.data
     shape_names, table_names = output_names(prepared, key_added)
-    shapes: dict[str, gpd.GeoDataFrame] = {}
+    shapes = subspot_shapes(sdata, prepared, key_added=key_added, stand_in=stand_in_shapes)
     obs_parts = []
     for name in sel.spots:
         layout = prepared.layouts[name]
         positions = sel.spots_of(name)
-        parent_ids = np.asarray(sel.instance_ids)[positions][layout.spot_index]
-        gdf = gpd.GeoDataFrame(
-            {"spot_id": parent_ids, "subspot": layout.subspot.astype(np.int64)},
-            geometry=gpd.GeoSeries(layout.geometry),
-        )
-        gdf.index = pd.RangeIndex(layout.n_subspots)
-        transformations = get_transformation(sdata.shapes[name], get_all=True)
-        shapes[shape_names[name]] = ShapesModel.parse(gdf, transformations=dict(transformations))
         obs_parts.append(
             pd.DataFrame(
                 {
-                    REGION_KEY: shape_names[name],
+                    REGION_KEY: pd.Categorical.from_codes(
+                        np.zeros(layout.n_subspots, dtype=np.int8), categories=[shape_names[name]]
+                    ),
                     INSTANCE_KEY: np.arange(layout.n_subspots, dtype=np.int64),
-                    "spot_id": parent_ids,
+                    "spot_id": parent_ids(prepared, name),
                     "subspot": layout.subspot.astype(np.int64),
-                    "section": np.asarray(data.sections)[positions][layout.spot_index],
+                    # a categorical from codes: millions of sub-spots as Python strings would take GBs
+                    "section": _categorical(np.asarray(data.sections)[positions], layout.spot_index),
                     "footprint_weight": layout.footprint_weight.astype(np.float32),
                 }
             )
         )
     obs = pd.concat(obs_parts, ignore_index=True)
     obs[REGION_KEY] = pd.Categorical(obs[REGION_KEY], categories=list(shape_names.values()))
-    obs["section"] = obs["section"].astype("category")
+    obs["section"] = obs["section"].astype("category")  # one set of categories over the elements
     obs.index = obs.index.astype(str)
     # prediction rows follow the concatenated layout, which is element by element like obs
     src_var = sdata.tables[sel.table].var
@@ -70,7 +117,7 @@ def results_to_elements(sdata, prepared: Prepared, predictions: list[dict[str, n
         mask = prepared.modality_masks[spec.name]
         var = src_var.iloc[np.flatnonzero(mask)].copy()
         var = var.loc[data.feature_names[[m.name for m in data.modalities].index(spec.name)]] if len(var) else var
-        adata = ad.AnnData(X=pred["enhanced"], obs=obs.copy(), var=var)
+        adata = ad.AnnData(X=pred["enhanced"], obs=obs.copy() if len(data.modalities) > 1 else obs, var=var)
         if "std" in pred:
             adata.layers["std"] = pred["std"]
         adata.uns["soscope"] = {**uns, "modality": spec.name, "likelihood_used": spec.likelihood}

@@ -9,15 +9,17 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._errors import SoscopeInputError
+from .._memory import release_free_memory
 from .._transforms import affine_xy
 from ..geometry import (
+    PolygonArray,
     SubspotLayout,
     lattice_spacing,
     make_subspots,
     parse_subspot_scheme,
     spot_centres,
     spot_graph,
-    subspot_graph,
+    subspot_size,
 )
 from ..io import (
     Selection,
@@ -51,11 +53,16 @@ class Prepared:
     platform: str = "generic"  # detected by soscope.io.detect_platform (its PLATFORM_DEFAULTS key)
 
 
-def _to_cs(layout: SubspotLayout, affine: np.ndarray) -> SubspotLayout:
-    """The same layout with centroids and areas expressed in the coordinate system (polygons untouched)."""
+def _to_cs(layout: SubspotLayout, affine: np.ndarray, *, polygons: bool) -> SubspotLayout:
+    """Return the same layout in the coordinate system; its polygons only when ``polygons`` (else dropped)."""
     lin = affine[:2, :2]
     centroid = layout.centroid @ lin.T + affine[:2, 2]
-    return replace(layout, centroid=centroid, area=layout.area * abs(np.linalg.det(lin)))
+    return replace(
+        layout,
+        centroid=centroid,
+        area=layout.area * abs(np.linalg.det(lin)),
+        polygons=layout.polygons.transform(affine) if polygons else None,
+    )
 
 
 def concat_layouts(layouts: list[SubspotLayout]) -> SubspotLayout:
@@ -71,8 +78,9 @@ def concat_layouts(layouts: list[SubspotLayout]) -> SubspotLayout:
         base_row += lay.n_subspots
     cat = lambda name: np.concatenate([getattr(lay, name) for lay in layouts])  # noqa: E731
     src = None if any(lay.source_index is None for lay in layouts) else cat("source_index")
+    polygons = [lay.polygons for lay in layouts]
     return SubspotLayout(
-        geometry=cat("geometry"),
+        polygons=None if any(p is None for p in polygons) else PolygonArray.concatenate(polygons),
         spot_index=np.concatenate(spot_index),
         subspot=cat("subspot"),
         offsets=np.concatenate(offsets),
@@ -105,8 +113,8 @@ def prepare(
 ) -> Prepared:
     """Select, validate and convert ``sdata`` for the model (see :func:`soscope.enhance` for the arguments).
 
-    ``for_training=False`` (data a trained model only enhances) skips the sub-spot graph, which only the
-    training loss uses.
+    ``for_training=False`` (data a trained model only enhances) leaves out the sub-spot graph, which only
+    the training loss uses.
     """
     sel = select(
         sdata,
@@ -124,7 +132,9 @@ def prepare(
     x_all = counts_matrix(sdata, sel)
     var_names = list(map(str, sel.var_names))
     modality_names = list(sel.modalities)
-    matrices = [x_all[:, np.flatnonzero(sel.modalities[m])] for m in modality_names]
+    # a modality holding every column is the matrix itself (no copy of a whole slide's counts)
+    columns = [np.flatnonzero(sel.modalities[m]) for m in modality_names]
+    matrices = [x_all if len(c) == x_all.shape[1] else x_all[:, c] for c in columns]
     matrices = [m.tocsr() if sp.issparse(m) else np.asarray(m) for m in matrices]
     likelihoods = resolve_likelihoods(matrices, modality_names, likelihood)
     for name, x in zip(modality_names, matrices, strict=True):
@@ -140,10 +150,9 @@ def prepare(
     platform = detect_platform(sdata, sel)
     if isinstance(subspots, str) and subspots.strip().lower() == "auto" and platform.subspots != "auto":
         subspots = platform.subspots
-    layouts, cs_layouts, centres, edge_parts, sub_edge_parts = {}, [], [], [], []
+    layouts, cs_layouts, centres, edge_parts = {}, [], [], []
     schemes = set()
     n_before = 0
-    m_before = 0
     for e_idx, name in enumerate(sel.spots):
         gdf = sdata.shapes[name].iloc[sel.shape_rows_of(name)]
         scheme = parse_subspot_scheme(subspots, gdf, elements=cells_elements)
@@ -158,15 +167,12 @@ def prepare(
         layout = make_subspots(gdf, scheme, cells=cells)
         layouts[name] = layout
         affine = affine_xy(sdata.shapes[name], sel.coordinate_system)
-        cs_layouts.append(_to_cs(layout, affine))
+        cs_layouts.append(_to_cs(layout, affine, polygons=for_training))  # training: for the sub-spot graph
         c = spot_centres(gdf) @ affine[:2, :2].T + affine[:2, 2]
         centres.append(c)
         secs = sel.sections[sel.spots_of(name)]
         edge_parts.append(spot_graph(c, sections=secs) + n_before)
-        if for_training:  # the sub-spot graph only serves the image regulariser of the training loss
-            sub_edge_parts.append(subspot_graph(layout) + m_before)
         n_before += len(gdf)
-        m_before += layout.n_subspots
     if len(schemes) > 1:
         raise SoscopeInputError(f"the spots elements need different sub-spot schemes {sorted(schemes)}; pass subspots= explicitly")
     layout = concat_layouts(cs_layouts)
@@ -214,9 +220,12 @@ def prepare(
         spacing=float(spacing),
         image_features=img_values,
         image_feature_names=img_names,
-        sub_edge_index=np.hstack(sub_edge_parts) if for_training else None,
+        # the sub-spot graph serves only the image regulariser of the training loss; each minibatch finds
+        # its own edges (bounded memory), with tolerances fixed by the whole layout
+        subspot_size=subspot_size(layout) if for_training else None,
     )
     scheme = schemes.pop()
+    release_free_memory()  # the temporaries of sub-spots and image features: GBs on a whole slide
     logger.info("platform: %s (%s); sub-spots: %s; likelihood: %s", platform.name, platform.evidence, scheme, likelihoods)  # fmt: skip
     return Prepared(data, sel, layouts, scheme, likelihoods, dict(sel.modalities), extractor, platform.name)
 

@@ -106,10 +106,10 @@ def train_module(
             setattr(history, k, list(v) if isinstance(v, list) else v)
         logger.info("resumed training from %s at epoch %d", ckpt, start_epoch)
     rng = np.random.default_rng(config.seed + start_epoch)
-    batches = [b.to(device) for b in batches]
+    # batches may be built when used (a lazy sequence): they are fetched and moved one step at a time
     if config.pretrain_epochs > 0 and start_epoch == 0 and not history.pretrain_loss:
-        _pretrain(module, batches, config, rng, history, progress)
-    has_validation = any(b.val_mask is not None and bool(b.val_mask.any()) for b in batches)
+        _pretrain(module, batches, config, rng, history, progress, device)
+    has_validation = False  # some batch holds validation spots: known after the first epoch
     smoothed = None
     best = (math.inf, None)
     if history.validation_loss:
@@ -127,7 +127,8 @@ def train_module(
                 g["lr"] = config.lr * factor
             kl_w = config.kl_weight * min(1.0, (step + 1) / warmup_steps)
             module.spot_deviation_on = step >= config.image_warmup_fraction * total_steps
-            out = module.loss(batches[bi], kl_weight=kl_w, image_reg_weight=config.image_reg_weight, max_features=config.max_features)
+            batch = batches[bi].to(device)
+            out = module.loss(batch, kl_weight=kl_w, image_reg_weight=config.image_reg_weight, max_features=config.max_features)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
@@ -136,6 +137,7 @@ def train_module(
             if "val_sum" in out:
                 val_sum += float(out["val_sum"])
                 val_n += int(out["val_n"])
+        has_validation = has_validation or val_n > 0
         train_loss = float(np.mean(losses))
         raw_val = val_sum / val_n if val_n else train_loss
         smoothed = raw_val if smoothed is None else 0.7 * smoothed + 0.3 * raw_val
@@ -173,7 +175,10 @@ def train_module(
     return history
 
 
-def _pretrain(module: SoScopeModule, batches: Sequence[SpotBatch], config: TrainConfig, rng, history: History, progress: bool) -> None:
+def _pretrain(
+    module: SoScopeModule, batches: Sequence[SpotBatch], config: TrainConfig, rng, history: History, progress: bool,
+    device: torch.device,
+) -> None:
     """Step 1: fit the encoder as a graph autoencoder of the spots (its own optimizer and schedule)."""
     params = [p for n, p in module.named_parameters() if n.startswith(("input_proj", "graph_", "to_latent", "spot_trunk", "batch_embed", "pretrain_head"))]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -187,7 +192,7 @@ def _pretrain(module: SoScopeModule, batches: Sequence[SpotBatch], config: Train
         for bi in rng.permutation(len(batches)):
             for g in opt.param_groups:
                 g["lr"] = config.lr * _lr_factor(step, total)
-            out = module.pretrain_loss(batches[bi], kl_weight=config.kl_weight * min(1.0, (step + 1) / warm))
+            out = module.pretrain_loss(batches[bi].to(device), kl_weight=config.kl_weight * min(1.0, (step + 1) / warm))
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
