@@ -153,7 +153,7 @@ def prepare(
     layouts, cs_layouts, centres, edge_parts = {}, [], [], []
     schemes = set()
     n_before = 0
-    for e_idx, name in enumerate(sel.spots):
+    for name in sel.spots:
         gdf = sdata.shapes[name].iloc[sel.shape_rows_of(name)]
         scheme = parse_subspot_scheme(subspots, gdf, elements=cells_elements)
         schemes.add(scheme)
