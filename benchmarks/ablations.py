@@ -24,7 +24,9 @@ VARIANTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--spots", type=int, default=1200)
     parser.add_argument("--features", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ablations.md")
@@ -47,7 +49,14 @@ def main() -> None:
         model = soscope.SoScope(sdata, table="table", progress=False, **model_kw)
         model.train(**train_kw)
         model.enhance(sdata, key_added=f"ablation{i}", overwrite=True)
-        _, summary = score(sdata, key_added=f"ablation{i}", truth="truth", features="informative", baselines=False, ssim=False)
+        _, summary = score(
+            sdata,
+            key_added=f"ablation{i}",
+            truth="truth",
+            features="informative",
+            baselines=False,
+            ssim=False,
+        )
         rows.append((name, summary["mean"]["soscope"]["pearson"], time.perf_counter() - t0))
         print(f"{name}: {rows[-1][1]:.3f} ({rows[-1][2]:.0f} s)", flush=True)
     lines = [

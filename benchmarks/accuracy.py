@@ -314,7 +314,11 @@ def run_case(name: str, args, cache: dict, outdir: Path) -> dict:
         fig.suptitle(f"{name}: spots | soscope | truth (per unit area)", y=1.03)
         fig.savefig(outdir / f"accuracy_{name}_maps.png", dpi=80, bbox_inches="tight")
         if name == "synthetic":  # the README's figure
-            fig.savefig(Path(__file__).resolve().parents[1] / "docs" / "_static" / "demo.png", dpi=80, bbox_inches="tight")
+            fig.savefig(
+                Path(__file__).resolve().parents[1] / "docs" / "_static" / "demo.png",
+                dpi=80,
+                bbox_inches="tight",
+            )
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(13, 4.2))

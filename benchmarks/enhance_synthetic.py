@@ -21,11 +21,15 @@ def peak_rss_gb() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--spots", type=int, default=4000)
     parser.add_argument("--features", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "enhance_synthetic.md")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "enhance_synthetic.md"
+    )
     args = parser.parse_args()
 
     import spatialdata as sd

@@ -3,7 +3,6 @@
 These are the acceptance checks of the end-to-end issue; each trains a model on 1,000 spots × 200 features.
 """
 
-# ruff: noqa: D103
 import numpy as np
 import pytest
 
@@ -26,7 +25,9 @@ def baselines(tissue):
 
 
 def _accuracy(sdata, key):
-    _, summary = score(sdata, key_added=key, truth="truth", features="informative", baselines=False, ssim=False)
+    _, summary = score(
+        sdata, key_added=key, truth="truth", features="informative", baselines=False, ssim=False
+    )
     return summary["mean"]["soscope"]["pearson"]
 
 

@@ -1,6 +1,5 @@
 """A run killed midway (SIGKILL) leaves the user's store readable and as it was."""
 
-# ruff: noqa: D103
 import signal
 import subprocess
 import sys

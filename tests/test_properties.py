@@ -14,7 +14,6 @@ or succeeds, and then its output satisfies the invariants:
 Set ``SOSCOPE_PROPERTY_EXAMPLES`` to explore more examples (random, not derandomised) than the 20 fixed ones.
 """
 
-# ruff: noqa: D103
 from __future__ import annotations
 
 import logging

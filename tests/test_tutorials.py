@@ -1,6 +1,5 @@
 """Every tutorial runs (on small data) so it cannot rot."""
 
-# ruff: noqa: D103
 import runpy
 import time
 from pathlib import Path

@@ -71,5 +71,7 @@ fig
 # interpolation of neighbouring spots) and a linear image regression.
 
 # %%
-per_feature, summary = soscope.evaluate.score(sdata, key_added="soscope", truth="truth", features="informative", ssim=False)
+per_feature, summary = soscope.evaluate.score(
+    sdata, key_added="soscope", truth="truth", features="informative", ssim=False
+)
 {method: round(v["pearson"], 3) for method, v in summary["mean"].items()}

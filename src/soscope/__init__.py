@@ -32,7 +32,18 @@ __all__ = [
 ]
 
 _LAZY = {"enhance": ("._enhance", "enhance"), "SoScope": (".model", "SoScope")}
-_SUBMODULES = {"datasets", "evaluate", "io", "pl", "geometry", "features", "module", "model", "train", "tiling"}
+_SUBMODULES = {
+    "datasets",
+    "evaluate",
+    "io",
+    "pl",
+    "geometry",
+    "features",
+    "module",
+    "model",
+    "train",
+    "tiling",
+}
 
 
 def __getattr__(name: str):

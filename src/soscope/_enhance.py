@@ -88,12 +88,21 @@ def enhance(
     Returns
     -------
     The SpatialData with the results (``sdata`` itself when ``inplace``).
+
     """
     from .model import SoScope
 
     if batch_size is not None and batch_size < 1:
         raise SoscopeInputError(f"batch_size must be a positive number of spots, got {batch_size}")
-    selection = dict(table=table, spots=spots, image=image, layer=layer, sections=sections, section_key=section_key, coordinate_system=coordinate_system)
+    selection = dict(
+        table=table,
+        spots=spots,
+        image=image,
+        layer=layer,
+        sections=sections,
+        section_key=section_key,
+        coordinate_system=coordinate_system,
+    )
     if model is None:
         m = SoScope(
             sdata, subspots=subspots, likelihood=likelihood, batch_key=batch_key, seed=seed, device=device,
@@ -107,8 +116,18 @@ def enhance(
     if isinstance(model, (str, Path)):
         model = SoScope.load(model, device=device, progress=progress)
     if not isinstance(model, SoScope):
-        raise SoscopeInputError(f"model must be None, a SoScope or a path saved by SoScope.save, not {type(model).__name__}")
-    return model.enhance(sdata, key_added=key_added, n_samples=n_samples, overwrite=overwrite, inplace=inplace, client=client, **{k: v for k, v in selection.items() if v is not None})
+        raise SoscopeInputError(
+            f"model must be None, a SoScope or a path saved by SoScope.save, not {type(model).__name__}"
+        )
+    return model.enhance(
+        sdata,
+        key_added=key_added,
+        n_samples=n_samples,
+        overwrite=overwrite,
+        inplace=inplace,
+        client=client,
+        **{k: v for k, v in selection.items() if v is not None},
+    )
 
 
 def _check_output_names_early(sdata, prepared, key_added: str, overwrite: bool) -> None:

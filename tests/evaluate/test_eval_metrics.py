@@ -1,6 +1,5 @@
 """Metrics with known answers."""
 
-# ruff: noqa: D103
 
 import numpy as np
 import pandas as pd

@@ -1,6 +1,5 @@
 """pseudo_spots on a small hand-made cell table: exact sums, checked independently."""
 
-# ruff: noqa: D103
 
 import anndata as ad
 import geopandas as gpd

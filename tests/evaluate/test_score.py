@@ -1,6 +1,5 @@
 """score / score_arrays on synthetic data with an oracle 'enhancement'."""
 
-# ruff: noqa: D103
 
 import anndata as ad
 import numpy as np

@@ -69,7 +69,10 @@ def test_bounds_transform_and_edges_match_shapely():
     np.testing.assert_array_equal(arr.bounds(), shapely.bounds(geoms))
     affine = np.array([[0.5, -0.2, 10.0], [0.3, 2.0, -4.0], [0.0, 0.0, 1.0]])
     moved = shapely.transform(geoms, lambda p: p @ affine[:2, :2].T + affine[:2, 2])
-    assert all(shapely.equals_exact(a, b, 1e-9) for a, b in zip(arr.transform(affine).to_shapely(), moved, strict=True))
+    assert all(
+        shapely.equals_exact(a, b, 1e-9)
+        for a, b in zip(arr.transform(affine).to_shapely(), moved, strict=True)
+    )
     start, end, owner = arr.edges()
     segments = [
         int((shapely.get_num_coordinates(shapely.get_rings(g)) - 1).sum()) if not g.is_empty else 0
@@ -93,7 +96,9 @@ def test_hex7_layout_is_small_and_exact():
     n_side = 30
     r, c = np.divmod(np.arange(n_side * n_side), n_side)
     xy = np.stack([(c + 0.5 * (r % 2)) * 100.0, r * np.sqrt(3) / 2 * 100.0], 1)
-    spots = gpd.GeoDataFrame({"radius": np.full(len(xy), 27.5)}, geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1]))
+    spots = gpd.GeoDataFrame(
+        {"radius": np.full(len(xy), 27.5)}, geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1])
+    )
     layout = make_subspots(spots, "hex7")
     assert layout.polygons.nbytes / layout.n_subspots < 150
     geoms = layout.geometry

@@ -4,7 +4,6 @@ Each gives a clear error naming the problem and the fix, or (soft problems) a wa
 did, and a run that still completes.
 """
 
-# ruff: noqa: D103
 from __future__ import annotations
 
 import logging

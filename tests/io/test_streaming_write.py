@@ -1,6 +1,5 @@
 """Streaming the enhanced tables into the store chunk by chunk: identical to the in-memory path, atomic."""
 
-# ruff: noqa: D103
 from __future__ import annotations
 
 import shutil
@@ -106,7 +105,8 @@ def test_shapes_beyond_the_memory_limit_are_written_but_not_loaded(
     """Past MAX_SHAPES_IN_MEMORY polygons, the shapes go to the store only (written from vertex arrays, a
     row group at a time): the store equals the in-memory path's, the in-memory SpatialData holds the
     tables but not the shapes, an earlier run's shapes left in memory are dropped, and a warning says how
-    to read them."""
+    to read them.
+    """
     import logging
 
     mem = _enhance(model, _copy(sample_store, tmp_path / "mem.zarr"), stream=False, monkeypatch=monkeypatch)
@@ -126,7 +126,9 @@ def test_shapes_beyond_the_memory_limit_are_written_but_not_loaded(
     assert len(sb) == a.tables["table_soscope"].n_obs > 10
     assert sa.index.equals(sb.index) and sa.drop(columns="geometry").equals(sb.drop(columns="geometry"))
     assert sa.geometry.geom_equals_exact(sb.geometry, tolerance=0).all()
-    np.testing.assert_array_equal(np.asarray(b.tables["table_soscope"].X), np.asarray(a.tables["table_soscope"].X))
+    np.testing.assert_array_equal(
+        np.asarray(b.tables["table_soscope"].X), np.asarray(a.tables["table_soscope"].X)
+    )
 
 
 def test_streamed_results_equal_untiled_prediction(model, sample_store, tmp_path, monkeypatch):

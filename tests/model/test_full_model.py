@@ -4,7 +4,6 @@ Each case trains on a small synthetic tissue (hex7 or grid:6, H&E-like image) an
 sub-spots against the true sub-spot values, beside the naive baselines (even split, Gaussian interpolation).
 """
 
-# ruff: noqa: D103
 import numpy as np
 import pytest
 
@@ -31,12 +30,16 @@ def _pearson(sdata, key):
         ("gaussian", "auto", "gaussian", 0.15),  # normalised values
     ],
 )
-def test_each_likelihood_recovers_truth_better_than_naive_baselines(observation, likelihood, expected, margin):
+def test_each_likelihood_recovers_truth_better_than_naive_baselines(
+    observation, likelihood, expected, margin
+):
     sdata = synthetic(
         n_spots=N_SPOTS, n_features=N_FEATURES, seed=3, observation=observation,
         counts_per_cell=3.0 if observation == "binary" else 400.0,
     )  # fmt: skip
-    soscope.enhance(sdata, table="table", likelihood=likelihood, epochs=EPOCHS, progress=False, key_added="lik")
+    soscope.enhance(
+        sdata, table="table", likelihood=likelihood, epochs=EPOCHS, progress=False, key_added="lik"
+    )
     assert sdata.tables["table_lik"].uns["soscope"]["likelihood"] == {"all": expected}
     acc = _pearson(sdata, "lik")
     best_naive = max(acc[b] for b in NAIVE)
@@ -57,7 +60,11 @@ def _cross_section_distance(profiles: dict, sections: list[str]) -> float:
     types = {t for (_, t) in profiles}
     shared = [t for t in types if all((s, t) in profiles for s in sections)]
     assert shared, "no cell type with enough sub-spots in both sections"
-    return float(np.mean([np.sqrt(np.mean((profiles[(sections[0], t)] - profiles[(sections[1], t)]) ** 2)) for t in shared]))
+    return float(
+        np.mean(
+            [np.sqrt(np.mean((profiles[(sections[0], t)] - profiles[(sections[1], t)]) ** 2)) for t in shared]
+        )
+    )
 
 
 def _bias_gaps() -> tuple[float, float, float]:
@@ -82,7 +89,9 @@ def _bias_gaps() -> tuple[float, float, float]:
     scale = lambda v: v / v.sum(1, keepdims=True).clip(1e-9) * 1e4  # noqa: E731  library-normalised
     before = _cross_section_distance(_type_profiles(scale(raw)[:, inform], types, sections, keep), ["A", "B"])
     after = _cross_section_distance(_type_profiles(scale(enh)[:, inform], types, sections, keep), ["A", "B"])
-    truth_gap = _cross_section_distance(_type_profiles(scale(np.asarray(truth.X, float))[:, inform], types, sections, keep), ["A", "B"])
+    truth_gap = _cross_section_distance(
+        _type_profiles(scale(np.asarray(truth.X, float))[:, inform], types, sections, keep), ["A", "B"]
+    )
     return before, after, truth_gap
 
 
@@ -107,7 +116,9 @@ def test_pretraining_is_switchable():
     model = soscope.SoScope(sdata, table="table", progress=False, n_hidden=32)
     history = model.train(epochs=3, pretrain_epochs=6)
     assert len(history.pretrain_loss) == 6 and history.pretrain_loss[-1] < history.pretrain_loss[0]
-    off = soscope.SoScope(sdata, table="table", progress=False, n_hidden=32).train(epochs=3, pretrain_epochs=0)
+    off = soscope.SoScope(sdata, table="table", progress=False, n_hidden=32).train(
+        epochs=3, pretrain_epochs=0
+    )
     assert off.pretrain_loss == []
     with pytest.raises(soscope.SoscopeInputError, match="pretrain_epochs"):
         soscope.SoScope(sdata, table="table", progress=False, n_hidden=32).train(epochs=3, pretrain_epochs=-1)

@@ -6,7 +6,6 @@ beside antibody-derived tags in spatial-CITE-seq. The joint model (one table, ``
 is compared with the RNA alone, on the RNA's truth.
 """
 
-# ruff: noqa: D103
 import anndata as ad
 import numpy as np
 import pytest
@@ -73,7 +72,9 @@ def _alone_and_joint(sdata) -> tuple[dict, dict]:
 
 
 def _rna_pearson(sdata, key):
-    _, summary = score(sdata, key_added=key, table="rna", truth="truth_rna", features="informative", ssim=False)
+    _, summary = score(
+        sdata, key_added=key, table="rna", truth="truth_rna", features="informative", ssim=False
+    )
     return {k: v["pearson"] for k, v in summary["mean"].items()}
 
 
@@ -86,7 +87,8 @@ def test_without_image_the_protein_guides_the_rna(protein_rna_no_image):
 
 def test_with_image_joint_is_as_good_as_rna_alone(protein_rna):
     """With an image the split comes from the image for both modalities: measured no gain (0.721 vs 0.721),
-    but the joint model must not lose accuracy, and it writes one table per modality."""
+    but the joint model must not lose accuracy, and it writes one table per modality.
+    """
     alone, joint = _alone_and_joint(protein_rna)
     assert joint["soscope"] > alone["soscope"] - 0.01, (joint, alone)
     assert joint["soscope"] > max(joint["even_split"], joint["gaussian_interpolation"]) + 0.1, joint

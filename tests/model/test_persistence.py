@@ -193,7 +193,8 @@ def test_same_seed_same_result(hex_sdata):
 
 def test_batches_rebuilt_when_used_train_like_cached_ones(hex_sdata, monkeypatch):
     """With no memory for built batches (a whole slide), each minibatch is rebuilt from its chunk at every
-    step: training is bit-identical to keeping them all (small data)."""
+    step: training is bit-identical to keeping them all (small data).
+    """
     import soscope.model._core as core
 
     cached = train_model(hex_sdata, seed=5)

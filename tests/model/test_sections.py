@@ -4,7 +4,6 @@ Synthetic study of three sections (A, B, C) with the same biology, different tis
 separately (``image_A`` under ``spots_A`` ...) and a different capture bias per section.
 """
 
-# ruff: noqa: D103
 import numpy as np
 import pytest
 

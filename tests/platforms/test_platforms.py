@@ -6,7 +6,6 @@ platform soscope detects, the sub-spot scheme and likelihood it picks with ``"au
 sub-spots, counted independently of soscope's geometry code.
 """
 
-# ruff: noqa: D103
 from __future__ import annotations
 
 import logging

@@ -1,6 +1,5 @@
 """Inference as a Dask graph: several threads, a dask.distributed cluster and the untiled network agree."""
 
-# ruff: noqa: D103
 from __future__ import annotations
 
 import numpy as np
@@ -146,7 +145,8 @@ def test_active_client_is_used(model, cluster_client):
 @pytest.mark.parametrize("k", [7, 9], ids=["hex7", "grid3"])
 def test_training_chunks_find_the_whole_layouts_subspot_edges(k):
     """Each minibatch finds its sub-spot edges on its own polygons: exactly the edges of the whole layout's
-    sub-spot graph with both ends in the chunk, in the same order (cost ∝ chunk, not slide)."""
+    sub-spot graph with both ends in the chunk, in the same order (cost ∝ chunk, not slide).
+    """
     from soscope.geometry import subspot_graph
     from soscope.model._data import make_batch
     from soscope.tiling import adjacency

@@ -113,7 +113,9 @@ def footprint_design(subspot_features: np.ndarray, layout: SubspotLayout) -> np.
     """``(N, D)`` footprint-area-weighted mean of each spot's sub-spot features: what a spot's image shows."""
     z = np.asarray(subspot_features, dtype=np.float64)
     wa = layout.area * layout.footprint_weight
-    agg = sp.csr_matrix((wa, (layout.spot_index, np.arange(layout.n_subspots))), shape=(layout.n_spots, len(wa)))
+    agg = sp.csr_matrix(
+        (wa, (layout.spot_index, np.arange(layout.n_subspots))), shape=(layout.n_spots, len(wa))
+    )
     return np.asarray(agg @ z) / _footprint_area(layout)[:, None]
 
 
@@ -136,6 +138,7 @@ def fit_footprint_ridge(
         The sub-spots.
     alpha
         Ridge penalty on standardised features, relative to the number of spots.
+
     """
     x = footprint_design(subspot_features, layout)
     xm = x.mean(axis=0)

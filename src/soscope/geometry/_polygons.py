@@ -85,7 +85,9 @@ class PolygonArray:
         kind = shapely.get_type_id(geoms)
         bad = ~np.isin(kind, (3, 6))
         if bad.any():
-            raise TypeError(f"only Polygon and MultiPolygon geometries can be stored; got type ids {np.unique(kind[bad])}")
+            raise TypeError(
+                f"only Polygon and MultiPolygon geometries can be stored; got type ids {np.unique(kind[bad])}"
+            )
         multi = kind == 6
         _, coords, (ring_offsets, part_offsets, geom_offsets) = _to_ragged_multipolygons(geoms)
         part_offsets, geom_offsets = part_offsets.astype(np.int64), geom_offsets.astype(np.int64)
@@ -137,7 +139,10 @@ class PolygonArray:
     @property
     def nbytes(self) -> int:
         """Bytes held by the arrays."""
-        return sum(a.nbytes for a in (self.coords, self.ring_offsets, self.part_offsets, self.geom_offsets, self.multi))
+        return sum(
+            a.nbytes
+            for a in (self.coords, self.ring_offsets, self.part_offsets, self.geom_offsets, self.multi)
+        )
 
     def __getitem__(self, rows) -> PolygonArray:
         """Return the polygons at ``rows`` (integer positions, a boolean mask or a slice), in that order."""

@@ -28,6 +28,7 @@ def combine(sdatas: Sequence[Any] | Mapping[str, Any]) -> Any:
     ------
     SoscopeInputError
         Fewer than one object, or tables that cannot be concatenated.
+
     """
     import spatialdata as sd
 
@@ -36,7 +37,9 @@ def combine(sdatas: Sequence[Any] | Mapping[str, Any]) -> Any:
         raise SoscopeInputError("combine() needs at least one SpatialData.")
     bad = [k for k, v in parts.items() if not isinstance(v, sd.SpatialData)]
     if bad:
-        raise SoscopeInputError(f"combine(): the items {bad} are not SpatialData objects; pass SpatialData (e.g. sd.read_zarr(path)).")
+        raise SoscopeInputError(
+            f"combine(): the items {bad} are not SpatialData objects; pass SpatialData (e.g. sd.read_zarr(path))."
+        )
     if len(parts) == 1:
         return next(iter(parts.values()))
     try:

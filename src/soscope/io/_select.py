@@ -153,7 +153,9 @@ def _pick_table(sdata: Any, table: str | None, spots: Sequence[str] | None) -> s
         return table
     # soscope's outputs and reference truth tables (synthetic data, pseudo-spots) are never the input
     candidates = [
-        t for t in sdata.tables if not is_soscope_output(sdata, t) and not sdata.tables[t].uns.get(TRUTH_KEY, False)
+        t
+        for t in sdata.tables
+        if not is_soscope_output(sdata, t) and not sdata.tables[t].uns.get(TRUTH_KEY, False)
     ]
     if not candidates:
         raise SoscopeInputError(
@@ -289,7 +291,9 @@ def _cover(spots_box: tuple, image_box: tuple) -> float:
     return ix * iy / area
 
 
-def _images_by_cover(sdata: Any, spots: Sequence[str], images: Sequence[str], shared: Sequence[str]) -> dict | None:
+def _images_by_cover(
+    sdata: Any, spots: Sequence[str], images: Sequence[str], shared: Sequence[str]
+) -> dict | None:
     """Each spots element's image: the one candidate covering ≥ 90 % of its extent (None if not unique)."""
     for cs in shared:
         imgs = [n for n in images if cs in coordinate_systems_of(sdata.images[n])]

@@ -393,9 +393,7 @@ def create_dense_array(
 SHAPES_ROWS_PER_GROUP = 1 << 18
 
 
-def write_shapes_parquet(
-    path: Path, frame: Any, polygons: Any, *, rows_per_group: int | None = None
-) -> None:
+def write_shapes_parquet(path: Path, frame: Any, polygons: Any, *, rows_per_group: int | None = None) -> None:
     """Rewrite a staged shapes element's ``shapes.parquet`` with ``frame``'s columns and ``polygons``.
 
     ``path`` must hold the parquet that spatialdata wrote for a stand-in with the same columns and index

@@ -29,7 +29,6 @@ from ._data import Normaliser, SpotData, make_batch
 logger = logging.getLogger("soscope")
 
 
-
 def new_batches(data: SpotData, norm: Normaliser) -> list[str]:
     """Batch labels of ``data`` that the model was not trained on, in order of first appearance."""
     return [b for b in dict.fromkeys(np.asarray(data.batches).tolist()) if b not in norm.batch_codes]
@@ -61,7 +60,9 @@ def calibrate_new_batches(
     grown = torch.cat([emb[:n_old], emb[:n_ref].mean(0, keepdim=True).expand(len(new), -1)], dim=0)
     module.batch_embed = torch.nn.Embedding.from_pretrained(grown.clone(), freeze=False)
     for mi, p in enumerate(module.batch_bias):
-        module.batch_bias[mi] = torch.nn.Parameter(torch.cat([p.data[:n_old], p.data.new_zeros(len(new), p.shape[1])]))
+        module.batch_bias[mi] = torch.nn.Parameter(
+            torch.cat([p.data[:n_old], p.data.new_zeros(len(new), p.shape[1])])
+        )
     norm.batch_codes.update(codes)
     cfg.n_batches = n_old + len(new)
     cfg.extra[N_TRAINED_BATCHES] = n_ref
@@ -103,7 +104,13 @@ def fit_batch_bias(
     sums_x = [np.zeros((len(labels), m.n_features)) for m in cfg.modalities]
     sums_mu = [np.zeros((len(labels), m.n_features)) for m in cfg.modalities]
     n_spots = np.zeros(len(labels))
-    chunks = plan_chunks(data.centres, data.edge_index, sections=data.sections, chunk_spots=chunk_spots, n_hops=receptive_hops(cfg))
+    chunks = plan_chunks(
+        data.centres,
+        data.edge_index,
+        sections=data.sections,
+        chunk_spots=chunk_spots,
+        n_hops=receptive_hops(cfg),
+    )
     for chunk in chunks:
         core = chunk.core[is_member[chunk.core]]
         if len(core) == 0:

@@ -18,7 +18,9 @@ from ._data import Normaliser, SpotData, make_batch
 logger = logging.getLogger("soscope")
 
 TRAIN_CHUNK_SPOTS = 256  # spots per training minibatch (plus their halo)
-INFER_CHUNK_SPOTS = 2048  # spots per inference task (plus their halo): ~0.3 GB of activations with 200 features
+INFER_CHUNK_SPOTS = (
+    2048  # spots per inference task (plus their halo): ~0.3 GB of activations with 200 features
+)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -105,7 +107,9 @@ class ChunkBatches(Sequence[SpotBatch]):
         )  # fmt: skip
         if self.held_out is not None:
             held = torch.as_tensor(self.held_out[chunk.nodes])
-            batch = dataclasses.replace(batch, loss_mask=batch.loss_mask & ~held, val_mask=batch.loss_mask & held)
+            batch = dataclasses.replace(
+                batch, loss_mask=batch.loss_mask & ~held, val_mask=batch.loss_mask & held
+            )
         batch = batch.to(self.device)
         size = batch_bytes(batch)
         if self._cached_bytes + size <= self.cache_bytes:
@@ -136,9 +140,15 @@ def build_batches(
 ) -> tuple[list, ChunkBatches]:
     """Plan chunks over ``data``; return them and their (lazily built) minibatches."""
     chunks = plan_chunks(
-        data.centres, data.edge_index, sections=data.sections, chunk_spots=chunk_spots, n_hops=receptive_hops(config)
+        data.centres,
+        data.edge_index,
+        sections=data.sections,
+        chunk_spots=chunk_spots,
+        n_hops=receptive_hops(config),
     )
-    return chunks, ChunkBatches(data, norm, config, chunks, loss_spots=loss_spots, held_out=held_out, device=device)
+    return chunks, ChunkBatches(
+        data, norm, config, chunks, loss_spots=loss_spots, held_out=held_out, device=device
+    )
 
 
 def fit(
@@ -225,7 +235,13 @@ def predict(
 def latent(module: SoScopeModule, data: SpotData, norm: Normaliser, *, device: torch.device) -> np.ndarray:
     """Posterior mean latent ``(N, n_latent)`` of every spot."""
     module.to(device).eval()
-    chunks = plan_chunks(data.centres, data.edge_index, sections=data.sections, chunk_spots=INFER_CHUNK_SPOTS, n_hops=receptive_hops(module.config))
+    chunks = plan_chunks(
+        data.centres,
+        data.edge_index,
+        sections=data.sections,
+        chunk_spots=INFER_CHUNK_SPOTS,
+        n_hops=receptive_hops(module.config),
+    )
     adj = adjacency(data.edge_index, data.n_spots)
     z = np.zeros((data.n_spots, module.config.n_latent), dtype=np.float32)
     for chunk in chunks:

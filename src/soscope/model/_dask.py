@@ -543,4 +543,3 @@ def enhance_and_write(
     )
     release_free_memory()
     return sdata
-

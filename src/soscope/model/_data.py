@@ -95,7 +95,9 @@ class Normaliser:
         else:
             img_mean = img_std = None
         labels = batch_labels if batch_labels is not None else sorted(np.unique(data.batches).tolist())
-        norm = cls(in_mean, in_std, dens_mean, img_mean, img_std, area_unit, {b: i for i, b in enumerate(labels)})
+        norm = cls(
+            in_mean, in_std, dens_mean, img_mean, img_std, area_unit, {b: i for i, b in enumerate(labels)}
+        )
         if data.image_features is not None:
             norm.image_ridge = _fit_image_ridge(data, norm, footprint)
         else:
@@ -134,9 +136,13 @@ _REFERENCE_DEPTH = 4.0
 _REFERENCE_COMPONENTS = 8
 
 
-def _log_density(data: SpotData, sources, nodes: np.ndarray, layout: SubspotLayout, area_unit: float) -> np.ndarray:
+def _log_density(
+    data: SpotData, sources, nodes: np.ndarray, layout: SubspotLayout, area_unit: float
+) -> np.ndarray:
     parts = [spot_density(data.rows(int(j), nodes), layout, area_unit) for j in sources]
-    return np.log1p(np.hstack([np.asarray(p.toarray() if sp.issparse(p) else p, dtype=np.float32) for p in parts]))
+    return np.log1p(
+        np.hstack([np.asarray(p.toarray() if sp.issparse(p) else p, dtype=np.float32) for p in parts])
+    )
 
 
 def _fit_cross_reference(data: SpotData, norm: Normaliser) -> list | None:
@@ -173,7 +179,9 @@ def _fit_cross_reference(data: SpotData, norm: Normaliser) -> list | None:
     return out if any(r is not None for r in out) else None
 
 
-def reference_density(data: SpotData, nodes: np.ndarray, layout: SubspotLayout, norm: Normaliser, reference) -> np.ndarray:
+def reference_density(
+    data: SpotData, nodes: np.ndarray, layout: SubspotLayout, norm: Normaliser, reference
+) -> np.ndarray:
     """Spot densities of a sparse modality predicted from its reference modality (see the fit above)."""
     sources, mean, comp, beta = reference
     lp = _log_density(data, sources, nodes, layout, norm.area_unit)
@@ -221,7 +229,9 @@ def _centre_in_spot(values: np.ndarray, layout: SubspotLayout) -> np.ndarray:
     aw = layout.area * layout.footprint_weight
     spot_mean = np.zeros((layout.n_spots, values.shape[1]))
     np.add.at(spot_mean, layout.spot_index, values * aw[:, None])
-    spot_mean /= np.maximum(np.bincount(layout.spot_index, weights=aw, minlength=layout.n_spots), 1e-12)[:, None]
+    spot_mean /= np.maximum(np.bincount(layout.spot_index, weights=aw, minlength=layout.n_spots), 1e-12)[
+        :, None
+    ]
     return values - spot_mean[layout.spot_index]
 
 
@@ -233,7 +243,8 @@ def _row_scale(x, factors: np.ndarray):
 
 def encoder_input(x, spec: ModalitySpec, lib: np.ndarray) -> np.ndarray:
     """Encoder input before standardisation: log1p of counts per 10,000 plus the log library size, or the
-    values themselves (Gaussian modalities)."""
+    values themselves (Gaussian modalities).
+    """
     if spec.is_count:
         scaled = _row_scale(x, 1e4 / np.maximum(lib, 1.0))
         dense = scaled.toarray() if sp.issparse(scaled) else np.asarray(scaled)
@@ -265,7 +276,9 @@ def n_encoder_inputs(modalities: list[ModalitySpec]) -> int:
     return sum(m.n_features + (1 if m.is_count else 0) for m in modalities)
 
 
-def kernel_interpolate(values: np.ndarray, centres: np.ndarray, points: np.ndarray, spacing: float) -> np.ndarray:
+def kernel_interpolate(
+    values: np.ndarray, centres: np.ndarray, points: np.ndarray, spacing: float
+) -> np.ndarray:
     """Gaussian-kernel interpolation (σ = 0.45 × spacing, cut at 3σ) of spot ``values`` at ``points``.
 
     Sparse (KD-tree radius query), linear in the number of points; a point with no spot in reach takes
@@ -335,7 +348,11 @@ def make_batch(
                     dens = np.maximum(reference_density(data, nodes, sub, norm, reference), floor)
                 offset = np.log(kernel_interpolate(dens, centres, centroids, data.spacing) + floor)
         else:
-            offset = image_offset(img, norm.image_ridge[mi], spec, None) if use_ridge else kernel_interpolate(x, centres, centroids, data.spacing)
+            offset = (
+                image_offset(img, norm.image_ridge[mi], spec, None)
+                if use_ridge
+                else kernel_interpolate(x, centres, centroids, data.spacing)
+            )
         offsets.append(torch.as_tensor(np.asarray(offset, dtype=np.float32)))
     img = None if img is None else torch.as_tensor(img)
     core_mask = np.zeros(n, dtype=bool)

@@ -23,7 +23,8 @@ def _categorical(labels: np.ndarray, index: np.ndarray) -> pd.Categorical:
 def subspot_columns(parent_ids: np.ndarray, layout) -> pd.DataFrame:
     """Return the columns of a sub-spot shapes element: parent ``spot_id`` and ``subspot``, on a RangeIndex."""
     return pd.DataFrame(
-        {"spot_id": parent_ids, "subspot": layout.subspot.astype(np.int64)}, index=pd.RangeIndex(layout.n_subspots)
+        {"spot_id": parent_ids, "subspot": layout.subspot.astype(np.int64)},
+        index=pd.RangeIndex(layout.n_subspots),
     )
 
 
@@ -45,7 +46,9 @@ def output_names(prepared: Prepared, key_added: str) -> tuple[dict[str, str], di
     return shapes, tables
 
 
-def subspot_shapes(sdata, prepared: Prepared, *, key_added: str, stand_in: bool = False) -> dict[str, gpd.GeoDataFrame]:
+def subspot_shapes(
+    sdata, prepared: Prepared, *, key_added: str, stand_in: bool = False
+) -> dict[str, gpd.GeoDataFrame]:
     """Return the sub-spot shapes elements (one per spots element), parsed, with the spots' transformations.
 
     ``stand_in``: each element holds only its first sub-spot, a stand-in for staging whose parquet
@@ -116,7 +119,11 @@ def results_to_elements(
     for spec, pred in zip(data.modalities, predictions, strict=True):
         mask = prepared.modality_masks[spec.name]
         var = src_var.iloc[np.flatnonzero(mask)].copy()
-        var = var.loc[data.feature_names[[m.name for m in data.modalities].index(spec.name)]] if len(var) else var
+        var = (
+            var.loc[data.feature_names[[m.name for m in data.modalities].index(spec.name)]]
+            if len(var)
+            else var
+        )
         adata = ad.AnnData(X=pred["enhanced"], obs=obs.copy() if len(data.modalities) > 1 else obs, var=var)
         if "std" in pred:
             adata.layers["std"] = pred["std"]

@@ -139,7 +139,12 @@ def prepare(
     likelihoods = resolve_likelihoods(matrices, modality_names, likelihood)
     for name, x in zip(modality_names, matrices, strict=True):
         names = [var_names[i] for i in np.flatnonzero(sel.modalities[name])]
-        check_values(x, var_names=names, allow_negative=likelihoods[name] == "gaussian", what=f"The values of modality {name!r}")
+        check_values(
+            x,
+            var_names=names,
+            allow_negative=likelihoods[name] == "gaussian",
+            what=f"The values of modality {name!r}",
+        )
         check_counts(x, likelihoods[name], var_names=names)
         zero_variance_mask(x, var_names=names)
     zero_spots_mask(x_all, spot_names=[str(i) for i in sel.instance_ids])
@@ -161,7 +166,9 @@ def prepare(
         if scheme.startswith("cells"):
             cells_name = scheme.split(":", 1)[1] if ":" in scheme else None
             if cells_name is None or cells_name not in sdata.shapes:
-                raise SoscopeInputError(f"subspots={subspots!r}: name the shapes element of cells, one of {cells_elements}")
+                raise SoscopeInputError(
+                    f"subspots={subspots!r}: name the shapes element of cells, one of {cells_elements}"
+                )
             cells = sdata.shapes[cells_name]
             _check_same_transform(sdata, name, cells_name, sel.coordinate_system)
         layout = make_subspots(gdf, scheme, cells=cells)
@@ -174,7 +181,9 @@ def prepare(
         edge_parts.append(spot_graph(c, sections=secs) + n_before)
         n_before += len(gdf)
     if len(schemes) > 1:
-        raise SoscopeInputError(f"the spots elements need different sub-spot schemes {sorted(schemes)}; pass subspots= explicitly")
+        raise SoscopeInputError(
+            f"the spots elements need different sub-spot schemes {sorted(schemes)}; pass subspots= explicitly"
+        )
     layout = concat_layouts(cs_layouts)
     centres_all = np.vstack(centres)
     spacing = lattice_spacing(centres_all) if len(centres_all) > 1 else 1.0
@@ -202,12 +211,16 @@ def prepare(
 
     if batch_key is not None:
         if batch_key not in adata.obs:
-            raise SoscopeInputError(f"batch_key={batch_key!r} is not a column of table {sel.table!r}.obs; columns: {list(adata.obs.columns)}")
+            raise SoscopeInputError(
+                f"batch_key={batch_key!r} is not a column of table {sel.table!r}.obs; columns: {list(adata.obs.columns)}"
+            )
         batches = adata.obs[batch_key].astype(str).to_numpy()[sel.spot_rows]
     else:
         batches = np.asarray(sel.sections, dtype=str)
 
-    modalities = [ModalitySpec(m, x.shape[1], likelihoods[m]) for m, x in zip(modality_names, matrices, strict=True)]
+    modalities = [
+        ModalitySpec(m, x.shape[1], likelihoods[m]) for m, x in zip(modality_names, matrices, strict=True)
+    ]
     data = SpotData(
         counts=matrices,
         modalities=modalities,

@@ -64,6 +64,7 @@ class SoScope:
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``...
     progress
         Show progress bars.
+
     """
 
     def __init__(
@@ -194,9 +195,12 @@ class SoScope:
         Returns
         -------
         The training history (also in ``self.history``).
+
         """
         if self.prepared is None:
-            raise SoscopeInputError("this model was loaded from disk without data; train it with SoScope(sdata).train()")
+            raise SoscopeInputError(
+                "this model was loaded from disk without data; train it with SoScope(sdata).train()"
+            )
         data = self.prepared.data
         epochs = default_epochs(data.n_spots) if epochs is None else int(epochs)
         if epochs < 1:
@@ -212,7 +216,9 @@ class SoScope:
         torch.manual_seed(self.settings["seed"])
         if len(self.normaliser.batch_codes) > 1 and not resume:
             # several batches: start from their closed-form bias (gradient steps alone move it too slowly)
-            fit_batch_bias(self.module, data, self.normaliser, list(self.normaliser.batch_codes), device=self.device)
+            fit_batch_bias(
+                self.module, data, self.normaliser, list(self.normaliser.batch_codes), device=self.device
+            )
         self.history = fit(
             self.module, data, self.normaliser, self.train_config, validation_fraction=validation_fraction,
             device=self.device, progress=self.progress if progress is None else progress,
@@ -224,7 +230,19 @@ class SoScope:
     def _prepare_other(self, sdata, **selection) -> Prepared:
         """Prepare new data with this model's settings and align its features to the model's."""
         s = self.settings
-        args = {k: s[k] for k in ("table", "spots", "image", "layer", "section_key", "batch_key", "modality_key", "coordinate_system")}
+        args = {
+            k: s[k]
+            for k in (
+                "table",
+                "spots",
+                "image",
+                "layer",
+                "section_key",
+                "batch_key",
+                "modality_key",
+                "coordinate_system",
+            )
+        }
         args.update({k: v for k, v in selection.items() if v is not None})
         prepared = prepare(
             sdata, subspots=self.scheme if not self.scheme.startswith("cells") else s["subspots"],
@@ -237,7 +255,10 @@ class SoScope:
 
     def _align_features(self, prepared: Prepared) -> None:
         data = prepared.data
-        have = {m.name: (i, names) for i, (m, names) in enumerate(zip(data.modalities, data.feature_names, strict=True))}
+        have = {
+            m.name: (i, names)
+            for i, (m, names) in enumerate(zip(data.modalities, data.feature_names, strict=True))
+        }
         counts, names_out = [], []
         for spec, wanted in zip(self.module.config.modalities, self.feature_names, strict=True):
             if spec.name not in have:
@@ -259,9 +280,13 @@ class SoScope:
         data.modalities = list(self.module.config.modalities)
         if self.module.use_image:
             if data.image_features is None:
-                raise ModelCompatibilityError("the model was trained with image features but the data has no image; pass image= or train with use_image=False")
+                raise ModelCompatibilityError(
+                    "the model was trained with image features but the data has no image; pass image= or train with use_image=False"
+                )
             if list(data.image_feature_names) != list(self.image_feature_names):
-                raise ModelCompatibilityError("the data's image features differ from the model's; use the same image_features extractor and image kind")
+                raise ModelCompatibilityError(
+                    "the data's image features differ from the model's; use the same image_features extractor and image kind"
+                )
         elif data.image_features is not None:
             data.image_features = None
 
@@ -300,11 +325,14 @@ class SoScope:
         Returns
         -------
         The SpatialData holding the results.
+
         """
         from ._dask import enhance_and_write
 
         if not self.is_trained:
-            raise SoscopeInputError("the model is not trained yet: call .train() first (or soscope.enhance(sdata))")
+            raise SoscopeInputError(
+                "the model is not trained yet: call .train() first (or soscope.enhance(sdata))"
+            )
         if sdata is None:
             if self.prepared is None:
                 raise SoscopeInputError("pass the SpatialData to enhance: this model was loaded without data")
@@ -330,7 +358,9 @@ class SoScope:
 
     def _uns(self) -> dict:
         settings = {k: ("None" if v is None else v) for k, v in self.settings.items()}
-        settings = {k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) else v) for k, v in settings.items()}
+        settings = {
+            k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) else v) for k, v in settings.items()
+        }
         hist = self.history.as_dict() if self.history else {}
         return {
             "version": __version__,
@@ -338,7 +368,9 @@ class SoScope:
             "subspots": self.scheme,
             "platform": getattr(self, "platform", "unknown"),  # "unknown": a loaded model
             "likelihood": {m.name: m.likelihood for m in self.module.config.modalities},
-            "train": {} if self.train_config is None else {k: ("None" if v is None else v) for k, v in self.train_config.__dict__.items()},
+            "train": {}
+            if self.train_config is None
+            else {k: ("None" if v is None else v) for k, v in self.train_config.__dict__.items()},
             "history": {k: (np.asarray(v) if isinstance(v, list) else v) for k, v in hist.items()},
         }
 
@@ -360,7 +392,12 @@ class SoScope:
             "format": _FORMAT,
             "soscope_version": __version__,
             "state_dict": self.module.state_dict(),
-            "config": json.dumps({**{k: v for k, v in cfg.__dict__.items() if k != "modalities"}, "modalities": [m.__dict__ for m in cfg.modalities]}),
+            "config": json.dumps(
+                {
+                    **{k: v for k, v in cfg.__dict__.items() if k != "modalities"},
+                    "modalities": [m.__dict__ for m in cfg.modalities],
+                }
+            ),
             "settings": json.dumps(self.settings),
             "scheme": self.scheme,
             "feature_names": json.dumps(self.feature_names),
@@ -374,10 +411,12 @@ class SoScope:
                 "image_std": None if n.image_std is None else torch.as_tensor(n.image_std),
                 "area_unit": float(n.area_unit),
                 "batch_codes": json.dumps(n.batch_codes),
-                "image_ridge": None if n.image_ridge is None else [[torch.as_tensor(a) for a in r] for r in n.image_ridge],
-                "cross_reference": None if n.cross_reference is None else [
-                    [] if r is None else [torch.as_tensor(a) for a in r] for r in n.cross_reference
-                ],
+                "image_ridge": None
+                if n.image_ridge is None
+                else [[torch.as_tensor(a) for a in r] for r in n.image_ridge],
+                "cross_reference": None
+                if n.cross_reference is None
+                else [[] if r is None else [torch.as_tensor(a) for a in r] for r in n.cross_reference],
             },
         }
         tmp = target.with_suffix(".tmp")
@@ -400,7 +439,9 @@ class SoScope:
                 "model files are loaded with weights_only=True and never run code"
             ) from err
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise ModelCompatibilityError(f"{target} is not a soscope model file (format {payload.get('format') if isinstance(payload, dict) else None!r})")
+            raise ModelCompatibilityError(
+                f"{target} is not a soscope model file (format {payload.get('format') if isinstance(payload, dict) else None!r})"
+            )
         cfg = json.loads(payload["config"])
         cfg["modalities"] = [ModalitySpec(**m) for m in cfg["modalities"]]
         self = cls.__new__(cls)
@@ -422,10 +463,12 @@ class SoScope:
             image_std=None if nm["image_std"] is None else nm["image_std"].numpy(),
             area_unit=float(nm["area_unit"]),
             batch_codes=json.loads(nm["batch_codes"]),
-            image_ridge=None if nm.get("image_ridge") is None else [tuple(t.numpy() for t in r) for r in nm["image_ridge"]],
-            cross_reference=None if nm.get("cross_reference") is None else [
-                tuple(t.numpy() for t in r) if r else None for r in nm["cross_reference"]
-            ],
+            image_ridge=None
+            if nm.get("image_ridge") is None
+            else [tuple(t.numpy() for t in r) for r in nm["image_ridge"]],
+            cross_reference=None
+            if nm.get("cross_reference") is None
+            else [tuple(t.numpy() for t in r) if r else None for r in nm["cross_reference"]],
         )
         self.scheme = payload["scheme"]
         self.feature_names = json.loads(payload["feature_names"])

@@ -180,6 +180,7 @@ def spot_likelihood(
         the published code's MSE on means.
     theta, zi_logits, sigma
         Shape parameters of the NB (inverse dispersion), ZINB (zero-inflation logits) and Gaussian.
+
     """
     if name in ("nb", "zinb"):
         theta_eff = theta if sum_sq is None else theta * (mean**2 + _EPS) / (sum_sq + _EPS)

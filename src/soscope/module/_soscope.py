@@ -70,7 +70,9 @@ class SpotBatch:
     sub_area: torch.Tensor  # (m,) polygon area relative to the mean footprint area
     sub_weight: torch.Tensor  # (m,) share of the polygon inside the parent's footprint
     sub_image: torch.Tensor | None = None  # (m, D) standardised image features
-    sub_offset: list[torch.Tensor] | None = None  # per modality (m, F_m) fixed offsets (linear image model, or
+    sub_offset: list[torch.Tensor] | None = (
+        None  # per modality (m, F_m) fixed offsets (linear image model, or
+    )
     # neighbour interpolation without an image): log density for counts, value otherwise
     loss_mask: torch.Tensor | None = None  # (n,) spots whose likelihood counts (core, training spots)
     val_mask: torch.Tensor | None = None  # (n,) held-out spots, scored (without gradient) for early stopping
@@ -128,7 +130,10 @@ class SoScopeModule(nn.Module):
         # encoder: spot profiles over the spot graph -> variational latent
         self.input_proj = nn.Sequential(nn.Linear(c.n_input, c.n_hidden), nn.LayerNorm(c.n_hidden), nn.GELU())
         self.graph_layers = nn.ModuleList(
-            [GraphAttention(c.n_hidden, c.n_hidden, c.n_heads) for _ in range(c.n_graph_layers if c.use_graph else 0)]
+            [
+                GraphAttention(c.n_hidden, c.n_hidden, c.n_heads)
+                for _ in range(c.n_graph_layers if c.use_graph else 0)
+            ]
         )
         self.graph_norms = nn.ModuleList([nn.LayerNorm(c.n_hidden) for _ in self.graph_layers])
         self.to_latent = nn.Linear(c.n_hidden, 2 * c.n_latent)
@@ -144,15 +149,25 @@ class SoScopeModule(nn.Module):
             nn.init.zeros_(head.bias)
         # image decoder: sub-spot image features -> a few morphology programs -> per-feature log effect
         if self.use_image:
-            self.image_trunk = mlp(c.n_image_features, c.image_hidden, c.n_programs, n_blocks=c.image_blocks, dropout=c.dropout)
-            self.image_heads = nn.ModuleList([nn.Linear(c.n_programs, m.n_features, bias=False) for m in c.modalities])
+            self.image_trunk = mlp(
+                c.n_image_features, c.image_hidden, c.n_programs, n_blocks=c.image_blocks, dropout=c.dropout
+            )
+            self.image_heads = nn.ModuleList(
+                [nn.Linear(c.n_programs, m.n_features, bias=False) for m in c.modalities]
+            )
             for head in self.image_heads:
                 nn.init.normal_(head.weight, std=1e-3)
         # per-batch feature bias (technical): applied to spot observations, removed from enhanced output
-        self.batch_bias = nn.ParameterList([nn.Parameter(torch.zeros(max(c.n_batches, 1), m.n_features)) for m in c.modalities])
+        self.batch_bias = nn.ParameterList(
+            [nn.Parameter(torch.zeros(max(c.n_batches, 1), m.n_features)) for m in c.modalities]
+        )
         # likelihood shape parameters
-        self.log_theta = nn.ParameterList([nn.Parameter(torch.full((m.n_features,), 2.0)) for m in c.modalities])
-        self.zi_logits = nn.ParameterList([nn.Parameter(torch.full((m.n_features,), -3.0)) for m in c.modalities])
+        self.log_theta = nn.ParameterList(
+            [nn.Parameter(torch.full((m.n_features,), 2.0)) for m in c.modalities]
+        )
+        self.zi_logits = nn.ParameterList(
+            [nn.Parameter(torch.full((m.n_features,), -3.0)) for m in c.modalities]
+        )
         self.log_sigma = nn.ParameterList([nn.Parameter(torch.zeros(m.n_features)) for m in c.modalities])
 
     @property
@@ -236,7 +251,9 @@ class SoScopeModule(nn.Module):
                 out.append(logit)
         return out
 
-    def spot_means(self, batch: SpotBatch, values: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def spot_means(
+        self, batch: SpotBatch, values: list[torch.Tensor]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per modality the spot mean and the sum of squared contributions, both ``(n, F_m)``."""
         n = batch.n_spots
         w = batch.sub_weight[:, None]
@@ -244,11 +261,15 @@ class SoScopeModule(nn.Module):
         for spec, v in zip(self.config.modalities, values, strict=True):
             if spec.is_count:
                 part = w * v
-                mean = torch.zeros((n, v.shape[1]), dtype=v.dtype, device=v.device).index_add_(0, batch.sub_spot, part)
+                mean = torch.zeros((n, v.shape[1]), dtype=v.dtype, device=v.device).index_add_(
+                    0, batch.sub_spot, part
+                )
                 sq = torch.zeros_like(mean).index_add_(0, batch.sub_spot, part * part)
             else:
                 aw = (batch.sub_weight * batch.sub_area)[:, None]
-                num = torch.zeros((n, v.shape[1]), dtype=v.dtype, device=v.device).index_add_(0, batch.sub_spot, aw * v)
+                num = torch.zeros((n, v.shape[1]), dtype=v.dtype, device=v.device).index_add_(
+                    0, batch.sub_spot, aw * v
+                )
                 den = torch.zeros((n, 1), dtype=v.dtype, device=v.device).index_add_(0, batch.sub_spot, aw)
                 mean, sq = num / den.clamp_min(1e-8), None
             res.append((mean, sq))
@@ -259,7 +280,9 @@ class SoScopeModule(nn.Module):
         features = features or [None] * len(self.config.modalities)
         pick = lambda p, idx: p if idx is None else p[idx]  # noqa: E731
         dists = []
-        for mi, (spec, (mean, sq)) in enumerate(zip(self.config.modalities, self.spot_means(batch, values), strict=True)):
+        for mi, (spec, (mean, sq)) in enumerate(
+            zip(self.config.modalities, self.spot_means(batch, values), strict=True)
+        ):
             idx = features[mi]
             dists.append(
                 spot_likelihood(
@@ -278,7 +301,9 @@ class SoScopeModule(nn.Module):
         if max_features is None:
             return [None] * len(self.config.modalities)
         return [
-            None if m.n_features <= max_features else torch.randperm(m.n_features)[:max_features].sort().values
+            None
+            if m.n_features <= max_features
+            else torch.randperm(m.n_features)[:max_features].sort().values
             for m in self.config.modalities
         ]
 
@@ -321,7 +346,9 @@ class SoScopeModule(nn.Module):
             total = total + image_reg_weight * reg
         if self.config.profile_prior_sd is not None:
             # Gaussian prior on the spot deviations: the image explains what it can first
-            pen = sum(((d**2).sum(-1) * mask).sum() / n_used for d in self._last_delta) / (2 * self.config.profile_prior_sd**2)
+            pen = sum(((d**2).sum(-1) * mask).sum() / n_used for d in self._last_delta) / (
+                2 * self.config.profile_prior_sd**2
+            )
             total = total + pen
         out = {"loss": total, "reconstruction": recon.detach(), "kl": kl.detach(), "image_reg": reg.detach()}
         out.update({f"nll_{k}": v for k, v in per_modality.items()})
@@ -347,7 +374,11 @@ class SoScopeModule(nn.Module):
         kl = 0.5 * (mu**2 + torch.exp(logvar) - 1 - logvar).sum(-1)
         recon_loss = (err * mask).sum() / n_used
         kl_loss = (kl * mask).sum() / n_used
-        return {"loss": recon_loss + kl_weight * kl_loss, "reconstruction": recon_loss.detach(), "kl": kl_loss.detach()}
+        return {
+            "loss": recon_loss + kl_weight * kl_loss,
+            "reconstruction": recon_loss.detach(),
+            "kl": kl_loss.detach(),
+        }
 
     def image_regulariser(self, batch: SpotBatch, values: list[torch.Tensor]) -> torch.Tensor:
         """Neighbouring sub-spots with similar morphology should have similar (log-density) profiles.
@@ -364,7 +395,14 @@ class SoScopeModule(nn.Module):
 
     # ----------------------------------------------------------------- outputs
     @torch.no_grad()
-    def enhance(self, batch: SpotBatch, *, n_samples: int = 0, condition_on_observed: bool = True, remove_batch_bias: bool = True) -> list[dict[str, torch.Tensor]]:
+    def enhance(
+        self,
+        batch: SpotBatch,
+        *,
+        n_samples: int = 0,
+        condition_on_observed: bool = True,
+        remove_batch_bias: bool = True,
+    ) -> list[dict[str, torch.Tensor]]:
         """Enhanced sub-spot profiles per modality.
 
         Returns per modality a dict with ``"mean"`` (model mean at the posterior-mean latent) and
@@ -393,7 +431,9 @@ class SoScopeModule(nn.Module):
                 enhanced = v
             if remove_batch_bias:
                 # to the common scale: each batch's bias relative to the mean over batches (0 with one batch)
-                centred_bias = self.batch_bias[mi] - self.batch_bias[mi][: self.n_reference_batches].mean(0, keepdim=True)
+                centred_bias = self.batch_bias[mi] - self.batch_bias[mi][: self.n_reference_batches].mean(
+                    0, keepdim=True
+                )
                 factor = centred_bias[batch.batch][batch.sub_spot]
                 enhanced = enhanced * torch.exp(-factor) if spec.is_count else enhanced - factor
                 v = v * torch.exp(-factor) if spec.is_count else v - factor

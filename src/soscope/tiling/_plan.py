@@ -74,6 +74,7 @@ def plan_chunks(
     -------
     Chunks in a deterministic order (section, then tile row, then tile column); the cores partition
     all spots.
+
     """
     n = len(centres)
     if sections is None:

@@ -89,7 +89,9 @@ def train_module(
     history = history or History()
     module.to(device)
     image_params = [p for n, p in module.named_parameters() if n.startswith(("image_trunk", "image_heads"))]
-    other_params = [p for n, p in module.named_parameters() if not n.startswith(("image_trunk", "image_heads"))]
+    other_params = [
+        p for n, p in module.named_parameters() if not n.startswith(("image_trunk", "image_heads"))
+    ]
     groups = [{"params": other_params, "weight_decay": config.weight_decay}]
     if image_params:  # the image head is shared by all sub-spots: decay keeps it from fitting spot noise
         groups.append({"params": image_params, "weight_decay": config.image_weight_decay})
@@ -128,7 +130,12 @@ def train_module(
             kl_w = config.kl_weight * min(1.0, (step + 1) / warmup_steps)
             module.spot_deviation_on = step >= config.image_warmup_fraction * total_steps
             batch = batches[bi].to(device)
-            out = module.loss(batch, kl_weight=kl_w, image_reg_weight=config.image_reg_weight, max_features=config.max_features)
+            out = module.loss(
+                batch,
+                kl_weight=kl_w,
+                image_reg_weight=config.image_reg_weight,
+                max_features=config.max_features,
+            )
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
@@ -162,7 +169,12 @@ def train_module(
             on_epoch(epoch, train_loss)
         if ckpt is not None and ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs):
             _save_checkpoint(ckpt, module, opt, epoch, history)
-        if config.early_stopping and has_validation and epoch + 1 >= config.min_epochs and bad_epochs >= config.patience:
+        if (
+            config.early_stopping
+            and has_validation
+            and epoch + 1 >= config.min_epochs
+            and bad_epochs >= config.patience
+        ):
             history.stopped_early = True
             logger.info("early stopping at epoch %d (best %d)", epoch, history.best_epoch)
             break
@@ -176,11 +188,20 @@ def train_module(
 
 
 def _pretrain(
-    module: SoScopeModule, batches: Sequence[SpotBatch], config: TrainConfig, rng, history: History, progress: bool,
+    module: SoScopeModule,
+    batches: Sequence[SpotBatch],
+    config: TrainConfig,
+    rng,
+    history: History,
+    progress: bool,
     device: torch.device,
 ) -> None:
     """Step 1: fit the encoder as a graph autoencoder of the spots (its own optimizer and schedule)."""
-    params = [p for n, p in module.named_parameters() if n.startswith(("input_proj", "graph_", "to_latent", "spot_trunk", "batch_embed", "pretrain_head"))]
+    params = [
+        p
+        for n, p in module.named_parameters()
+        if n.startswith(("input_proj", "graph_", "to_latent", "spot_trunk", "batch_embed", "pretrain_head"))
+    ]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total = config.pretrain_epochs * len(batches)
     warm = max(1, int(config.kl_warmup_fraction * total))
@@ -192,7 +213,9 @@ def _pretrain(
         for bi in rng.permutation(len(batches)):
             for g in opt.param_groups:
                 g["lr"] = config.lr * _lr_factor(step, total)
-            out = module.pretrain_loss(batches[bi].to(device), kl_weight=config.kl_weight * min(1.0, (step + 1) / warm))
+            out = module.pretrain_loss(
+                batches[bi].to(device), kl_weight=config.kl_weight * min(1.0, (step + 1) / warm)
+            )
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -210,7 +233,15 @@ def _save_checkpoint(path: Path, module, opt, epoch: int, history: History) -> N
     """Write a checkpoint atomically (temporary file, then rename): an interrupted write leaves the old one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"module": module.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "history": history.as_dict()}, tmp)
+    torch.save(
+        {
+            "module": module.state_dict(),
+            "optimizer": opt.state_dict(),
+            "epoch": epoch,
+            "history": history.as_dict(),
+        },
+        tmp,
+    )
     os.replace(tmp, path)
 
 
@@ -226,7 +257,11 @@ class _progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._p = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
             transient=False,
         )
         self._p.start()
