@@ -1,6 +1,5 @@
 """soscope.enhance writes valid, linked sub-spot shapes and tables into the zarr store; bad input fails cleanly."""
 
-
 import numpy as np
 import pytest
 import spatialdata as sd

@@ -1,6 +1,5 @@
 """soscope.datasets.synthetic: valid elements, exact observation model, determinism, image alignment."""
 
-
 import numpy as np
 import pandas as pd
 import pytest

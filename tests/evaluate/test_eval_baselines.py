@@ -1,6 +1,5 @@
 """Baselines: conservation, constant fields, exact recovery of a linear image signal."""
 
-
 import geopandas as gpd
 import numpy as np
 import pandas as pd

@@ -1,6 +1,5 @@
 """Metrics with known answers."""
 
-
 import numpy as np
 import pandas as pd
 import pytest

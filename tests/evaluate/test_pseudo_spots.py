@@ -1,6 +1,5 @@
 """pseudo_spots on a small hand-made cell table: exact sums, checked independently."""
 
-
 import anndata as ad
 import geopandas as gpd
 import numpy as np

@@ -1,6 +1,5 @@
 """score / score_arrays on synthetic data with an oracle 'enhancement'."""
 
-
 import anndata as ad
 import numpy as np
 import pandas as pd
