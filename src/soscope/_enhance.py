@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
 from ._errors import SoscopeInputError
+
+#: arguments of :func:`enhance` that only shape training, with their defaults: given with a trained
+#: ``model=`` they would have no effect, so they are refused rather than silently dropped
+_TRAINING_ONLY = {"subspots": "auto", "likelihood": "auto", "epochs": None, "batch_size": None, "seed": 0}
 
 
 def enhance(
@@ -60,13 +65,17 @@ def enhance(
         Sections to use (regions, or values of ``obs[section_key]``); per-spot batch labels.
     model
         None (train on this data), a trained :class:`~soscope.SoScope`, or a path saved by
-        :meth:`~soscope.SoScope.save`.
+        :meth:`~soscope.SoScope.save`. A trained model brings its own sub-spot scheme, likelihoods and
+        settings: ``subspots``, ``likelihood``, ``epochs``, ``batch_size``, ``seed`` and ``**model_kwargs``
+        are refused with it (the error names them).
     key_added
         Suffix of the written elements.
     epochs
         Training epochs (default: automatic from the number of spots).
     batch_size
-        Not used yet beyond validation (reserved for the spots per training step).
+        Spots per training step (default 256): each optimizer step sees a chunk of this many neighbouring
+        spots plus their halo, so an epoch takes about ``spots / batch_size`` steps. See
+        :meth:`~soscope.SoScope.train`.
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     seed
@@ -92,8 +101,24 @@ def enhance(
     """
     from .model import SoScope
 
-    if batch_size is not None and batch_size < 1:
-        raise SoscopeInputError(f"batch_size must be a positive number of spots, got {batch_size}")
+    if model is not None:
+        given = dict(
+            subspots=subspots, likelihood=likelihood, epochs=epochs, batch_size=batch_size, seed=seed
+        )
+        ignored = [k for k, v in given.items() if v != _TRAINING_ONLY[k]] + list(model_kwargs)
+        if ignored:
+            raise SoscopeInputError(
+                f"{', '.join(f'`{k}=`' for k in ignored)} only apply when training, but model= is a trained "
+                "model that brings its own settings: leave them out, or pass model=None to train a new model "
+                "with them"
+            )
+    elif batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1
+    ):
+        # checked here too, as SoScope.train does, so that a typo fails before the set-up rather than after
+        raise SoscopeInputError(
+            f"batch_size must be a positive whole number of spots per training step, got {batch_size!r}"
+        )
     selection = dict(
         table=table,
         spots=spots,
@@ -109,7 +134,7 @@ def enhance(
             progress=progress, **selection, **model_kwargs,
         )  # fmt: skip
         _check_output_names_early(sdata, m.prepared, key_added, overwrite)
-        m.train(epochs=epochs)
+        m.train(epochs=epochs, **({} if batch_size is None else {"batch_size": int(batch_size)}))
         return m.enhance(
             key_added=key_added, n_samples=n_samples, overwrite=overwrite, inplace=inplace, client=client
         )
@@ -126,22 +151,19 @@ def enhance(
         overwrite=overwrite,
         inplace=inplace,
         client=client,
-        **{k: v for k, v in selection.items() if v is not None},
+        # the element choices for this data; batch_key names new batches, calibrated on this data
+        **{k: v for k, v in {**selection, "batch_key": batch_key}.items() if v is not None},
     )
 
 
 def _check_output_names_early(sdata, prepared, key_added: str, overwrite: bool) -> None:
     """Refuse colliding output names before training rather than after (the write checks them again)."""
-    from .io._validate import check_output_names, element_type
-    from .io._write import _local_store_path, _ls
-    from .model._output import output_names
+    from .io import check_writable
+    from .model import output_names
 
     shapes, tables = output_names(prepared, key_added)
-    types = {**dict.fromkeys(shapes.values(), "shapes"), **dict.fromkeys(tables.values(), "tables")}
-    root = _local_store_path(sdata)
-    on_disk = []
-    if root is not None:
-        for etype in ("images", "labels", "points", "shapes", "tables"):
-            names = [n for n in _ls(root / etype) if n in types and element_type(sdata, n) is None]
-            on_disk += [f"{etype}/{n}" for n in names]
-    check_output_names(sdata, types, overwrite, on_disk=on_disk)
+    check_writable(
+        sdata,
+        {**dict.fromkeys(shapes.values(), "shapes"), **dict.fromkeys(tables.values(), "tables")},
+        overwrite,
+    )

@@ -1,5 +1,6 @@
 """Reading soscope's inputs from a SpatialData and writing its results back (atomically on zarr stores)."""
 
+from soscope.io._blocks import BlockWriter, stream_block_rows
 from soscope.io._combine import combine
 from soscope.io._platforms import PLATFORM_DEFAULTS, Platform, PlatformDefaults, detect_platform
 from soscope.io._readers import read_dbit, read_soscope_layout
@@ -16,12 +17,21 @@ from soscope.io._validate import (
     check_values,
     is_integer_valued,
     is_soscope_output,
+    layer_names,
     zero_spots_mask,
     zero_variance_mask,
 )
-from soscope.io._write import write_results
+from soscope.io._write import (
+    check_writable,
+    create_dense_array,
+    local_store_path,
+    recover_store,
+    write_results,
+    write_shapes_parquet,
+)
 
 __all__ = [
+    "BlockWriter",
     "MODALITY_COLUMNS",
     "PLATFORM_DEFAULTS",
     "Platform",
@@ -30,7 +40,6 @@ __all__ = [
     "SOSCOPE_KEY",
     "Selection",
     "check_counts",
-    "combine",
     "check_element_name",
     "check_image",
     "check_image_coordinate_system",
@@ -38,14 +47,22 @@ __all__ = [
     "check_output_names",
     "check_spots_on_image",
     "check_values",
+    "check_writable",
+    "combine",
     "counts_matrix",
+    "create_dense_array",
     "detect_platform",
     "is_integer_valued",
     "is_soscope_output",
+    "layer_names",
+    "local_store_path",
     "read_dbit",
     "read_soscope_layout",
+    "recover_store",
     "select",
+    "stream_block_rows",
     "write_results",
+    "write_shapes_parquet",
     "zero_spots_mask",
     "zero_variance_mask",
 ]

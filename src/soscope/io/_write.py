@@ -13,25 +13,36 @@ How the store is updated (local stores)
 4. Any exception (or interrupt) during 1–3 undoes the renames in reverse order (and re-consolidates when
    step 3 had started), so the store is as before; the temporary folder is always removed.
 
+A hard kill (SIGKILL, power loss) cannot run step 4. For that, the temporary folder records its owner
+(``owner.json``: host and process id) and, before the first rename, the whole commit plan
+(``journal.json``, written atomically). :func:`recover_store` — run at the start of every soscope run on
+a store and by every write — finds the temporary folders of processes that are gone and undoes their
+commit from the plan, reading the state of each element from the filesystem (each rename is atomic, so
+every element is either before or after its rename), then removes the folder. Whatever the moment of
+the kill, the store is then as it was before the killed run. Without a journal (a kill before the
+commit started) the store was never touched and the folder is simply removed.
+
 Streaming (tables larger than memory): with ``fill=``, the tables are staged as skeletons (obs, var, uns,
 no ``X``) and ``fill(staged_store)`` then writes their ``X`` / layers into the staged store chunk by chunk
 (:func:`create_dense_array`) before step 2; results still become visible only at the commit. After the
 commit, the in-memory SpatialData gets these tables with ``X`` read lazily (Dask) from the store.
 
 The elements are put into the in-memory SpatialData before step 1 and taken out again (the previous ones
-put back) if the store update fails, so memory and store agree either way. Only a hard kill during the
-renames of step 2 (milliseconds) can leave a replaced soscope output under ``.soscope_tmp_*/replaced``.
+put back) if the store update fails, so memory and store agree either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import socket
+import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +56,15 @@ logger = logging.getLogger(__name__)
 TMP_PREFIX = ".soscope_tmp_"
 _STAGED = "staged.zarr"
 _ASIDE = "replaced"
+_TRASH = "trash"
+_OWNER = "owner.json"
+_JOURNAL = "journal.json"
+#: a temporary folder without an owner file younger than this may belong to a run that is just starting
+_OWNERLESS_GRACE_S = 60.0
+_ELEMENT_TYPES = ("images", "labels", "points", "shapes", "tables")
 
 
-def _local_store_path(sdata: Any) -> Path | None:
+def local_store_path(sdata: Any) -> Path | None:
     """Return the store as a local directory, or None when not backed / not local."""
     path = getattr(sdata, "path", None)
     if path is None:
@@ -97,7 +114,7 @@ def _is_consolidated(sdata: Any, root: Path) -> bool:
 
 
 def _consolidate(sdata: Any, root: Path) -> None:
-    if hasattr(sdata, "write_consolidated_metadata"):
+    if sdata is not None and hasattr(sdata, "write_consolidated_metadata"):
         sdata.write_consolidated_metadata()
         return
     import zarr
@@ -133,15 +150,127 @@ def _validate_elements(shapes: Mapping[str, Any], tables: Mapping[str, Any], sda
             )
 
 
-def _stale_tmp_warning(root: Path) -> None:
-    stale = [p.name for p in root.glob(f"{TMP_PREFIX}*")]
-    if stale:
-        logger.warning(
-            "The store %s holds leftover soscope temporary folders %s (an interrupted write); they are "
-            "ignored by readers and can be deleted.",
-            root,
-            stale,
-        )
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON so that readers see the old file or the whole new one, never a part."""
+    part = path.with_name(path.name + ".part")
+    with open(part, "w") as fh:
+        json.dump(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(part, path)
+
+
+def _owner_is_running(tmp: Path) -> bool:
+    """Tell whether the process that made the temporary folder ``tmp`` may still be using it."""
+    try:
+        owner = json.loads((tmp / _OWNER).read_text())
+    except (OSError, ValueError):
+        # no owner file yet: a run may be between creating the folder and writing it
+        try:
+            age = time.time() - tmp.stat().st_mtime
+        except OSError:
+            return False
+        return age < _OWNERLESS_GRACE_S
+    if owner.get("host") != socket.gethostname():
+        return True  # another machine's process (a shared filesystem): cannot tell, leave it alone
+    pid = int(owner.get("pid", -1))
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _rollback_plan(root: Path, tmp: Path, plan: Mapping[str, Any]) -> None:
+    """Undo a commit described by ``plan`` from whatever state a kill left it in.
+
+    Each element's commit is two atomic renames: the old element (if any) ``dst → aside``, then the new one
+    ``staged → dst``. So: the staged folder gone and ``dst`` present means the new element is in place
+    (move it to the trash); then an old element found aside goes back. Idempotent: a recovery that is
+    itself killed can run again.
+    """
+    trash = tmp / _TRASH
+    for op in reversed(plan["elements"]):
+        dst, staged, aside = root / op["dst"], tmp / op["staged"], tmp / op["aside"]
+        if not staged.exists() and dst.exists():
+            trash.mkdir(exist_ok=True)
+            os.replace(dst, trash / f"{len(list(trash.iterdir()))}")
+        if aside.exists() and not dst.exists():
+            os.replace(aside, dst)
+    for group in plan.get("created_groups", []):
+        folder = root / group
+        if folder.is_dir() and not any(p.is_dir() for p in folder.iterdir()):
+            shutil.rmtree(folder)
+
+
+def recover_store(store: Any) -> list[str]:
+    """Undo what killed soscope runs left in a local zarr store; return the temporary folders removed.
+
+    A temporary folder ``.soscope_tmp_*`` whose process is gone is removed; when it holds a commit plan (the
+    run was killed while moving its results into place), the store is first put back as it was before
+    that run (see the module's notes). Folders of runs still going are left alone. Called at the start of
+    every soscope run on a backed SpatialData and by every write; safe to call at any time.
+
+    Parameters
+    ----------
+    store
+        A SpatialData (its backing store, if local) or the path of a local zarr store.
+
+    Returns
+    -------
+    The names of the temporary folders that were cleaned up.
+
+    """
+    root = store if isinstance(store, (str, os.PathLike)) else local_store_path(store)
+    if root is None:
+        return []
+    root = Path(root)
+    cleaned = []
+    for tmp in sorted(root.glob(f"{TMP_PREFIX}*")):
+        if not tmp.is_dir() or _owner_is_running(tmp):
+            continue
+        journal = tmp / _JOURNAL
+        if journal.is_file():
+            plan = json.loads(journal.read_text())
+            _rollback_plan(root, tmp, plan)
+            if plan.get("consolidated"):
+                _consolidate(None, root)
+            logger.warning(
+                "Undid the interrupted write of %s into %s: the store is as it was before that run.",
+                [op["dst"] for op in plan["elements"]],
+                root,
+            )
+        shutil.rmtree(tmp)
+        cleaned.append(tmp.name)
+    if cleaned:
+        logger.info("Removed %d temporary folder(s) of interrupted soscope runs from %s.", len(cleaned), root)
+    return cleaned
+
+
+def element_paths_on_disk(root: Path) -> list[str]:
+    """``"<type>/<name>"`` of every element folder in a local store (hidden folders excluded)."""
+    return [f"{t}/{n}" for t in _ELEMENT_TYPES for n in _ls(root / t)]
+
+
+def check_writable(sdata: Any, types: Mapping[str, str], overwrite: bool) -> None:
+    """Refuse output names held by elements soscope did not write, in memory or (only) on disk.
+
+    ``types`` maps each output name to ``"shapes"`` or ``"tables"``. Called before training (so a
+    collision fails fast) and again by :func:`write_results`.
+    """
+    root = local_store_path(sdata)
+    on_disk: list[str] = []
+    if root is not None:
+        on_disk = [
+            p
+            for p in element_paths_on_disk(root)
+            if p.split("/", 1)[1] in types and element_type(sdata, p.split("/", 1)[1]) is None
+        ]
+    check_output_names(sdata, types, overwrite, on_disk=on_disk)
 
 
 def write_results(
@@ -205,14 +334,8 @@ def write_results(
         return
     types = {**dict.fromkeys([*shapes, *staged_shapes], "shapes"), **dict.fromkeys(tables, "tables")}
 
-    root = _local_store_path(sdata)
-    on_disk: list[str] = []
-    if root is not None:
-        on_disk = [
-            f"{t}/{n}" for t in ("images", "labels", "points", "shapes", "tables") for n in _ls(root / t)
-        ]
-        on_disk = [p for p in on_disk if element_type(sdata, p.split("/", 1)[1]) is None]
-    check_output_names(sdata, types, overwrite, on_disk=[p for p in on_disk if p.split("/", 1)[1] in types])
+    root = local_store_path(sdata)
+    check_writable(sdata, types, overwrite)
     _validate_elements({**shapes, **staged_shapes}, tables, sdata)
     if fill is not None and root is None:
         raise SoscopeInputError("streaming results to disk needs a SpatialData backed by a local zarr store")
@@ -306,7 +429,19 @@ def _stage(sdata_tmp: Any, staged: Path, formats: Any) -> None:
     kwargs: dict[str, Any] = {"consolidate_metadata": False}
     if formats is not None:
         kwargs["sdata_formats"] = formats
-    sdata_tmp.write(staged, **kwargs)
+    with quiet_zarr_writes():
+        sdata_tmp.write(staged, **kwargs)
+
+
+@contextlib.contextmanager
+def quiet_zarr_writes() -> Iterator[None]:
+    """Silence zarr 3's "autosharding will be the default" UserWarning, given on every array written.
+
+    It concerns zarr's future defaults, not the user's data, and would repeat once per array of each write.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*autosharding.*", category=UserWarning)
+        yield
 
 
 def _write_atomic(
@@ -316,9 +451,10 @@ def _write_atomic(
     tables: Mapping[str, Any],
     fill: Callable[[Path], None] | None = None,
 ) -> None:
-    _stale_tmp_warning(root)
+    recover_store(root)
     tmp = root / f"{TMP_PREFIX}{uuid.uuid4().hex}"
     tmp.mkdir()
+    _write_json_atomic(tmp / _OWNER, {"host": socket.gethostname(), "pid": os.getpid()})
     staged = tmp / _STAGED
     aside = tmp / _ASIDE
     consolidated = _is_consolidated(sdata, root)
@@ -330,6 +466,21 @@ def _write_atomic(
         if fill is not None:
             fill(staged)
         items = [("shapes", n) for n in shapes] + [("tables", n) for n in tables]
+        # the whole plan on disk before the first rename: a hard kill from here on is undone by
+        # recover_store (the in-process rollback below handles exceptions and interrupts)
+        plan = {
+            "consolidated": consolidated,
+            "created_groups": sorted({etype for etype, _ in items if not (root / etype).exists()}),
+            "elements": [
+                {
+                    "dst": f"{etype}/{name}",
+                    "staged": f"{_STAGED}/{etype}/{name}",
+                    "aside": f"{_ASIDE}/{etype}/{name}",
+                }
+                for etype, name in items
+            ],
+        }
+        _write_json_atomic(tmp / _JOURNAL, plan)
         for etype, name in items:
             group = root / etype
             if not group.exists():
@@ -350,6 +501,8 @@ def _write_atomic(
         if consolidated:
             consolidating = True
             _consolidate(sdata, root)
+        # committed: without its journal the folder is only litter, whatever happens to it next
+        (tmp / _JOURNAL).unlink()
     except BaseException:
         _rollback(undo)
         if consolidating:
@@ -378,13 +531,14 @@ def create_dense_array(
     parent, _, name = key.rpartition("/")
     if parent:
         group = group[parent]
-    arr = group.create_array(
-        name,
-        shape=shape,
-        chunks=(max(1, min(block_rows, shape[0])), max(1, shape[1])),
-        dtype=dtype,
-        fill_value=0,
-    )
+    with quiet_zarr_writes():
+        arr = group.create_array(
+            name,
+            shape=shape,
+            chunks=(max(1, min(block_rows, shape[0])), max(1, shape[1])),
+            dtype=dtype,
+            fill_value=0,
+        )
     arr.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
     return arr
 
@@ -494,4 +648,5 @@ def _write_remote(sdata: Any, shapes: Mapping[str, Any], tables: Mapping[str, An
     for name in [*shapes, *tables]:
         if name in on_disk:
             sdata.delete_element_from_disk(name)
-        sdata.write_element(name)
+        with quiet_zarr_writes():
+            sdata.write_element(name)

@@ -28,6 +28,7 @@ from ..io import (
     check_values,
     counts_matrix,
     detect_platform,
+    recover_store,
     select,
     zero_spots_mask,
     zero_variance_mask,
@@ -116,6 +117,9 @@ def prepare(
     ``for_training=False`` (data a trained model only enhances) leaves out the sub-spot graph, which only
     the training loss uses.
     """
+    # a run killed earlier may have left its staging (or a half-done commit) in the store: undo it first,
+    # so this run starts from the store as the user had it
+    recover_store(sdata)
     sel = select(
         sdata,
         table=table,
@@ -195,8 +199,8 @@ def prepare(
         without = [name for name in sel.spots if sel.image_of(name) is None]
         if without:
             raise SoscopeInputError(
-                f"spots {without} have no image while the others do: pass `image=` a dict spots → image for every "
-                "spots element, or `image=False` to run without images"
+                f"spots {without} have no image while the others do: pass `image=` a dict spots → image for "
+                "every spots element, or `image=False` to run without images"
             )
         parts = []
         for name in sel.spots:
@@ -212,7 +216,8 @@ def prepare(
     if batch_key is not None:
         if batch_key not in adata.obs:
             raise SoscopeInputError(
-                f"batch_key={batch_key!r} is not a column of table {sel.table!r}.obs; columns: {list(adata.obs.columns)}"
+                f"batch_key={batch_key!r} is not a column of table {sel.table!r}.obs; "
+                f"columns: {list(adata.obs.columns)}"
             )
         batches = adata.obs[batch_key].astype(str).to_numpy()[sel.spot_rows]
     else:
@@ -239,7 +244,13 @@ def prepare(
     )
     scheme = schemes.pop()
     release_free_memory()  # the temporaries of sub-spots and image features: GBs on a whole slide
-    logger.info("platform: %s (%s); sub-spots: %s; likelihood: %s", platform.name, platform.evidence, scheme, likelihoods)  # fmt: skip
+    logger.info(
+        "platform: %s (%s); sub-spots: %s; likelihood: %s",
+        platform.name,
+        platform.evidence,
+        scheme,
+        likelihoods,
+    )
     return Prepared(data, sel, layouts, scheme, likelihoods, dict(sel.modalities), extractor, platform.name)
 
 
