@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
+from soscope._constants import SoscopeKeys
 from soscope._errors import SoscopeInputError
 from soscope.io._validate import (
     _fmt_list,
@@ -21,14 +22,16 @@ from soscope.io._validate import (
     check_not_empty,
     check_spots_on_image,
     check_table_annotates_shapes,
+    check_unique_var_names,
     coordinate_systems_of,
     is_soscope_output,
+    layer_names,
 )
 
 logger = logging.getLogger(__name__)
 
 #: ``uns`` flag of tables holding reference truth (synthetic data, pseudo-spots): skipped when auto-picking.
-TRUTH_KEY = "soscope_truth"
+TRUTH_KEY = SoscopeKeys.TRUTH
 
 #: var columns looked at (in this order) to split a table into modalities when ``modality_key`` is not given.
 MODALITY_COLUMNS = ("feature_types", "modality", "feature_type")
@@ -63,7 +66,12 @@ class Selection:
         Spots element → its image element (None: no image). Sections imaged separately (``image_A`` under
         ``spots_A``, ``image_B`` under ``spots_B``) each get their own.
     coordinate_system
-        The coordinate system in which spots and image are related.
+        The coordinate system in which spots and image are related; when the sections have coordinate
+        systems of their own (``coordinate_systems``), the first section's.
+    coordinate_systems
+        Spots element → the coordinate system it is used in. Sections read separately and joined with
+        ``sd.concatenate`` each keep the coordinate system their reader named after the sample: each is then
+        placed, graphed and imaged in its own (see :meth:`coordinate_system_of`).
     layer
         The table layer holding the counts, or None for ``X``.
     spot_rows
@@ -107,6 +115,11 @@ class Selection:
     modalities: dict[str, np.ndarray] = field(default_factory=dict)
     var_names: tuple[str, ...] = ()
     images: dict[str, str | None] = field(default_factory=dict)
+    coordinate_systems: dict[str, str] = field(default_factory=dict)
+
+    def coordinate_system_of(self, name: str) -> str:
+        """Return the coordinate system in which spots element ``name`` (and its image) are used."""
+        return self.coordinate_systems.get(name, self.coordinate_system)
 
     @property
     def has_image(self) -> bool:
@@ -114,7 +127,7 @@ class Selection:
         return any(v is not None for v in self.images.values()) or self.image is not None
 
     def image_of(self, name: str) -> str | None:
-        """The image element under spots element ``name`` (None without an image)."""
+        """Return the image element under spots element ``name`` (None without an image)."""
         return self.images.get(name, self.image)
 
     @property
@@ -315,7 +328,7 @@ def _images_by_cover(
 
 
 def _named_alike(spots: str, images: Sequence[str]) -> list[str]:
-    """The images whose names share the longest common suffix with ``spots`` (``spots_A`` → ``image_A``)."""
+    """Return the images sharing the longest name suffix with ``spots`` (``spots_A`` → ``image_A``)."""
 
     def suffix(a: str, b: str) -> int:
         n = 0
@@ -342,23 +355,27 @@ def _pick_images_per_spots(
         missing = [s for s in spots if s not in image]
         if missing:
             raise SoscopeInputError(
-                f"`image=` gives no image for spots {_fmt_list(missing)}: give every spots element its image, "
-                "or `image=False` to run without images."
+                f"`image=` gives no image for spots {_fmt_list(missing)}: give every spots element its "
+                "image (None for a section without one), or `image=False` to run without images."
             )
-        absent = [v for v in image.values() if v not in sdata.images]
+        absent = [v for v in image.values() if v is not None and v not in sdata.images]
         if absent:
             raise SoscopeInputError(
                 f"No image {_fmt_list(absent)} in the SpatialData; images present: {_fmt_list(sdata.images)}."
             )
         css = None
         for s in spots:
-            common = check_image_coordinate_system(sdata, image[s], [s])
+            common = (
+                coordinate_systems_of(sdata.shapes[s])
+                if image[s] is None
+                else check_image_coordinate_system(sdata, image[s], [s])
+            )
             css = [c for c in (common if css is None else css) if c in common]
         if coordinate_system is not None:
             if coordinate_system not in (css or []):
                 raise SoscopeInputError(
-                    f"coordinate_system='{coordinate_system}' is not shared by the spots and their images: pass "
-                    f"one of {_fmt_list(css or [])}."
+                    f"coordinate_system='{coordinate_system}' is not shared by the spots and their images: "
+                    f"pass one of {_fmt_list(css or [])}."
                 )
             css = [coordinate_system]
         if not css:
@@ -366,7 +383,7 @@ def _pick_images_per_spots(
                 "The spots and their images share no coordinate system: register them with "
                 "`sd.transformations.set_transformation`, or pass `image=False`."
             )
-        images = {s: str(image[s]) for s in spots}
+        images = {s: None if image[s] is None else str(image[s]) for s in spots}
         cs = "global" if "global" in css else css[0]
     else:
         spot_cs = {s: coordinate_systems_of(sdata.shapes[s]) for s in spots}
@@ -380,6 +397,55 @@ def _pick_images_per_spots(
         logger.info("One image per spots element: %s", images)
     distinct = set(images.values())
     return cs, (distinct.pop() if len(distinct) == 1 else None), images
+
+
+def _shared_coordinate_systems(sdata: Any, spots: Sequence[str]) -> list[str]:
+    """Return the coordinate systems that every one of the spots elements is in."""
+    spot_cs = [coordinate_systems_of(sdata.shapes[s]) for s in spots]
+    return [c for c in spot_cs[0] if all(c in v for v in spot_cs[1:])]
+
+
+def _pick_section(
+    sdata: Any, name: str, image: str | Mapping[str, str] | None | Literal[False]
+) -> tuple[str, str | None]:
+    """Coordinate system and image of one spots element resolved alone (a section with its own frame)."""
+    if isinstance(image, str):
+        raise SoscopeInputError(
+            f"`image={image!r}` names one image, but the spots elements are in coordinate systems of their "
+            "own (separate sections): pass `image=` a dict spots → image, or `image=False`."
+        )
+    if isinstance(image, Mapping):
+        if name not in image:
+            raise SoscopeInputError(
+                f"`image=` gives no image for spots '{name}': give every spots element its image (a dict "
+                "spots → image), or `image=False` to run without images."
+            )
+        image = False if image[name] is None else image[name]  # None in the dict: this section has none
+    cs, img = _pick_coordinate_system(sdata, [name], image, None, allow_per_spots=True)
+    if img == _PER_SPOTS:
+        cs, img, _ = _pick_images_per_spots(sdata, [name], None, None)
+    return cs, img
+
+
+def _sections_by_coordinate_system(
+    sdata: Any, wanted: list[str], labels: np.ndarray, used: Sequence[str], spot_element: np.ndarray
+) -> list[str]:
+    """Let ``sections=`` name coordinate systems too: one names the sections of the spots elements in it.
+
+    A value that is already a section label (a region or an ``obs[section_key]`` value) keeps its meaning.
+    """
+    present = set(labels.tolist())
+    out: list[str] = []
+    for w in wanted:
+        if w in present:
+            out.append(w)
+            continue
+        in_cs = [i for i, s in enumerate(used) if w in coordinate_systems_of(sdata.shapes[s])]
+        if not in_cs:
+            out.append(w)  # unknown: reported by the caller with the list of sections
+            continue
+        out.extend(dict.fromkeys(labels[np.isin(spot_element, in_cs)].tolist()))
+    return list(dict.fromkeys(out))
 
 
 def _pick_modalities(adata: Any, modality_key: str | None) -> tuple[str | None, dict[str, np.ndarray]]:
@@ -434,15 +500,18 @@ def select(
     image
         The image element; None picks the only image in the spots' coordinate system (if any) or, with several
         spots elements and several images, the image that covers each spots element (sections imaged
-        separately); a dict gives the image of each spots element; False uses no image.
+        separately); a dict gives the image of each spots element (None: a section without an image among
+        imaged ones); False uses no image.
     layer
         The table layer holding the counts; None for ``X``.
     coordinate_system
         The coordinate system relating spots and image; default the one they share. Without an image,
         when the spots have several, ``"global"`` (else the first in sorted order) is used: it then only
-        labels the frame.
+        labels the frame. When the spots elements share none (sections read separately and joined with
+        ``sd.concatenate``), each section is used in its own coordinate system, with its own image.
     sections
-        Restrict to these sections (region names, or values of ``obs[section_key]``).
+        Restrict to these sections: region names (spots elements), values of ``obs[section_key]``, or
+        coordinate systems (each naming the sections of the spots elements in it).
     section_key
         An ``obs`` column whose values define sections; default: one section per shapes element.
     modality_key
@@ -494,9 +563,10 @@ def select(
         chosen = [r for r in regions if not is_soscope_output(sdata, r)] or regions
 
     check_not_empty(adata, tname, layer)
+    check_unique_var_names(adata, tname)
     if layer is not None and layer not in adata.layers:
         raise SoscopeInputError(
-            f"Table '{tname}' has no layer '{layer}'; layers: {_fmt_list(adata.layers.keys())}. Pass one of "
+            f"Table '{tname}' has no layer '{layer}'; layers: {_fmt_list(layer_names(adata))}. Pass one of "
             "them as `layer=`, or `layer=None` for X."
         )
 
@@ -555,6 +625,7 @@ def select(
         labels = np.array(used, dtype=object)[spot_element]
     if sections is not None:
         wanted = [sections] if isinstance(sections, str) else [str(x) for x in sections]
+        wanted = _sections_by_coordinate_system(sdata, wanted, labels, used, spot_element)
         available = list(dict.fromkeys(labels.tolist()))
         unknown = [w for w in wanted if w not in available]
         if unknown:
@@ -574,18 +645,30 @@ def select(
         used = [used[i] for i in present]
     check_min_spots(len(spot_rows))
 
-    if isinstance(image, Mapping):
+    if coordinate_system is None and len(used) > 1 and not _shared_coordinate_systems(sdata, used):
+        # sections in coordinate systems of their own (sd.concatenate of per-sample reads): each spots
+        # element is resolved alone, with its own coordinate system and image
+        css, images = {}, {}
+        for name in used:
+            css[name], images[name] = _pick_section(sdata, name, image)
+        cs = css[used[0]]
+        distinct = set(images.values())
+        img = distinct.pop() if len(distinct) == 1 else None
+        logger.info("Sections in coordinate systems of their own: %s; images: %s", css, images)
+    elif isinstance(image, Mapping):
         cs, img, images = _pick_images_per_spots(sdata, used, image, coordinate_system)
     else:
         cs, img = _pick_coordinate_system(sdata, used, image, coordinate_system, allow_per_spots=True)
         images = {s: img for s in used}
         if img == _PER_SPOTS:
             cs, img, images = _pick_images_per_spots(sdata, used, None, coordinate_system)
+    if coordinate_system is not None or len(used) == 1 or _shared_coordinate_systems(sdata, used):
+        css = dict.fromkeys(used, cs)
     for name in dict.fromkeys(v for v in images.values() if v is not None):
         check_image(sdata.images[name], name)
     for pos, name in enumerate(used):  # spots placed off their image: mismatched transformations
         if images.get(name) is not None:
-            check_spots_on_image(sdata, images[name], name, cs, rows=shape_rows[spot_element == pos])
+            check_spots_on_image(sdata, images[name], name, css[name], rows=shape_rows[spot_element == pos])
     mkey, modalities = _pick_modalities(adata, modality_key)
 
     return Selection(
@@ -596,6 +679,7 @@ def select(
         image=img,
         images=images,
         coordinate_system=cs,
+        coordinate_systems=css,
         layer=layer,
         spot_rows=_readonly(spot_rows),
         spot_element=_readonly(spot_element),

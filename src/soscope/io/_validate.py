@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from soscope._constants import SoscopeKeys
 from soscope._errors import SoscopeInputError
 
 logger = logging.getLogger(__name__)
 
 #: Key of the marker soscope puts on what it writes (``adata.uns[SOSCOPE_KEY]``, ``gdf.attrs[SOSCOPE_KEY]``).
-SOSCOPE_KEY = "soscope"
+SOSCOPE_KEY = SoscopeKeys.UNS
 #: Likelihoods that need non-negative integer values.
 COUNT_LIKELIHOODS = frozenset({"nb", "zinb", "poisson", "negative_binomial"})
 #: Likelihoods that need values in {0, 1}.
@@ -61,6 +62,15 @@ def _as_matrix(x: Any) -> Any:
             f"Expected a 2-D spots × features matrix, got shape {getattr(x, 'shape', None)}."
         )
     return x
+
+
+def layer_names(adata: Any) -> list[str]:
+    """Return the names of the table's layers, without X.
+
+    From anndata 0.13 on, X is also ``adata.layers[None]``: ``adata.layers.keys()`` then yields ``None``
+    (which breaks ``", ".join``) and ``len(adata.layers)`` counts X. Older anndata yields only named layers.
+    """
+    return [str(k) for k in adata.layers.keys() if k is not None]
 
 
 def element_type(sdata: Any, name: str) -> str | None:
@@ -172,8 +182,39 @@ def check_not_empty(adata: Any, table_name: str, layer: str | None = None) -> No
     if layer is None and adata.X is None:
         raise SoscopeInputError(
             f"Table '{table_name}' has no X matrix: pass `layer=` naming the counts "
-            f"(layers: {_fmt_list(adata.layers.keys())})."
+            f"(layers: {_fmt_list(layer_names(adata))})."
         )
+
+
+def check_unique_var_names(adata: Any, table_name: str) -> None:
+    """Raise when the table has duplicated feature names (``var_names``).
+
+    AnnData accepts them (with a warning), but soscope writes one output column per feature and indexes
+    features by name: duplicates otherwise crash deep inside anndata while the outputs are assembled.
+
+    Parameters
+    ----------
+    adata
+        The table of spot profiles.
+    table_name
+        Its name in the SpatialData, for the message.
+
+    Raises
+    ------
+    SoscopeInputError
+        Naming how many names are duplicated, a few of them, and ``var_names_make_unique()``.
+
+    """
+    names = adata.var_names
+    if names.is_unique:
+        return
+    dup = names[names.duplicated()].unique()
+    raise SoscopeInputError(
+        f"Table '{table_name}' has {len(dup)} duplicated feature names in var_names (e.g. "
+        f"{_fmt_list(dup[:_MAX_LISTED])}); soscope needs one name per feature. Make them unique with "
+        f"`sdata['{table_name}'].var_names_make_unique()` (appends '-1', '-2', ...), or drop or aggregate "
+        "the duplicated features."
+    )
 
 
 def check_instance_ids(

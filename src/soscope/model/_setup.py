@@ -174,10 +174,10 @@ def prepare(
                     f"subspots={subspots!r}: name the shapes element of cells, one of {cells_elements}"
                 )
             cells = sdata.shapes[cells_name]
-            _check_same_transform(sdata, name, cells_name, sel.coordinate_system)
+            _check_same_transform(sdata, name, cells_name, sel.coordinate_system_of(name))
         layout = make_subspots(gdf, scheme, cells=cells)
         layouts[name] = layout
-        affine = affine_xy(sdata.shapes[name], sel.coordinate_system)
+        affine = affine_xy(sdata.shapes[name], sel.coordinate_system_of(name))
         cs_layouts.append(_to_cs(layout, affine, polygons=for_training))  # training: for the sub-spot graph
         c = spot_centres(gdf) @ affine[:2, :2].T + affine[:2, 2]
         centres.append(c)
@@ -198,18 +198,33 @@ def prepare(
 
         without = [name for name in sel.spots if sel.image_of(name) is None]
         if without:
-            raise SoscopeInputError(
-                f"spots {without} have no image while the others do: pass `image=` a dict spots → image for "
-                "every spots element, or `image=False` to run without images"
+            # a section without an image among imaged ones: its sub-spots get no image evidence (missing
+            # features stand at the mean, so the image says nothing about how its spots split)
+            logger.warning(
+                "spots %s have no image while the others do: their sub-spots are split without image "
+                "evidence. Pass `image=` a dict spots → image to give them one.",
+                without,
             )
         parts = []
         for name in sel.spots:
+            if sel.image_of(name) is None:
+                parts.append(None)
+                continue
             feats = subspot_image_features(
-                sdata, sel.image_of(name), layouts[name], name, coordinate_system=sel.coordinate_system,
-                extractor=image_features, progress=progress,
-            )  # fmt: skip
+                sdata,
+                sel.image_of(name),
+                layouts[name],
+                name,
+                coordinate_system=sel.coordinate_system_of(name),
+                extractor=image_features,
+                progress=progress,
+            )
             parts.append(np.asarray(feats.values, dtype=np.float32))
             img_names = list(feats.names)
+        parts = [
+            np.full((layouts[name].n_subspots, len(img_names)), np.nan, np.float32) if part is None else part
+            for name, part in zip(sel.spots, parts, strict=True)
+        ]
         img_values = np.vstack(parts)
         extractor = image_features if isinstance(image_features, str) else repr(image_features)
 
