@@ -2,10 +2,13 @@
 #
 #   make install     .venv + torch (CPU build, pinned) + soscope with its test extras
 #   make test        install, then the test suite
+#   make lint        install, then ruff check and ruff format --check (CI runs it after the tests)
 #   make demo        install, then `soscope demo --out out/` (real example shipped in the package)
 #   make benchmarks  install, then every benchmarks/*.py script
 #   make docs        install the docs extras, then build docs/_build/html (warnings are errors)
 #   make tutorials   install, then re-execute tutorials/*.py into the docs' notebooks (docs/tutorials/*.ipynb)
+#   make test-latest the test suite in .venv-latest: the newest Python found (3.13, else 3.12) with the
+#                    newest torch, spatialdata, anndata, zarr, dask and pandas, nothing pinned
 
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -17,7 +20,7 @@ PYTEST_ARGS ?=
 DEMO_OUT ?= out/
 DEMO_ARGS ?=
 
-.PHONY: install test demo benchmarks docs tutorials clean
+.PHONY: install test lint demo benchmarks docs tutorials clean install-latest test-latest
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +40,10 @@ install: $(VENV)/.installed
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+lint: install
+	$(BIN)/ruff check src tests benchmarks tutorials docs
+	$(BIN)/ruff format --check src tests benchmarks tutorials docs
+
 demo: install
 	$(BIN)/soscope demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
@@ -53,6 +60,33 @@ docs: $(VENV)/.installed-docs
 
 tutorials: $(VENV)/.installed-docs
 	$(BIN)/python docs/render_tutorials.py
+
+# ---- newest stack (spatialdata >= 0.8 needs Python >= 3.12) ------------------------------------------
+LATEST_VENV ?= .venv-latest
+LATEST_BIN := $(LATEST_VENV)/bin
+# The newest CPython that actually runs: on PATH first, then pyenv's installs (a pyenv shim for a
+# version that is installed but not selected exits non-zero, hence the `-c pass` probe).
+LATEST_PYTHON ?= $(shell for v in 3.13 3.12; do \
+	for p in python$$v $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$v*/bin/python$$v; do \
+		"$$p" -c pass >/dev/null 2>&1 && { echo "$$p"; exit 0; }; \
+	done; done)
+
+$(LATEST_BIN)/python:
+	@test -n "$(LATEST_PYTHON)" || { echo "no python3.13 or python3.12 found: pass LATEST_PYTHON=/path/to/python3.12"; exit 1; }
+	$(LATEST_PYTHON) -m venv $(LATEST_VENV)
+
+# No pins: eager upgrades so a reinstall (pyproject.toml changed) also moves to the newest releases.
+# From PyPI torch is the CUDA build on Linux (no CPU wheel there): large, but it runs on CPU.
+$(LATEST_VENV)/.installed: pyproject.toml | $(LATEST_BIN)/python
+	$(LATEST_BIN)/python -m pip install --upgrade --upgrade-strategy eager torch -e ".[test]"
+	@touch $@
+
+install-latest: $(LATEST_VENV)/.installed
+
+test-latest: install-latest
+	@$(LATEST_BIN)/python -c "import sys, importlib.metadata as m; print('python', sys.version.split()[0]); \
+		[print(p, m.version(p)) for p in ('torch', 'spatialdata', 'anndata', 'zarr', 'dask', 'pandas', 'numpy')]"
+	$(LATEST_BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf docs/_build .pytest_cache

@@ -223,7 +223,7 @@ def stage_run(args) -> dict:
     from soscope._transforms import affine_xy
     from soscope.geometry import subspot_size
     from soscope.model import _core
-    from soscope.model._dask import STREAM_MIN_BYTES, enhance_and_write, output_bytes
+    from soscope.model._apply import enhance_and_write, will_stream
     from soscope.model._setup import _to_cs, concat_layouts
     from soscope.tiling import plan_chunks
 
@@ -236,7 +236,7 @@ def stage_run(args) -> dict:
     res["setup_peak_gb"] = peak_rss_gb()
     data = prepared.data
     res["subspots"] = int(data.layout.n_subspots)
-    res["streamed"] = bool(output_bytes(data, 0) >= STREAM_MIN_BYTES)
+    res["streamed"] = bool(will_stream(sdata, data, 0))
     t0 = time.perf_counter()
     enhance_and_write(
         sdata, prepared, model.module, model.normaliser, uns=model._uns(), key_added="soscope",
@@ -257,7 +257,7 @@ def stage_run(args) -> dict:
     del sdata, prepared, layouts
     module, norm = model.module, model.normaliser
     chunks = plan_chunks(
-        data.centres, data.edge_index, sections=data.sections, chunk_spots=_core.TRAIN_CHUNK_SPOTS,
+        data.centres, data.edge_index, sections=data.sections, chunk_spots=soscope.settings.train_chunk_spots,
         n_hops=_core.receptive_hops(module.config),
     )  # fmt: skip
     held_out = np.random.default_rng(0).random(data.n_spots) < 0.1

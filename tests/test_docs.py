@@ -6,7 +6,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -75,11 +74,8 @@ def test_docs_build_without_warnings(tmp_path):
     out = tmp_path / "html"
     cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
            "-d", str(tmp_path / "doctrees"), str(DOCS), str(out)]  # fmt: skip
-    t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=2 * BUILD_BUDGET_S)
-    elapsed = time.perf_counter() - t0
     assert proc.returncode == 0, f"sphinx-build failed:\n{proc.stderr[-6000:]}"
-    assert elapsed < BUILD_BUDGET_S, f"the docs build took {elapsed:.0f} s"
     api = (out / "api.html").read_text()
     assert "soscope.enhance" in api and "key_added" in api  # rendered from the docstrings
     for path in TUTORIALS:

@@ -15,6 +15,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from . import datasets, evaluate, io, pl
     from ._enhance import enhance
+    from ._settings import settings
     from .model import SoScope
 
 __all__ = [
@@ -29,9 +30,14 @@ __all__ = [
     "evaluate",
     "io",
     "pl",
+    "settings",
 ]
 
-_LAZY = {"enhance": ("._enhance", "enhance"), "SoScope": (".model", "SoScope")}
+_LAZY = {
+    "enhance": ("._enhance", "enhance"),
+    "SoScope": (".model", "SoScope"),
+    "settings": ("._settings", "settings"),
+}
 _SUBMODULES = {
     "datasets",
     "evaluate",

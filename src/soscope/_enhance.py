@@ -73,9 +73,9 @@ def enhance(
     epochs
         Training epochs (default: automatic from the number of spots).
     batch_size
-        Spots per training step (default 256): each optimizer step sees a chunk of this many neighbouring
-        spots plus their halo, so an epoch takes about ``spots / batch_size`` steps. See
-        :meth:`~soscope.SoScope.train`.
+        Spots per training step (default ``soscope.settings.train_chunk_spots``, 256): each optimizer step
+        sees a chunk of this many neighbouring spots plus their halo, so an epoch takes about
+        ``spots / batch_size`` steps. See :meth:`~soscope.SoScope.train`.
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     seed
@@ -87,7 +87,8 @@ def enhance(
     overwrite
         Replace existing elements with the output names that soscope did not write.
     n_samples
-        When > 0, add ``layers["std"]`` from this many posterior samples.
+        When > 0, add ``layers["std"]``, ``layers["q10"]`` and ``layers["q90"]``: the posterior
+        predictive spread and 10 % / 90 % quantiles of each sub-spot's counts, from this many draws.
     client
         A ``dask.distributed`` client to run inference on (default: the active one, if any, else local
         threads; see :doc:`/scale`).

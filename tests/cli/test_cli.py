@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -89,19 +88,25 @@ def test_help(command, expected):
         assert word in proc.stdout, f"{word!r} missing from `soscope {' '.join(command)} --help`"
 
 
-def test_script_help_is_fast_and_imports_nothing_heavy():
-    """The installed script answers `--help` at once: no heavy import at module level."""
-    cmd = [script(), "--help"]
-    subprocess.run(cmd, capture_output=True, check=True)  # warm the file cache
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t0
+def test_script_help_imports_nothing_heavy():
+    """`soscope --help` answers without importing the heavy stack (what would make it slow).
+
+    Checked by the modules loaded rather than by a clock: a timed test fails on a busy machine.
+    """
+    proc = subprocess.run([script(), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "demo" in proc.stdout
-    assert elapsed < 1.5, f"`soscope --help` took {elapsed:.2f} s"
     heavy = ("spatialdata", "torch", "matplotlib", "anndata", "dask", "geopandas")
-    probe = f"import sys, soscope.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]", f"`import soscope.cli` imports heavy modules: {out}"
+    probe = (
+        "import sys\n"
+        "from soscope.cli import main\n"
+        "sys.argv = ['soscope', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "demo" in out.stdout
+    loaded = out.stderr.strip().splitlines()[-1]
+    assert loaded == "[]", f"`soscope --help` imports heavy modules: {out.stderr}"
 
 
 def test_version():
@@ -138,6 +143,10 @@ def test_info_reports_the_choice(stores):
     )
     for text in expected:
         assert text in out, out
+    # named layers only: from anndata 0.13 on, X is also layers[None] and must not be listed (or crash)
+    truth_line = next(ln for ln in out.splitlines() if "table  truth:" in ln)
+    listed = truth_line.split("; layers: ")[1].split(" [")[0].split(", ")
+    assert sorted(listed) == ["footprint", "mean"], truth_line
 
 
 def test_ambiguous_store_fails_with_the_candidates_and_the_option(stores, tmp_path):
@@ -255,3 +264,34 @@ def test_demo_writes_store_and_figure(tmp_path):
     assert "pixels_soscope" in sdata.shapes
     # one enhanced table per modality: proteins and RNA
     assert {"table_soscope_antibody_capture", "table_soscope_gene_expression"} <= set(sdata.tables)
+
+
+# --------------------------------------------------------------------------------------------- --batch-size
+def test_train_batch_size_sets_the_steps_then_a_model_refuses_it(stores, store_a, tmp_path):
+    """`train --batch-size N` trains with N spots per step; `enhance --model` refuses training options."""
+    import math
+
+    import soscope
+
+    model = tmp_path / "model"
+    proc = run("train", stores["a"], "-o", model, "--table", "table", "--epochs", EPOCHS,
+               "--batch-size", "50", "--device", "cpu", "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    trained = soscope.SoScope.load(model, device="cpu", progress=False)
+    assert trained.train_config.batch_size == 50
+    assert trained.history.steps[0] >= math.ceil(200 / 50), "200 spots: one step would mean 256 per step"
+
+    error = _one_line_error(run("enhance", store_a, "--model", model, "--batch-size", "50", "--no-progress"))
+    assert "`--batch-size`" in error and "only apply when training" in error
+
+
+def test_enhance_batch_size(store_a):
+    proc = run("enhance", store_a, "--table", "table", "--epochs", EPOCHS, "--batch-size", "50",
+               "--device", "cpu", "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    import numpy as np
+    import spatialdata as sd
+
+    info = sd.read_zarr(store_a).tables["table_soscope"].uns["soscope"]
+    assert int(info["train"]["batch_size"]) == 50
+    assert int(np.asarray(info["history"]["steps"])[0]) >= 4

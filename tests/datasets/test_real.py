@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -37,11 +36,9 @@ def ex():
     return example()
 
 
-def test_example_loads_fast_with_both_modalities(ex):
-    """example() is fast and holds 1,618 pixels with proteins and RNA."""
-    t0 = time.perf_counter()
+def test_example_holds_both_modalities(ex):
+    """example() holds 1,618 pixels with proteins and RNA."""
     sdata = example()
-    assert time.perf_counter() - t0 < 2.0
     table = sdata["table"]
     TableModel().validate(table)
     assert table.shape == (1618, 293)

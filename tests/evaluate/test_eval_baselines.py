@@ -96,3 +96,31 @@ def test_bad_shapes_raise(hexes):
         even_split(np.ones((3, 2)), lay)
     with pytest.raises(SoscopeInputError):
         image_regression(np.ones((len(gdf), 2)), np.ones((5, 2)), lay)
+
+
+def _footprint_sums(pred, lay):
+    back = np.zeros((lay.n_spots, pred.shape[1]))
+    np.add.at(back, lay.spot_index, pred * lay.footprint_weight[:, None])
+    return back
+
+
+def test_closed_form_splits_conserve_counts_and_follow_their_evidence(hexes):
+    from soscope.evaluate import image_ridge_split, interpolation_split
+
+    gdf, xy, lay = hexes
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(lay.n_subspots, 3))
+    dens = np.column_stack([5 + z @ [1.0, -0.5, 0.2], 3 + 0.8 * z[:, 2]])
+    counts = np.zeros((len(gdf), 2))
+    np.add.at(counts, lay.spot_index, dens * (lay.area * lay.footprint_weight)[:, None])
+    for pred in (interpolation_split(counts, xy, lay), image_ridge_split(counts, z, lay)):
+        assert pred.shape == (lay.n_subspots, 2) and (pred >= 0).all()
+        np.testing.assert_allclose(_footprint_sums(pred, lay), counts, rtol=1e-4)
+    # the image carries the sub-spot densities: its split recovers them, the even split cannot
+    ridge = image_ridge_split(counts, z, lay) / lay.area[:, None]
+    even = even_split(counts, lay) / lay.area[:, None]
+    assert np.abs(ridge - dens).mean() < 0.2 * np.abs(even - dens).mean()
+    # a constant density: the interpolation split is the even split
+    fa = np.bincount(lay.spot_index, weights=lay.area * lay.footprint_weight)
+    flat = fa[:, None] * np.array([[2.0]])
+    np.testing.assert_allclose(interpolation_split(flat, xy, lay), even_split(flat, lay), rtol=1e-5)

@@ -304,19 +304,17 @@ def test_sparse_counts_are_never_densified_whole(monkeypatch):
 
     Chunks and blocks are made small (24–32 spots of 200) so that densifying the whole matrix anywhere fails.
     """
-    from soscope.model import _core, _data
+    from soscope.model import _data
 
     s = _sdata(image=True, n_spots=200)
     t = s.tables["table"]
     assert sp.issparse(t.X)
     n = t.n_obs
-    monkeypatch.setattr(_core, "TRAIN_CHUNK_SPOTS", 24)
-    monkeypatch.setattr(_core, "INFER_CHUNK_SPOTS", 24)  # read at call time by the inference
-    if "chunk_spots" in (_core.predict.__kwdefaults__ or {}):  # and bound as predict's default
-        monkeypatch.setitem(_core.predict.__kwdefaults__, "chunk_spots", 24)
     monkeypatch.setattr(_data, "_MOMENT_ROWS", 32)
     seen = _guard_densify(monkeypatch, n)
-    soscope.enhance(s, table="table", **FAST)
+    # training steps (batch_size) and inference tasks (the setting) of 24 spots
+    with soscope.settings.override(infer_chunk_spots=24):
+        soscope.enhance(s, table="table", batch_size=24, **FAST)
     assert seen and max(seen) < n  # blocks were densified, never the whole matrix
     assert s.tables["table_soscope"].n_obs == 7 * n
 
@@ -580,3 +578,39 @@ def test_output_name_of_another_element_type():
         table="table",
         overwrite=True,
     )
+
+
+# -------------------------------------------------------------------------------------- duplicate features
+def test_duplicate_feature_names_refused_store_unchanged(tmp_path):
+    """Duplicated var_names (anndata only warns) are refused before anything is written, naming the fix."""
+    from io_helpers import tree_digest
+
+    s = _sdata()
+    names = [str(v) for v in s.tables["table"].var_names]
+    names[3], names[5], names[7] = names[1], names[1], names[2]  # gene_1 three times, gene_2 twice
+    s.tables["table"].var_names = names
+    path = tmp_path / "dup.zarr"
+    s.write(path)  # the user's store, as written with the duplicates
+    sdata = sd.read_zarr(path)
+    before = tree_digest(path)
+    msg = _raises(
+        sdata,
+        r"Table 'table' has 2 duplicated feature names",
+        r"'gene_1', 'gene_2'",
+        r"var_names_make_unique\(\)",
+    )
+    assert "gene_0" not in msg  # only the duplicated names are listed
+    assert tree_digest(path) == before, "a refused run must leave the store byte-identical"
+    assert not any(k.endswith("_soscope") for k in [*sdata.shapes, *sdata.tables])
+
+    sdata.tables["table"].var_names_make_unique()  # the fix the message names
+    soscope.enhance(sdata, **FAST)
+    assert list(sdata.tables["table_soscope"].var_names) == list(sdata.tables["table"].var_names)
+
+
+def test_missing_layer_lists_only_named_layers():
+    """The message lists the named layers: from anndata 0.13 on, X is also ``layers[None]``."""
+    s = _sdata()
+    s.tables["table"].layers["counts"] = s.tables["table"].X.copy()
+    msg = _raises(s, r"has no layer 'raw'; layers: \['counts'\]", r"`layer=`", layer="raw")
+    assert "'None'" not in msg  # X is not a layer to choose

@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,13 @@ import torch
 import zarr
 
 import soscope
-import soscope.model._dask as dk
+from soscope._constants import SoscopeFiles
 from soscope._errors import SoscopeInputError
-from soscope.io._write import TMP_PREFIX, create_dense_array
+from soscope.io import BlockWriter, create_dense_array, recover_store
+from soscope.model._apply import enhance_and_write
+from soscope.model._predict import predict
+
+TMP_PREFIX = SoscopeFiles.TMP_PREFIX
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the store helpers (not a package)
 from store_helpers import tree_digest  # noqa: E402
@@ -51,22 +54,25 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _enhance(model, store: Path, *, stream: bool, monkeypatch, n_samples: int = 2):
+#: small blocks, chunks and row groups, so the streaming path writes many of each
+SMALL_PIECES = dict(
+    stream_block_bytes=24 * 4 * 300,  # ~300 rows per zarr block
+    infer_chunk_spots=40,
+    shapes_rows_per_group=256,
+)
+
+
+def _enhance(model, store: Path, *, stream: bool, n_samples: int = 2):
     """Enhance the store; ``stream`` forces the streaming path (tiny blocks) or the in-memory path."""
-    monkeypatch.setattr(dk, "STREAM_MIN_BYTES", 0 if stream else 1 << 62)
-    monkeypatch.setattr(dk, "STREAM_BLOCK_BYTES", 24 * 4 * 300)  # ~300 rows per block: many blocks
-    monkeypatch.setattr(soscope.model._core, "INFER_CHUNK_SPOTS", 40)
-    monkeypatch.setattr(soscope.io._write, "SHAPES_ROWS_PER_GROUP", 256)  # several row groups
     backed = sd.read_zarr(store)
-    model.enhance(backed, n_samples=n_samples)
+    with soscope.settings.override(stream_min_bytes=0 if stream else 1 << 62, **SMALL_PIECES):
+        model.enhance(backed, n_samples=n_samples)
     return backed
 
 
-def test_streamed_store_reads_back_identical_to_in_memory(model, sample_store, tmp_path, monkeypatch):
-    mem = _enhance(model, _copy(sample_store, tmp_path / "mem.zarr"), stream=False, monkeypatch=monkeypatch)
-    streamed = _enhance(
-        model, _copy(sample_store, tmp_path / "str.zarr"), stream=True, monkeypatch=monkeypatch
-    )
+def test_streamed_store_reads_back_identical_to_in_memory(model, sample_store, tmp_path):
+    mem = _enhance(model, _copy(sample_store, tmp_path / "mem.zarr"), stream=False)
+    streamed = _enhance(model, _copy(sample_store, tmp_path / "str.zarr"), stream=True)
     # the streamed table holds a lazy X in memory, the in-memory one a numpy X; both equal
     assert not isinstance(streamed.tables["table_soscope"].X, np.ndarray)
     assert isinstance(mem.tables["table_soscope"].X, np.ndarray)
@@ -99,27 +105,25 @@ def test_streamed_store_reads_back_identical_to_in_memory(model, sample_store, t
     assert not list((tmp_path / "str.zarr").glob(f"{TMP_PREFIX}*")), "the staging folder must be removed"
 
 
-def test_shapes_beyond_the_memory_limit_are_written_but_not_loaded(
-    model, sample_store, tmp_path, monkeypatch, caplog
-):
-    """Past MAX_SHAPES_IN_MEMORY polygons, the shapes go to the store only (written from vertex arrays, a
-    row group at a time): the store equals the in-memory path's, the in-memory SpatialData holds the
-    tables but not the shapes, an earlier run's shapes left in memory are dropped, and a warning says how
-    to read them.
+def test_shapes_beyond_the_memory_limit_are_written_but_not_loaded(model, sample_store, tmp_path, caplog):
+    """Past ``settings.max_shapes_in_memory`` polygons, the shapes go to the store only.
+
+    They are written from vertex arrays, a row group at a time: the store equals the in-memory path's, the
+    in-memory SpatialData holds the tables but not the shapes, an earlier run's shapes left in memory are
+    dropped, and a warning says how to read them.
     """
     import logging
 
-    mem = _enhance(model, _copy(sample_store, tmp_path / "mem.zarr"), stream=False, monkeypatch=monkeypatch)
+    mem = _enhance(model, _copy(sample_store, tmp_path / "mem.zarr"), stream=False)
     assert "spots_soscope" in mem.shapes
-    monkeypatch.setattr(dk, "MAX_SHAPES_IN_MEMORY", 10)
-    monkeypatch.setattr(dk, "STREAM_MIN_BYTES", 0)
-    with caplog.at_level(logging.WARNING, logger="soscope"):
-        model.enhance(mem)  # the same object again: its in-memory shapes are now stale
-    assert "spots_soscope" not in mem.shapes and "table_soscope" in mem.tables
-    assert any("not loaded into this SpatialData" in r.getMessage() for r in caplog.records)
     disk = _copy(sample_store, tmp_path / "disk.zarr")
     backed = sd.read_zarr(disk)
-    model.enhance(backed)
+    with soscope.settings.override(max_shapes_in_memory=10, stream_min_bytes=0):
+        with caplog.at_level(logging.WARNING, logger="soscope"):
+            model.enhance(mem)  # the same object again: its in-memory shapes are now stale
+        assert "spots_soscope" not in mem.shapes and "table_soscope" in mem.tables
+        assert any("not loaded into this SpatialData" in r.getMessage() for r in caplog.records)
+        model.enhance(backed)
     assert "spots_soscope" not in backed.shapes
     a, b = sd.read_zarr(tmp_path / "mem.zarr"), sd.read_zarr(disk)
     sa, sb = a.shapes["spots_soscope"], b.shapes["spots_soscope"]
@@ -131,12 +135,10 @@ def test_shapes_beyond_the_memory_limit_are_written_but_not_loaded(
     )
 
 
-def test_streamed_results_equal_untiled_prediction(model, sample_store, tmp_path, monkeypatch):
+def test_streamed_results_equal_untiled_prediction(model, sample_store, tmp_path):
     """The streamed X holds, row for row, the untiled network output (no row lost or misplaced)."""
-    streamed = _enhance(model, _copy(sample_store, tmp_path / "s.zarr"), stream=True, monkeypatch=monkeypatch)
-    full = soscope.model._core.predict(
-        model.module, model.prepared.data, model.normaliser, device="cpu", chunk_spots=10**9
-    )
+    streamed = _enhance(model, _copy(sample_store, tmp_path / "s.zarr"), stream=True)
+    full = predict(model.module, model.prepared.data, model.normaliser, device="cpu", chunk_spots=10**9)
     back = sd.read_zarr(tmp_path / "s.zarr").tables["table_soscope"]
     np.testing.assert_allclose(np.asarray(back.X), full[0]["enhanced"], rtol=1e-4, atol=1e-5)
     assert np.asarray(streamed.tables["table_soscope"].X).shape == full[0]["enhanced"].shape
@@ -146,7 +148,7 @@ def test_failure_while_streaming_rolls_back(model, sample_store, tmp_path, monke
     store = _copy(sample_store, tmp_path / "s.zarr")
     before = tree_digest(store)
     calls = {"n": 0}
-    original = dk.BlockWriter.__call__
+    original = BlockWriter.__call__
 
     def failing(self, rows, res):
         calls["n"] += 1
@@ -154,11 +156,12 @@ def test_failure_while_streaming_rolls_back(model, sample_store, tmp_path, monke
             raise RuntimeError("disk full")
         return original(self, rows, res)
 
-    monkeypatch.setattr(dk.BlockWriter, "__call__", failing)
+    monkeypatch.setattr(BlockWriter, "__call__", failing)
     backed = sd.read_zarr(store)
-    with pytest.raises(RuntimeError, match="disk full"):
-        monkeypatch.setattr(dk, "STREAM_MIN_BYTES", 0)
-        monkeypatch.setattr(soscope.model._core, "INFER_CHUNK_SPOTS", 40)
+    with (
+        pytest.raises(RuntimeError, match="disk full"),
+        soscope.settings.override(stream_min_bytes=0, infer_chunk_spots=40),
+    ):
         model.enhance(backed)
     assert tree_digest(store) == before
     assert "table_soscope" not in backed.tables and "spots_soscope" not in backed.shapes
@@ -167,7 +170,7 @@ def test_failure_while_streaming_rolls_back(model, sample_store, tmp_path, monke
 def test_stream_without_store_is_refused(model):
     mem = sd.SpatialData(shapes=dict(model.sdata.shapes), tables=dict(model.sdata.tables))
     with pytest.raises(SoscopeInputError, match="local zarr store"):
-        dk.enhance_and_write(
+        enhance_and_write(
             mem,
             model.prepared,
             model.module,
@@ -191,9 +194,7 @@ def test_block_writer_any_row_order(tmp_path, budget):
     }
     rng = np.random.default_rng(0)
     truth = rng.random((n, f)).astype(np.float32) + 0.5
-    writer = dk.BlockWriter(
-        arrays, lambda res: {"x": res[0]["x"], "s": -res[0]["x"]}, max_buffer_bytes=budget
-    )
+    writer = BlockWriter(arrays, lambda res: {"x": res[0]["x"], "s": -res[0]["x"]}, max_buffer_bytes=budget)
     for part in np.array_split(rng.permutation(n), 37):
         writer(part, [{"x": truth[part]}])
     writer.close()
@@ -206,46 +207,48 @@ def test_block_writer_any_row_order(tmp_path, budget):
 def test_block_writer_detects_missing_rows(tmp_path):
     zarr.open_group(str(tmp_path / "t"), mode="w")
     arr = create_dense_array(tmp_path / "t", "X", (100, 2), block_rows=16)
-    writer = dk.BlockWriter({"x": arr}, lambda res: {"x": res})
+    writer = BlockWriter({"x": arr}, lambda res: {"x": res})
     writer(np.arange(90), np.ones((90, 2), np.float32))
     with pytest.raises(RuntimeError, match="90 of 100 rows"):
         writer.close()
 
 
 KILL_SCRIPT = """
-import sys, time, spatialdata as sd, soscope, torch
-import soscope.model._dask as dk
+import sys, spatialdata as sd, soscope, torch
+from soscope.io import BlockWriter
 torch.set_num_threads(1)
-dk.STREAM_MIN_BYTES = 0
-dk.STREAM_BLOCK_BYTES = 24 * 4 * 300
-soscope.model._core.INFER_CHUNK_SPOTS = 30
-original = dk.BlockWriter.__call__
-def slow(self, rows, res):
+soscope.settings.stream_min_bytes = 0
+soscope.settings.stream_block_bytes = 24 * 4 * 300
+soscope.settings.infer_chunk_spots = 30
+original = BlockWriter.__call__
+def paused(self, rows, res):
     original(self, rows, res)
     if self.rows_written > 0:
         print("streaming", flush=True)
-        time.sleep(120)
-dk.BlockWriter.__call__ = slow
+        sys.stdin.readline()  # the parent kills this process here
+BlockWriter.__call__ = paused
 sdata = sd.read_zarr(sys.argv[1])
 soscope.enhance(sdata, table="table", epochs=1, progress=False, n_hidden=16, n_latent=4, device="cpu")
 """
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_sigkill_while_streaming_leaves_store_readable(sample_store, tmp_path):
     store = _copy(sample_store, tmp_path / "s.zarr")
     before = tree_digest(store)
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, str(store)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", KILL_SCRIPT, str(store)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
-        assert proc.stdout.readline().strip() == "streaming"  # a block of X is on disk in the staging folder
-        time.sleep(0.5)
-        assert proc.poll() is None, "the run ended before it could be killed"
+        # the child prints once a block of X is on disk in the staging folder, then waits for us
+        assert proc.stdout.readline().strip() == "streaming"
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
     staged = list(store.glob(f"{TMP_PREFIX}*/staged.zarr/tables/table_soscope/X"))
     assert staged, "the kill must happen while X is being written into the staging folder"
     after = {k: v for k, v in tree_digest(store).items() if not k.startswith(TMP_PREFIX)}
@@ -253,3 +256,5 @@ def test_sigkill_while_streaming_leaves_store_readable(sample_store, tmp_path):
     back = sd.read_zarr(store)
     assert "table_soscope" not in back.tables and "spots_soscope" not in back.shapes
     assert set(back.tables) == {"table", "truth"}
+    recover_store(store)  # what the next run does first: the staging folder is gone
+    assert tree_digest(store) == before

@@ -192,7 +192,9 @@ def test_same_seed_same_result(hex_sdata):
 
 
 def test_batches_rebuilt_when_used_train_like_cached_ones(hex_sdata, monkeypatch):
-    """With no memory for built batches (a whole slide), each minibatch is rebuilt from its chunk at every
+    """Rebuilding each minibatch at every step (no memory for built ones) trains bit-identically.
+
+    With no memory for built batches (a whole slide), each minibatch is rebuilt from its chunk at every
     step: training is bit-identical to keeping them all (small data).
     """
     import soscope.model._core as core
@@ -201,11 +203,12 @@ def test_batches_rebuilt_when_used_train_like_cached_ones(hex_sdata, monkeypatch
     calls = []
     real_make_batch = core.make_batch
     monkeypatch.setattr(core, "make_batch", lambda *a, **k: calls.append(1) or real_make_batch(*a, **k))
-    monkeypatch.setattr(core, "BATCH_CACHE_BYTES", 0)
-    rebuilt = train_model(hex_sdata, seed=5)
+    with soscope.settings.override(batch_cache_bytes=0):
+        rebuilt = train_model(hex_sdata, seed=5)
+    data = rebuilt.prepared.data
     n_chunks = len(core.plan_chunks(
-        rebuilt.prepared.data.centres, rebuilt.prepared.data.edge_index, sections=rebuilt.prepared.data.sections,
-        chunk_spots=core.TRAIN_CHUNK_SPOTS, n_hops=core.receptive_hops(rebuilt.module.config),
+        data.centres, data.edge_index, sections=data.sections,
+        chunk_spots=rebuilt.train_config.batch_size, n_hops=core.receptive_hops(rebuilt.module.config),
     ))  # fmt: skip
     assert len(calls) == n_chunks * len(rebuilt.history.epoch), "one build per step: nothing kept"
     assert rebuilt.history.train_loss == cached.history.train_loss
@@ -225,3 +228,146 @@ def test_round_trip_two_modalities(grid_sdata, tmp_path):
     for name in ("table_ref_gene_expression", "table_ref_peaks"):
         assert np.array_equal(np.asarray(out.tables[name].X), np.asarray(ref.tables[name].X))
         assert out.tables[name].uns["soscope"]["likelihood"] == {"Gene Expression": "nb", "Peaks": "poisson"}
+
+
+# ------------------------------------------------------------------------------------ construction path
+def test_load_rebuilds_through_the_constructor(loaded, hex_model, monkeypatch, saved):
+    """The loaded model has the trained model's constructor arguments, platform and training settings."""
+    assert loaded.settings == hex_model.settings
+    assert loaded.platform == hex_model.platform and loaded.platform != "unknown"
+    assert loaded.train_config == hex_model.train_config
+    assert loaded.history.as_dict() == hex_model.history.as_dict()
+    calls = []
+    real_init = soscope.SoScope.__init__
+    monkeypatch.setattr(
+        soscope.SoScope, "__init__", lambda self, *a, **k: calls.append(k) or real_init(self, *a, **k)
+    )
+    soscope.SoScope.load(saved, device="cpu", progress=False)
+    assert len(calls) == 1 and calls[0]["n_latent"] == hex_model.settings["n_latent"]
+
+
+def test_platform_written_after_load(loaded, hex_model, hex_sdata):
+    out = loaded.enhance(hex_sdata, key_added=KEY, inplace=False)
+    assert out.tables[f"table_{KEY}"].uns["soscope"]["platform"] == hex_model.platform
+
+
+def test_format_1_files_still_load(hex_model, tmp_path, reference, hex_sdata):
+    """A file written before the constructor arguments and the platform were saved loads as before."""
+    hex_model.save(tmp_path)
+    payload = torch.load(tmp_path / MODEL_FILE, weights_only=True)
+    payload["format"] = "soscope-model/1"
+    payload["settings"] = payload.pop("init_params")
+    for key in ("platform", "image_extractor_state", "train_config", "is_trained"):
+        del payload[key]
+    torch.save(payload, tmp_path / MODEL_FILE)
+    old = soscope.SoScope.load(tmp_path, device="cpu", progress=False)
+    assert old.platform == "unknown" and old.is_trained
+    assert np.array_equal(_x(old.enhance(hex_sdata, key_added=KEY, inplace=False)), reference)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"subspots": "hex7"},
+        {"likelihood": "nb"},
+        {"epochs": 3},
+        {"batch_size": 64},
+        {"seed": 1},
+        {"n_latent": 4},
+    ],
+)
+def test_enhance_with_a_model_refuses_training_arguments(saved, extra):
+    """Training-only arguments have no effect on a trained model: refused, by name, not silently dropped."""
+    (name,) = extra
+    with pytest.raises(soscope.SoscopeInputError, match=f"`{name}=`.*only apply when training"):
+        soscope.enhance(make_sdata(), model=saved, device="cpu", progress=False, **extra)
+
+
+def test_enhance_with_a_model_names_every_ignored_argument(hex_model):
+    with pytest.raises(soscope.SoscopeInputError) as err:
+        soscope.enhance(make_sdata(), model=hex_model, epochs=2, use_graph=False, progress=False)
+    assert "`epochs=`" in str(err.value) and "`use_graph=`" in str(err.value)
+
+
+# ------------------------------------------------------------------------------------ custom extractors
+class TinyNet(torch.nn.Module):
+    """A small image extractor, ``(B, C, H, W) -> (B, 4)``, importable from this test module."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, kernel_size=3)
+
+    def forward(self, x):  # noqa: D102
+        return self.conv(x).mean(dim=(2, 3))
+
+
+def _mean_colour(patches: np.ndarray) -> np.ndarray:
+    """Return the mean colour of each patch, ``(B, H, W, C) -> (B, C)`` (a callable extractor)."""
+    return patches.mean(axis=(1, 2))
+
+
+@pytest.fixture(scope="module")
+def torch_extractor_model(hex_sdata):
+    torch.manual_seed(11)
+    return train_model(hex_sdata, epochs=2, image_features=TinyNet())
+
+
+@pytest.fixture(scope="module")
+def torch_extractor_saved(torch_extractor_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("torch_extractor")
+    torch_extractor_model.save(path)
+    return path
+
+
+def _enhanced(model, sdata) -> np.ndarray:
+    return _x(model.enhance(sdata, key_added=KEY, inplace=False))
+
+
+def test_torch_extractor_needs_trust_to_be_rebuilt(torch_extractor_saved):
+    with pytest.raises(soscope.SoscopeInputError, match="trusted_modules") as err:
+        soscope.SoScope.load(torch_extractor_saved, device="cpu", progress=False)
+    assert f"{TinyNet.__module__}:TinyNet" in str(err.value) and "image_features=" in str(err.value)
+
+
+def test_torch_extractor_rebuilt_from_a_trusted_module(
+    torch_extractor_saved, torch_extractor_model, hex_sdata
+):
+    m = soscope.SoScope.load(torch_extractor_saved, device="cpu", progress=False, trusted_modules=[__name__])
+    assert isinstance(m._image_extractor, TinyNet)
+    assert m.settings["image_features"] == f"torch:{TinyNet.__module__}:TinyNet"
+    original = torch_extractor_model._image_extractor
+    assert torch.equal(m._image_extractor.conv.weight, original.conv.weight), "the saved weights"
+    assert np.array_equal(_enhanced(m, hex_sdata), _enhanced(torch_extractor_model, hex_sdata))
+
+
+@pytest.mark.parametrize("given", ["instance", "class"])
+def test_torch_extractor_given_at_load_gets_the_saved_weights(
+    torch_extractor_saved, torch_extractor_model, hex_sdata, given
+):
+    fresh = TinyNet()
+    before = fresh.conv.weight.detach().clone()
+    m = soscope.SoScope.load(
+        torch_extractor_saved,
+        device="cpu",
+        progress=False,
+        image_features=fresh if given == "instance" else TinyNet,
+    )
+    assert torch.equal(fresh.conv.weight, before), "the caller's module is left as it was"
+    assert torch.equal(m._image_extractor.conv.weight, torch_extractor_model._image_extractor.conv.weight)
+    assert np.array_equal(_enhanced(m, hex_sdata), _enhanced(torch_extractor_model, hex_sdata))
+
+
+def test_callable_extractor_is_asked_for_at_load(hex_sdata, tmp_path):
+    model = train_model(hex_sdata, epochs=2, image_features=_mean_colour)
+    with pytest.warns(UserWarning, match="image_features="):
+        model.save(tmp_path)
+    torch.load(tmp_path / MODEL_FILE, weights_only=True)  # still a safe file
+    with pytest.raises(soscope.SoscopeInputError, match="_mean_colour.*image_features=fn"):
+        soscope.SoScope.load(tmp_path, device="cpu", progress=False)
+    m = soscope.SoScope.load(tmp_path, device="cpu", progress=False, image_features=_mean_colour)
+    assert np.array_equal(_enhanced(m, hex_sdata), _enhanced(model, hex_sdata))
+
+
+def test_named_extractor_cannot_be_replaced_at_load(saved):
+    with pytest.raises(soscope.SoscopeInputError, match="image_features='morphology'"):
+        soscope.SoScope.load(saved, device="cpu", progress=False, image_features=_mean_colour)

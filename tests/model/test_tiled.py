@@ -7,7 +7,8 @@ import pytest
 import torch
 from model_helpers import train_model
 
-from soscope.model._core import predict, receptive_hops
+from soscope.model._core import receptive_hops
+from soscope.model._predict import collect, predict, run_inference
 from soscope.tiling import plan_chunks
 
 SMALL = 40
@@ -59,17 +60,15 @@ def test_tiled_equals_untiled_grid_no_image(grid_model):
     _check_tiled_equals_untiled(grid_model)
 
 
-def test_halo_too_shallow_would_differ(hex_model, monkeypatch):
+def test_halo_too_shallow_would_differ(hex_model):
     """Sanity of the test itself: with no halo the border spots do change."""
-    import soscope.model._core as core
-
     data = hex_model.prepared.data
     full = predict(
         hex_model.module, data, hex_model.normaliser, device=torch.device("cpu"), chunk_spots=10**9
     )
-    monkeypatch.setattr(core, "receptive_hops", lambda config: 0)
-    cut = core.predict(
-        hex_model.module, data, hex_model.normaliser, device=torch.device("cpu"), chunk_spots=SMALL
+    cut, sink = collect(data.layout.n_subspots, hex_model.module.config, 0)
+    run_inference(
+        hex_model.module, data, hex_model.normaliser, sink, device="cpu", chunk_spots=SMALL, n_hops=0
     )
     assert not np.allclose(cut[0]["mean"], full[0]["mean"], rtol=1e-4, atol=1e-5)
 
@@ -121,16 +120,53 @@ def test_tiled_equals_untiled_on_several_threads(fixture, request, monkeypatch):
     """Chunk tasks spread over 3 threads of Dask's threaded scheduler: same results, borders included."""
     import threading
 
-    import soscope.model._dask as dk
+    import soscope.model._predict as pr
 
     threads = set()
-    run_chunk = dk.run_chunk
+    run_chunk = pr.run_chunk
 
     def spy(*args, **kwargs):
         threads.add(threading.get_ident())
         return run_chunk(*args, **kwargs)
 
-    monkeypatch.setattr(dk, "local_workers", lambda device, n: min(3, n))
-    monkeypatch.setattr(dk, "run_chunk", spy)
+    monkeypatch.setattr(pr, "local_workers", lambda device, n: min(3, n))
+    monkeypatch.setattr(pr, "run_chunk", spy)
     _check_tiled_equals_untiled(request.getfixturevalue(fixture))
     assert len(threads) >= 2, "chunks must run as tasks on several threads"
+
+
+def test_chunk_spots_argument_and_setting_give_the_same_results(hex_model, hex_sdata):
+    """``SoScope.enhance(chunk_spots=...)`` and ``settings.infer_chunk_spots`` cut the same chunks.
+
+    The results do not depend on the chunk size (the halo covers the receptive field).
+    """
+    import soscope
+
+    def x(**kw):
+        return np.asarray(
+            hex_model.enhance(hex_sdata, key_added="chunks", inplace=False, **kw).tables["table_chunks"].X
+        )
+
+    default = x()
+    by_argument = x(chunk_spots=SMALL)
+    with soscope.settings.override(infer_chunk_spots=SMALL):
+        by_setting = x()
+    np.testing.assert_array_equal(by_argument, by_setting)
+    np.testing.assert_allclose(by_argument, default, rtol=1e-4, atol=1e-5)
+    with pytest.raises(soscope.SoscopeInputError, match="chunk_spots"):
+        x(chunk_spots=0)
+
+
+def test_serial_backend_equals_threads(hex_model):
+    """``parallel_backend="serial"`` runs the same chunk tasks in the calling thread: identical results."""
+    import soscope
+
+    data = hex_model.prepared.data
+    kw = dict(device="cpu", chunk_spots=SMALL, n_samples=2)
+    threads = predict(hex_model.module, data, hex_model.normaliser, **kw)
+    with soscope.settings.override(parallel_backend="serial"):
+        serial = predict(hex_model.module, data, hex_model.normaliser, **kw)
+    for a, b in zip(threads, serial, strict=True):
+        assert set(a) == set(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)

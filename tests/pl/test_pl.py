@@ -8,8 +8,6 @@ the model.
 
 from __future__ import annotations
 
-import time
-
 import anndata as ad
 import geopandas as gpd
 import numpy as np
@@ -250,14 +248,12 @@ def test_enhanced_on_synthetic_with_truth(tmp_path):
     assert w > 600 and h > 400
 
 
-def test_enhanced_is_fast_for_30k_subspots(tmp_path):
-    """31k sub-spots (x2 with the truth) render in seconds."""
+@pytest.mark.timeout(300)  # a hang guard, not a speed test (timings belong to benchmarks)
+def test_enhanced_renders_30k_subspots(tmp_path):
+    """31k sub-spots (x2 with the truth) render into one figure."""
     sdata = _toy(n=88, image=True, n_features=2)  # 7,744 spots, 30,976 sub-spots
-    t0 = time.perf_counter()
     pl.enhanced(sdata, ["gene_0"], truth="truth", save=tmp_path / "big.png")
-    elapsed = time.perf_counter() - t0
     _png_ok(tmp_path / "big.png")
-    assert elapsed < 20, f"{elapsed:.1f} s for 31k sub-spots"
 
 
 # --------------------------------------------------------------------------------------------- training

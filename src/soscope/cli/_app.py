@@ -18,6 +18,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from soscope._constants import SoscopeKeys
 from soscope._errors import SoscopeError
 
 app = typer.Typer(
@@ -213,9 +214,9 @@ def _selection_kwargs(
 
 def _soscope_tables(sdata: Any, key_added: str) -> list[str]:
     """Enhanced tables written with ``key_added`` (one per modality for multi-omics tables)."""
-    from soscope.pl._maps import enhanced_tables
+    from soscope.pl import enhanced_tables
 
-    inputs = [n for n, t in sdata.tables.items() if "soscope" not in t.uns]
+    inputs = [n for n, t in sdata.tables.items() if SoscopeKeys.UNS not in t.uns]
     return [o for t in inputs for o in enhanced_tables(sdata, t, key_added)]
 
 
@@ -228,7 +229,7 @@ def _regions(adata: Any) -> list[str]:
 
 def _likelihoods_of(adata: Any) -> str:
     """Return the likelihoods recorded in ``uns["soscope"]`` as text (``"modality: name, ..."``)."""
-    info = adata.uns.get("soscope")
+    info = adata.uns.get(SoscopeKeys.UNS)
     if not hasattr(info, "get"):
         return "?"
     lik = info.get("likelihood")
@@ -301,7 +302,12 @@ KeyAddedOpt = Annotated[
 EpochsOpt = Annotated[
     int | None, typer.Option("--epochs", min=1, help="Training epochs (default: chosen from the data size).")
 ]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Spots per minibatch.")]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size", min=1, help="Spots per training step (default 256); more: fewer, larger steps."
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (deterministic on CPU).")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
@@ -337,6 +343,8 @@ def _main(
 def _element_lines(sdata: Any) -> list[str]:
     from spatialdata.transformations import get_transformation
 
+    from soscope.io import layer_names
+
     lines = []
     for name, img in sdata.images.items():
         if hasattr(img, "children") and len(img.children):
@@ -359,8 +367,9 @@ def _element_lines(sdata: Any) -> list[str]:
         lines.append(f"  shapes {name}: {len(gdf):,} {kind}; coordinate systems: {cs}")
     for name, adata in sdata.tables.items():
         regions = ", ".join(_regions(adata)) or "-"
-        mark = " [soscope output]" if "soscope" in adata.uns else ""
-        layers = f"; layers: {', '.join(adata.layers.keys())}" if len(adata.layers) else ""
+        mark = " [soscope output]" if SoscopeKeys.UNS in adata.uns else ""
+        names = layer_names(adata)  # not adata.layers.keys(): it yields None (X) from anndata 0.13 on
+        layers = f"; layers: {', '.join(names)}" if names else ""
         lines.append(
             f"  table  {name}: {adata.n_obs:,} x {adata.n_vars:,} annotating {regions}{layers}{mark}"
         )
@@ -396,7 +405,10 @@ def info(
         _echo("  images: " + ", ".join(f"{k} → {v}" for k, v in sel.images.items()))
     else:
         _echo(f"  image: {sel.image if sel.image is not None else '(none)'}")
-    _echo(f"  coordinate system: {sel.coordinate_system}")
+    if len(set(sel.coordinate_systems.values())) > 1:  # sections in frames of their own
+        _echo("  coordinate systems: " + ", ".join(f"{k} → {v}" for k, v in sel.coordinate_systems.items()))
+    else:
+        _echo(f"  coordinate system: {sel.coordinate_system}")
     mods = ", ".join(f"{m} ({int(mask.sum())})" for m, mask in sel.modalities.items())
     _echo(f"  features: {sel.n_features:,}; modalities: {mods}")
     _echo(f"  sections: {', '.join(sel.section_names)}")
@@ -544,7 +556,6 @@ def apply(
     layer: LayerOpt = None,
     coordinate_system: CsOpt = None,
     key_added: KeyAddedOpt = "soscope",
-    batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
     progress: ProgressOpt = True,
@@ -560,7 +571,6 @@ def apply(
     kw.update(
         model=str(model),
         key_added=key_added,
-        batch_size=batch_size,
         device=device,
         progress=progress,
         overwrite=overwrite,
@@ -612,12 +622,12 @@ def evaluate(
         cands = [
             t
             for t in sdata.tables
-            if f"{t}_{key_added}" in sdata.tables and "soscope" not in sdata.tables[t].uns
+            if f"{t}_{key_added}" in sdata.tables and SoscopeKeys.UNS not in sdata.tables[t].uns
         ]
         if len(cands) > 1:
             _fail(f"Several tables have an enhanced '<table>_{key_added}': {cands}; pass `--table`.")
         if not cands:
-            outs = [n for n, t in sdata.tables.items() if "soscope" in t.uns]
+            outs = [n for n, t in sdata.tables.items() if SoscopeKeys.UNS in t.uns]
             _fail(
                 f"No enhanced table '<table>_{key_added}' in '{store}' (soscope outputs: {outs}): run "
                 "`soscope enhance` first, or pass `--key-added`."

@@ -35,7 +35,7 @@ def example() -> SpatialData:
     ``is_center``). ``table.uns["dataset"]`` records the source and licence.
 
     """
-    from soscope.io._readers import read_dbit
+    from soscope.io import read_dbit
 
     base = resources.files("soscope.datasets").joinpath("data", _FOLDER)
     with ExitStack() as stack:

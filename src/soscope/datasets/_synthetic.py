@@ -52,6 +52,8 @@ import scipy.sparse as sp
 import shapely
 from scipy import ndimage
 
+from soscope._constants import SoscopeKeys
+
 from .._errors import SoscopeInputError
 
 __all__ = ["synthetic"]
@@ -745,7 +747,7 @@ def synthetic(
     truth.layers["mean"] = np.vstack(truth_mean)
     truth.layers["footprint"] = np.vstack(truth_foot)
     truth.obsm["cell_type_fractions"] = np.vstack(fracs)
-    truth.uns["soscope_truth"] = True  # reference truth: soscope never picks it as input
+    truth.uns[SoscopeKeys.TRUTH] = True  # reference truth: soscope never picks it as input
     truth.uns["subspots"] = {"scheme": scheme, "spots": regions, "spacing": float(spacing / mpp)}
     truth = TableModel.parse(truth, region=truth_regions, region_key="region", instance_key="subspot_id")
 

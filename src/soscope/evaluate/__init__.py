@@ -1,6 +1,14 @@
-"""Evaluation: pseudo-spots with sub-spot truth, metrics, naive baselines, and scoring."""
+"""Evaluation: pseudo-spots with sub-spot truth, metrics, naive baselines, scoring, domains and markers."""
 
-from soscope.evaluate._baselines import even_split, gaussian_interpolation, image_regression, spot_density
+from soscope.evaluate._baselines import (
+    even_split,
+    gaussian_interpolation,
+    image_regression,
+    image_ridge_split,
+    interpolation_split,
+    spot_density,
+)
+from soscope.evaluate._domains import DOMAIN_METHODS, domains, markers
 from soscope.evaluate._metrics import (
     pearson_per_feature,
     rmse_normalised,
@@ -13,9 +21,14 @@ from soscope.evaluate._score import BASELINES, score, score_arrays
 
 __all__ = [
     "BASELINES",
+    "DOMAIN_METHODS",
+    "domains",
     "even_split",
     "gaussian_interpolation",
     "image_regression",
+    "image_ridge_split",
+    "interpolation_split",
+    "markers",
     "pearson_per_feature",
     "pseudo_spots",
     "rmse_normalised",

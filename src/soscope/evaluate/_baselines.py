@@ -14,7 +14,19 @@ from scipy.spatial import cKDTree
 from .._errors import SoscopeInputError
 from ..geometry import SubspotLayout, lattice_spacing
 
-__all__ = ["even_split", "fit_footprint_ridge", "gaussian_interpolation", "image_regression", "spot_density"]
+# the ridge belongs to the model (its image evidence); the baselines reuse it (evaluate depends on model)
+from ..model import fit_footprint_ridge, footprint_design, positive
+
+__all__ = [
+    "even_split",
+    "fit_footprint_ridge",
+    "footprint_design",
+    "gaussian_interpolation",
+    "image_regression",
+    "image_ridge_split",
+    "interpolation_split",
+    "spot_density",
+]
 
 
 def _counts(spot_counts, layout: SubspotLayout) -> np.ndarray:
@@ -85,6 +97,13 @@ def gaussian_interpolation(
     ``(M, F)`` float32 expected counts.
 
     """
+    return (
+        _interpolated_density(spot_counts, spot_centres, layout, sigma, truncate) * layout.area[:, None]
+    ).astype(np.float32)
+
+
+def _interpolated_density(spot_counts, spot_centres, layout: SubspotLayout, sigma, truncate) -> np.ndarray:
+    """``(M, F)`` Gaussian-kernel average of the spots' densities at each sub-spot centroid."""
     d = spot_density(spot_counts, layout)
     c = np.asarray(spot_centres, dtype=np.float64)
     if c.shape != (layout.n_spots, 2):
@@ -106,55 +125,125 @@ def gaussian_interpolation(
         W = W + sp.csr_matrix((np.ones(len(rows)), (rows, layout.spot_index[rows])), shape=W.shape)
         tot[empty] = 1.0
     W = sp.diags(1.0 / tot) @ W
-    return (np.asarray(W @ d) * layout.area[:, None]).astype(np.float32)
+    return np.asarray(W @ d)
 
 
-def footprint_design(subspot_features: np.ndarray, layout: SubspotLayout) -> np.ndarray:
-    """``(N, D)`` footprint-area-weighted mean of each spot's sub-spot features: what a spot's image shows."""
+def _standardised(subspot_features, layout: SubspotLayout) -> np.ndarray:
+    """Image features with NaN at the column means, standardised (constant columns left at 0)."""
     z = np.asarray(subspot_features, dtype=np.float64)
-    wa = layout.area * layout.footprint_weight
-    agg = sp.csr_matrix(
-        (wa, (layout.spot_index, np.arange(layout.n_subspots))), shape=(layout.n_spots, len(wa))
-    )
-    return np.asarray(agg @ z) / _footprint_area(layout)[:, None]
+    if z.ndim != 2 or z.shape[0] != layout.n_subspots:
+        raise SoscopeInputError(
+            f"`subspot_features` must be (n_subspots, D) with n_subspots = {layout.n_subspots}; "
+            f"got {z.shape}."
+        )
+    col_mean = np.nanmean(z, axis=0) if np.isfinite(z).any() else np.zeros(z.shape[1])
+    col_mean = np.where(np.isfinite(col_mean), col_mean, 0.0)
+    z = np.where(np.isfinite(z), z, col_mean[None, :])
+    sd = z.std(axis=0)
+    return (z - z.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
 
 
-def fit_footprint_ridge(
-    spot_density: np.ndarray, subspot_features: np.ndarray, layout: SubspotLayout, *, alpha: float = 1e-4
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ridge of spot densities on the footprint-weighted mean of their sub-spots' features (closed form).
+def _split_observed(counts: np.ndarray, density: np.ndarray, layout: SubspotLayout) -> np.ndarray:
+    """Sub-spot counts ``area_k * density_k * c_i`` with ``c_i`` such that each footprint holds its counts.
 
-    A linear model fitted this way applies unchanged to single sub-spots: the footprint-weighted sum of
-    the sub-spot predictions is the spot prediction. Returns ``(x_mean (D,), y_mean (F,), beta (D, F))``;
-    predict with ``y_mean + (z - x_mean) @ beta``.
+    Inside the footprint the observed counts are split in proportion to ``w_k * area_k * density_k`` (as
+    soscope's enhanced output, given its offsets); the part of a polygon outside the footprint gets the
+    same scale. A spot whose densities are all 0 for a feature is split evenly.
+    """
+    aw = (layout.area * layout.footprint_weight)[:, None]
+    part = aw * density
+    total = np.zeros(counts.shape)
+    np.add.at(total, layout.spot_index, part)
+    zero = total[layout.spot_index] <= 0
+    dens = np.where(zero, 1.0, density)
+    total_even = np.zeros(counts.shape)
+    np.add.at(total_even, layout.spot_index, aw * np.ones_like(density))
+    denom = np.where(zero, total_even[layout.spot_index], total[layout.spot_index])
+    scale = counts[layout.spot_index] / np.maximum(denom, 1e-300)
+    return (layout.area[:, None] * dens * scale).astype(np.float32)
+
+
+def interpolation_split(
+    spot_counts,
+    spot_centres,
+    layout: SubspotLayout,
+    sigma: float | None = None,
+    *,
+    truncate: float = 3.0,
+) -> np.ndarray:
+    """Each spot's observed counts split in proportion to the Gaussian interpolation of spot densities.
+
+    The closed-form core of soscope without an image: sub-spot ``k`` of spot ``i`` gets
+    ``x_i * w_k a_k D_k / sum_j w_j a_j D_j`` inside the footprint (``D`` the interpolated density, ``a`` the
+    area, ``w`` the footprint weight); the footprint's counts are conserved.
 
     Parameters
     ----------
-    spot_density
-        ``(N, F)`` per-area spot values, dense or scipy sparse (never densified).
-    subspot_features
-        ``(M, D)`` standardised features without NaN, in layout order.
-    layout
-        The sub-spots.
-    alpha
-        Ridge penalty on standardised features, relative to the number of spots.
+    spot_counts, spot_centres, layout, sigma, truncate
+        As :func:`gaussian_interpolation`.
+
+    Returns
+    -------
+    ``(M, F)`` float32 expected counts.
 
     """
-    x = footprint_design(subspot_features, layout)
-    xm = x.mean(axis=0)
+    counts = _counts(spot_counts, layout)
+    dens = _interpolated_density(counts, spot_centres, layout, sigma, truncate)
+    return _split_observed(counts, dens, layout)
+
+
+def _loo_alpha(x: np.ndarray, y: np.ndarray, alphas) -> float:
+    """Return the ridge penalty with the smallest leave-one-spot-out error (closed form, features scaled)."""
+    xm = x.mean(0)
     xc = x - xm
     n = len(x)
-    if sp.issparse(spot_density):
-        # xc's columns sum to 0, so xc.T @ (Y - ym) == xc.T @ Y: no need to centre (densify) a sparse Y
-        ym = np.asarray(spot_density.mean(axis=0), dtype=np.float64).ravel()
-        xty = np.asarray((spot_density.T @ xc).T, dtype=np.float64)
-    else:
-        spot_density = np.asarray(spot_density, dtype=np.float64)
-        ym = spot_density.mean(axis=0)
-        xty = xc.T @ (spot_density - ym)
-    gram = xc.T @ xc / n + alpha * np.eye(x.shape[1])
-    beta = np.linalg.solve(gram, xty / n)
-    return xm, ym, beta
+    yc = y - y.mean(0)
+    scale = np.where(yc.std(0) > 0, yc.std(0), 1.0)
+    yc = yc / scale
+    best, best_err = alphas[0], np.inf
+    for alpha in alphas:
+        inv = np.linalg.inv(xc.T @ xc / n + alpha * np.eye(x.shape[1]))
+        resid = yc - xc @ (inv @ (xc.T @ yc / n))
+        h = np.einsum("ij,jk,ik->i", xc, inv, xc) / n + 1.0 / n  # leverage, intercept included
+        err = float(((resid / np.maximum(1.0 - h, 1e-6)[:, None]) ** 2).mean())
+        if err < best_err:
+            best, best_err = alpha, err
+    return float(best)
+
+
+def image_ridge_split(
+    spot_counts,
+    subspot_features,
+    layout: SubspotLayout,
+    *,
+    alpha: float | None = None,
+) -> np.ndarray:
+    """Each spot's observed counts split in proportion to an image ridge's predicted sub-spot densities.
+
+    The ridge of spot densities on footprint-averaged image features (:func:`fit_footprint_ridge`) is
+    predicted at each sub-spot, made positive smoothly (:func:`soscope.model._evidence.positive`) and the
+    spot's counts are split in proportion to ``w_k a_k`` times it, as in :func:`interpolation_split`.
+
+    Parameters
+    ----------
+    spot_counts, subspot_features, layout
+        As :func:`image_regression`.
+    alpha
+        Ridge penalty; default chosen among ``1e-4 ... 10`` by closed-form leave-one-spot-out error.
+
+    Returns
+    -------
+    ``(M, F)`` float32 expected counts.
+
+    """
+    counts = _counts(spot_counts, layout)
+    d = spot_density(counts, layout)
+    z = _standardised(subspot_features, layout)
+    if alpha is None:
+        alpha = _loo_alpha(footprint_design(z, layout), d, (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0))
+    xm, ym, beta = fit_footprint_ridge(d, z, layout, alpha=alpha)
+    dens = positive(ym[None, :] + (z - xm) @ beta, ym)
+    return _split_observed(counts, dens, layout)
 
 
 def image_regression(
@@ -192,17 +281,7 @@ def image_regression(
 
     """
     d = spot_density(spot_counts, layout)
-    z = np.asarray(subspot_features, dtype=np.float64)
-    if z.ndim != 2 or z.shape[0] != layout.n_subspots:
-        raise SoscopeInputError(
-            f"`subspot_features` must be (n_subspots, D) with n_subspots = {layout.n_subspots}; "
-            f"got {z.shape}."
-        )
-    col_mean = np.nanmean(z, axis=0) if np.isfinite(z).any() else np.zeros(z.shape[1])
-    col_mean = np.where(np.isfinite(col_mean), col_mean, 0.0)
-    z = np.where(np.isfinite(z), z, col_mean[None, :])
-    sd = z.std(axis=0)
-    z = (z - z.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    z = _standardised(subspot_features, layout)
     if quadratic:
         iu = np.triu_indices(z.shape[1])
         z = np.hstack([z, z[:, iu[0]] * z[:, iu[1]]])

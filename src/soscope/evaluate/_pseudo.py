@@ -15,8 +15,11 @@ import scipy.sparse as sp
 import shapely
 from scipy.spatial import cKDTree
 
+from soscope._constants import SoscopeKeys
+
 from .._errors import SoscopeInputError
 from .._transforms import affine_xy
+from ..io import layer_names
 
 if TYPE_CHECKING:  # pragma: no cover
     from spatialdata import SpatialData
@@ -198,7 +201,7 @@ def pseudo_spots(
         raise SoscopeInputError(f"No finite cell centres found for table {tname!r}.")
     counts = adata.layers[layer] if layer is not None else adata.X
     if layer is not None and layer not in adata.layers:
-        raise SoscopeInputError(f"Table {tname!r} has no layer {layer!r}; layers: {list(adata.layers)}.")
+        raise SoscopeInputError(f"Table {tname!r} has no layer {layer!r}; layers: {layer_names(adata)}.")
     counts = sp.csr_matrix(counts)
 
     # lattice covering the extent
@@ -309,7 +312,7 @@ def pseudo_spots(
         index=pd.Index([f"subspot_{i}" for i in range(m)]),
     )
     truth = ad.AnnData(X=sub_x, obs=tobs, var=var.copy())
-    truth.uns["soscope_truth"] = True  # reference truth: soscope never picks it as input
+    truth.uns[SoscopeKeys.TRUTH] = True  # reference truth: soscope never picks it as input
     truth.uns["subspots"] = {"scheme": scheme, "spots": ["spots"], "spacing": float(spacing)}
     truth = TableModel.parse(
         truth, region="spots_truth_subspots", region_key="region", instance_key="subspot_id"

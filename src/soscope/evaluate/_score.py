@@ -11,7 +11,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._errors import SoscopeInputError
-from ._baselines import even_split, gaussian_interpolation, image_regression
+from ..io import layer_names
+from ._baselines import (
+    even_split,
+    gaussian_interpolation,
+    image_regression,
+    image_ridge_split,
+    interpolation_split,
+)
 from ._metrics import pearson_per_feature, rmse_normalised, spearman_per_feature, ssim_maps, summary
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,7 +29,13 @@ __all__ = ["score", "score_arrays", "BASELINES"]
 logger = logging.getLogger(__name__)
 
 #: names of the baselines :func:`score` can compute
-BASELINES = ("even_split", "gaussian_interpolation", "image_regression")
+BASELINES = (
+    "even_split",
+    "gaussian_interpolation",
+    "interpolation_split",
+    "image_regression",
+    "image_ridge_split",
+)
 
 
 def score_arrays(
@@ -191,7 +204,8 @@ def score(
         Features to score: ``None`` (all shared by the tables), a list of names, or the name of a boolean
         ``var`` column (e.g. ``"informative"``).
     baselines
-        ``True`` (all of :data:`BASELINES` that apply; ``image_regression`` needs an image), ``False``, or
+        ``True`` (all of :data:`BASELINES` that apply; ``image_regression`` and ``image_ridge_split`` need
+        an image), ``False``, or
         a list of names.
     layer
         Layer of ``table`` with the spot counts (default ``X``). The enhanced and truth tables use ``X``.
@@ -235,7 +249,7 @@ def score(
             f"enhanced table for key_added={key_added!r}; set key_added=None to score the baselines only",
         )
     if layer is not None and layer not in t_spots.layers:
-        raise SoscopeInputError(f"Table {table!r} has no layer {layer!r}; layers: {list(t_spots.layers)}.")
+        raise SoscopeInputError(f"Table {table!r} has no layer {layer!r}; layers: {layer_names(t_spots)}.")
     if baselines is True:
         wanted = list(BASELINES)
     elif baselines is False or baselines is None:
@@ -324,17 +338,26 @@ def score(
             preds["even_split"].append(even_split(counts, layout))
         if "gaussian_interpolation" in wanted:
             preds["gaussian_interpolation"].append(gaussian_interpolation(counts, spot_centres(gsub), layout))
-        if "image_regression" in wanted:
+        if "interpolation_split" in wanted:
+            preds["interpolation_split"].append(interpolation_split(counts, spot_centres(gsub), layout))
+        image_baselines = [b for b in ("image_regression", "image_ridge_split") if b in wanted]
+        if image_baselines:
             img = _image_for(sdata, image, r, len(regions))
             cs = _shared_cs(sdata, [r, img], coordinate_system) if img is not None else None
             if img is None or cs is None:
-                skipped["image_regression"] = f"no image (with a shared coordinate system) for {r!r}"
-                preds["image_regression"].append(None)
+                for b in image_baselines:
+                    skipped[b] = f"no image (with a shared coordinate system) for {r!r}"
+                    preds[b].append(None)
             else:
                 from ..features import subspot_image_features
 
                 z = np.asarray(subspot_image_features(sdata, img, layout, r, coordinate_system=cs))
-                preds["image_regression"].append(image_regression(counts, z, layout))
+                for b, fn in (
+                    ("image_regression", image_regression),
+                    ("image_ridge_split", image_ridge_split),
+                ):
+                    if b in wanted:
+                        preds[b].append(fn(counts, z, layout))
     if not keys_parts:
         raise SoscopeInputError(f"No spot of table {table!r} is found in {regions}.")
     base_keys = keys_parts[0].append(keys_parts[1:]) if len(keys_parts) > 1 else keys_parts[0]

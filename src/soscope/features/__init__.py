@@ -6,6 +6,8 @@ Public functions
 * :func:`spots_to_image_pixels` — affine from the spots' intrinsic coordinates to image pixels.
 * :func:`precomputed_features` — features stored in a table's ``obsm``, aligned to sub-spots.
 * :func:`morphology_feature_names` — names of the default morphology features.
+* :func:`segment_nuclei` — nucleus detection (fluorescence or H&E), tile by tile; a table per nucleus.
+* :func:`nuclei_per_polygon` — nucleus count, density and nuclear statistics per polygon.
 """
 
 from soscope.features._extract import (
@@ -15,16 +17,30 @@ from soscope.features._extract import (
     subspot_image_features,
 )
 from soscope.features._morphology import MorphologySpec, morphology_feature_names
+from soscope.features._nuclei import (
+    NUCLEI_COLUMNS,
+    NucleusDetector,
+    match_points,
+    nuclear_channel,
+    nuclei_per_polygon,
+    segment_nuclei,
+)
 from soscope.features._transform import ImageLevel, image_levels, spots_to_image_pixels
 
 __all__ = [
+    "NUCLEI_COLUMNS",
     "ImageLevel",
     "MorphologySpec",
+    "NucleusDetector",
     "SubspotFeatures",
     "choose_level",
     "image_levels",
+    "match_points",
     "morphology_feature_names",
+    "nuclear_channel",
+    "nuclei_per_polygon",
     "precomputed_features",
+    "segment_nuclei",
     "spots_to_image_pixels",
     "subspot_image_features",
 ]

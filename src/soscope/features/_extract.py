@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from soscope._constants import SoscopeKeys
 from soscope._errors import SoscopeInputError
 from soscope.features._morphology import TEXTURE_MARGIN, MorphologySpec, fit_spec, morphology_tile
 from soscope.features._transform import (
@@ -19,11 +19,12 @@ from soscope.features._transform import (
     level_array,
     spots_to_image_pixels,
 )
+from soscope.tiling import Remote, run_tasks
 
 if TYPE_CHECKING:  # pragma: no cover
     from spatialdata import SpatialData
 
-    from soscope.geometry._layout import SubspotLayout
+    from soscope.geometry import SubspotLayout
 
 __all__ = ["SubspotFeatures", "choose_level", "precomputed_features", "subspot_image_features"]
 
@@ -261,6 +262,18 @@ def _patch_tile(
     return _run_extractor(extractor, patches, batch_size)
 
 
+def run_tile(_shared: Any, function: Callable, args: tuple) -> np.ndarray:
+    """Read a tile's window (a lazy Dask array, read here in this thread) and run ``function`` on it.
+
+    The task of :func:`subspot_image_features` for one tile, locally or on a ``dask.distributed`` worker;
+    ``_shared`` is the runner's broadcast slot, unused here.
+    """
+    window = args[0]
+    if hasattr(window, "compute"):
+        window = window.compute(scheduler="sync")  # already inside a task: no nested scheduler
+    return function(np.asarray(window), *args[1:])
+
+
 # ------------------------------------------------------------------------------------------- main entry
 def subspot_image_features(
     sdata: SpatialData | None,
@@ -282,7 +295,7 @@ def subspot_image_features(
 
     The sub-spot polygons (in the spots' intrinsic coordinates) are mapped to the image's pixels with
     :func:`spots_to_image_pixels`, a pyramid level is chosen, and the image is read one window per
-    tile (only tiles holding sub-spots; one Dask task each, run with the current scheduler, so a
+    tile (only tiles holding sub-spots; one task each, run by :func:`soscope.tiling.run_tasks`, so a
     ``dask.distributed`` client is used when one is active). Each sub-spot belongs to the tile holding
     its centroid, and its tile's window covers its whole bounding box plus the texture filters' margin,
     so the result does not depend on ``tile_size``.
@@ -335,7 +348,7 @@ def subspot_image_features(
     the maximum of a coarse view of the image when it exceeds 1).
 
     """
-    import dask
+    from dask.system import CPU_COUNT  # the cores this process may use (affinity, cgroups)
 
     if isinstance(extractor, str) and extractor.startswith("obsm:"):
         parts = extractor.split(":")
@@ -424,9 +437,10 @@ def subspot_image_features(
         members, tile = members[order], tile[order]
         splits = np.flatnonzero(np.diff(tile)) + 1
         groups = np.split(members, splits)
-        token = uuid.uuid4().hex[:12]
 
-        def tile_task(gi: int, idx: np.ndarray):
+        def tile_args(gi: int) -> tuple:
+            """Arguments of tile ``gi``'s feature function; the first, the image window, is still lazy."""
+            idx = groups[gi]
             if morphology:
                 polys = layout.polygons[idx].transform(to_level)
                 b = polys.bounds()
@@ -435,44 +449,39 @@ def subspot_image_features(
                 x0 = max(int(np.floor(b[:, 0].min())) - TEXTURE_MARGIN, 0)
                 x1 = min(int(np.ceil(b[:, 2].max())) + TEXTURE_MARGIN, w)
                 win = arr.isel(y=slice(y0, y1), x=slice(x0, x1)).data
-                return dask.delayed(morphology_tile, pure=True)(
-                    win, (y0, x0), polys, spec, dask_key_name=f"soscope-morphology-{token}-{gi}"
-                )
+                return win, (y0, x0), polys, spec
             c = corners[idx]
             y0 = max(int(c[:, 0].min()), 0)
             y1 = min(int(c[:, 0].max()) + patch_size, h)
             x0 = max(int(c[:, 1].min()), 0)
             x1 = min(int(c[:, 1].max()) + patch_size, w)
             win = arr.isel(y=slice(y0, y1), x=slice(x0, x1)).data
-            return dask.delayed(_patch_tile, pure=True)(
-                win, (y0, x0), c, (h, w), patch_size, scale, extractor, batch_size,
-                dask_key_name=f"soscope-patches-{token}-{gi}",
-            )  # fmt: skip
+            return win, (y0, x0), c, (h, w), patch_size, scale, extractor, batch_size
 
-        from ..train._trainer import _progress
+        function = morphology_tile if morphology else _patch_tile
 
-        # one row of tiles at a time, its tasks built then: the image chunks a row reads are released before
-        # the next row, so memory stays about one row of windows whatever the image size (in one graph, Dask
-        # may load chunks far ahead of the tasks that consume them)
-        row_of_group = tile[np.concatenate([[0], splits]).astype(np.int64)] // ntx
-        row_bounds = np.flatnonzero(np.diff(row_of_group)) + 1
-        bar = _progress(progress, len(groups), "image features (tiles)")
-        try:
-            for lo, hi in zip([0, *row_bounds], [*row_bounds, len(groups)], strict=True):
-                results = dask.compute(*[tile_task(gi, groups[gi]) for gi in range(lo, hi)])
-                for idx, res in zip(groups[lo:hi], results, strict=True):
-                    res = np.asarray(res, dtype=np.float32)
-                    if res.shape != (len(idx), len(names)):
-                        raise SoscopeInputError(
-                            f"the feature extractor returned {res.shape[1:]} features per patch here but "
-                            f"{len(names)} on a probe patch; it must return a fixed number D."
-                        )
-                    out[idx] = res
-                if bar is not None:
-                    bar.update(hi - lo)
-        finally:
-            if bar is not None:
-                bar.close()
+        def sink(gi: int, res: Any) -> None:
+            idx = groups[gi]
+            res = np.asarray(res, dtype=np.float32)
+            if res.shape != (len(idx), len(names)):
+                raise SoscopeInputError(
+                    f"the feature extractor returned {res.shape[1:]} features per patch here but "
+                    f"{len(names)} on a probe patch; it must return a fixed number D."
+                )
+            out[idx] = res
+
+        # one task per tile with soscope's runner: each task reads only its own window, and a bounded number
+        # of tasks is in flight, so memory stays a few windows whatever the image size; on a dask.distributed
+        # client (given by the settings or active) the windows are read by the workers
+        run_tasks(
+            len(groups),
+            lambda gi: run_tile(None, function, tile_args(gi)),
+            sink,
+            remote=Remote(run_tile, lambda gi: (function, tile_args(gi))),
+            workers=CPU_COUNT,
+            progress=progress,
+            description="image features (tiles)",
+        )
     n_missing = int(np.isnan(out).all(axis=1).sum()) if out.shape[1] else int((~inside).sum())
     if n_missing:
         logger.warning(
@@ -561,9 +570,9 @@ def precomputed_features(
     spots_el, spots_name = _element(sdata, spots, "spots")
     spot_ids = np.asarray(spots_el.index)[np.asarray(layout.spot_index)]
     obs = table.obs
-    if {"spot_id", "subspot"} <= set(obs.columns):
+    if {SoscopeKeys.SPOT_ID, SoscopeKeys.SUBSPOT} <= set(obs.columns):
         index = pd.MultiIndex.from_arrays(
-            [obs["spot_id"].to_numpy(), obs["subspot"].astype(np.int64).to_numpy()]
+            [obs[SoscopeKeys.SPOT_ID].to_numpy(), obs[SoscopeKeys.SUBSPOT].astype(np.int64).to_numpy()]
         )
         query = pd.MultiIndex.from_arrays([spot_ids, np.asarray(layout.subspot, dtype=np.int64)])
         rows = index.get_indexer(query) if index.is_unique else None

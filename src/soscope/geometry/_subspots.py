@@ -43,7 +43,7 @@ _MAX_RINGS = 6
 #: neighbours are searched within this multiple of the spacing when estimating the lattice orientation
 _NEIGHBOUR_SLACK = 1.25
 #: order-parameter magnitude above which a lattice orientation is trusted / a lattice counts as hexagonal
-_ORDER_MIN = 0.5
+ORDER_MIN = 0.5
 #: Visium: 55 um spots on a 100 um lattice; used only to guess the spacing of a single circle
 _VISIUM_SPACING_PER_DIAMETER = 100.0 / 55.0
 
@@ -54,7 +54,7 @@ _VALID = (
 
 
 # --------------------------------------------------------------------------------------------- inputs
-def _spot_kind(spots: gpd.GeoDataFrame, what: str = "spots") -> str:
+def spot_kind(spots: gpd.GeoDataFrame, what: str = "spots") -> str:
     """``"circles"`` or ``"polygons"``; raises on anything else."""
     if not isinstance(spots, gpd.GeoDataFrame | gpd.GeoSeries):
         raise SoscopeInputError(f"`{what}` must be a geopandas GeoDataFrame; got {type(spots).__name__}.")
@@ -103,7 +103,7 @@ def _spot_kind(spots: gpd.GeoDataFrame, what: str = "spots") -> str:
 
 def spot_centres(spots: gpd.GeoDataFrame) -> np.ndarray:
     """``(N, 2)`` float64 spot centres: the points of circles, the centroids of polygons."""
-    _spot_kind(spots)
+    spot_kind(spots)
     xy = shapely.get_coordinates(shapely.centroid(np.asarray(spots.geometry.values, dtype=object)))
     if not np.isfinite(xy).all():
         raise SoscopeInputError("Spot coordinates contain NaN or infinite values; drop those spots.")
@@ -129,7 +129,7 @@ def spot_footprints(spots: gpd.GeoDataFrame) -> np.ndarray:
     Circles become 128-gons with the circle's exact area; polygons are returned as they are (invalid
     ones repaired with ``buffer(0)``).
     """
-    kind = _spot_kind(spots)
+    kind = spot_kind(spots)
     geoms = np.asarray(spots.geometry.values, dtype=object)
     if kind == "circles":
         return _circle_polygons(shapely.get_coordinates(geoms), np.asarray(spots["radius"], dtype=np.float64))
@@ -145,7 +145,7 @@ def _repair(geoms: np.ndarray) -> np.ndarray:
 
 
 # -------------------------------------------------------------------------------------------- lattice
-def _orientation(xy: np.ndarray, spacing: float) -> dict[str, float]:
+def lattice_orientation(xy: np.ndarray, spacing: float) -> dict[str, float]:
     """Phases and magnitudes of the 6- and 4-fold bond-orientational order of neighbouring centres.
 
     ``theta6`` is the direction of one hexagonal-lattice neighbour (mod 60 deg), ``theta4`` that of a
@@ -171,7 +171,7 @@ def _orientation(xy: np.ndarray, spacing: float) -> dict[str, float]:
 
 
 def _is_hex(order: dict[str, float]) -> bool:
-    return order["psi6"] >= _ORDER_MIN and order["psi6"] > order["psi4"]
+    return order["psi6"] >= ORDER_MIN and order["psi6"] > order["psi4"]
 
 
 def _resolve_spacing(spots: gpd.GeoDataFrame, kind: str, xy: np.ndarray, spacing: float | None) -> float:
@@ -427,7 +427,7 @@ def parse_subspot_scheme(
     if s == "auto":
         if spots is None:
             raise SoscopeInputError('`subspots="auto"` needs the spots to choose; pass `spots`.')
-        kind = _spot_kind(spots)
+        kind = spot_kind(spots)
         xy = spot_centres(spots)
         if kind == "polygons":
             try:
@@ -435,7 +435,7 @@ def parse_subspot_scheme(
                 return "grid:3"
             except SoscopeInputError:
                 pass
-        hexagonal = len(xy) < 2 or _is_hex(_orientation(xy, _resolve_spacing(spots, kind, xy, None)))
+        hexagonal = len(xy) < 2 or _is_hex(lattice_orientation(xy, _resolve_spacing(spots, kind, xy, None)))
         if kind == "circles":
             return "hex7" if hexagonal else "grid:2"
         if hexagonal:
@@ -481,7 +481,7 @@ def _lattice_cells(xy: np.ndarray, spacing: float, order: dict[str, float]) -> n
     """``(N,)`` lattice-cell polygons: hexagons on a hexagonal lattice, squares otherwise."""
     if _is_hex(order):
         return shapely.polygons(xy[:, None, :] + _hex_cell_template(spacing, order["theta6"])[None])
-    theta = order["theta4"] if order["psi4"] >= _ORDER_MIN else 0.0
+    theta = order["theta4"] if order["psi4"] >= ORDER_MIN else 0.0
     corners = _square_cell_corners(xy, spacing, theta)
     return shapely.polygons(np.concatenate([corners, corners[:, :1]], axis=1))
 
@@ -490,10 +490,10 @@ def _assign_cells(
     spots: gpd.GeoDataFrame, kind: str, xy: np.ndarray, cells: gpd.GeoDataFrame, spacing: float | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cells' polygons, parent spot positions and row positions, sorted by (spot, row)."""
-    cell_kind = _spot_kind(cells, "cells")
+    cell_kind = spot_kind(cells, "cells")
     if kind == "circles":
         s = _resolve_spacing(spots, kind, xy, spacing)
-        regions = _lattice_cells(xy, s, _orientation(xy, s))
+        regions = _lattice_cells(xy, s, lattice_orientation(xy, s))
     else:
         regions = _repair(np.asarray(spots.geometry.values, dtype=object))
     cell_geoms = np.asarray(cells.geometry.values, dtype=object)
@@ -579,7 +579,7 @@ def make_subspots(
         no cell inside any spot.
 
     """
-    kind = _spot_kind(spots)
+    kind = spot_kind(spots)
     scheme = parse_subspot_scheme(scheme, spots)
     xy = spot_centres(spots)
     n = len(xy)
@@ -605,13 +605,13 @@ def make_subspots(
         if kind == "polygons":  # the parts tile the spot itself: weight 1 by construction
             return _parts_layout(xy, _grid_parts(_quad_corners(footprints), xy, k), scheme)
         s = _resolve_spacing(spots, kind, xy, spacing)
-        order = _orientation(xy, s)
-        theta = order["theta4"] if order["psi4"] >= _ORDER_MIN else 0.0
+        order = lattice_orientation(xy, s)
+        theta = order["theta4"] if order["psi4"] >= ORDER_MIN else 0.0
         return _parts_layout(xy, _grid_parts(_square_cell_corners(xy, s, theta), xy, k), scheme, **weights)
 
     n_rings = 1 if scheme == "hex7" else int(scheme.split(":")[1])
     s = _resolve_spacing(spots, kind, xy, spacing)
-    order = _orientation(xy, s)
-    theta = order["theta6"] if order["psi6"] >= _ORDER_MIN else 0.0
+    order = lattice_orientation(xy, s)
+    theta = order["theta6"] if order["psi6"] >= ORDER_MIN else 0.0
     parts = [(None, tpl[None]) for tpl in _hex_templates(n_rings, s, theta)]  # absolute: centre + template
     return _parts_layout(xy, parts, scheme, **weights)

@@ -118,16 +118,15 @@ class Platform:
 
 def _geometry(gdf) -> dict[str, Any]:
     """Kind, lattice order, spacing and size of one spots element (intrinsic units)."""
-    from soscope.geometry import lattice_spacing, spot_centres
-    from soscope.geometry._subspots import _ORDER_MIN, _orientation, _spot_kind
+    from soscope.geometry import ORDER_MIN, lattice_orientation, lattice_spacing, spot_centres, spot_kind
 
-    kind = _spot_kind(gdf)
+    kind = spot_kind(gdf)
     xy = spot_centres(gdf)
     spacing = lattice_spacing(xy) if len(xy) > 1 else float("nan")
-    order = _orientation(xy, spacing) if len(xy) > 1 else {"psi4": 0.0, "psi6": 0.0}
-    if order["psi6"] >= _ORDER_MIN and order["psi6"] > order["psi4"]:
+    order = lattice_orientation(xy, spacing) if len(xy) > 1 else {"psi4": 0.0, "psi6": 0.0}
+    if order["psi6"] >= ORDER_MIN and order["psi6"] > order["psi4"]:
         lattice = "hex"
-    elif order["psi4"] >= _ORDER_MIN:
+    elif order["psi4"] >= ORDER_MIN:
         lattice = "square"
     else:
         lattice = "irregular"
@@ -148,13 +147,13 @@ def _cells_element(sdata, selection) -> str | None:
     """Find a shapes element of segmented cells beside the spots (small outlines named like cells)."""
     import shapely
 
+    from soscope._constants import SoscopeKeys
     from soscope.geometry import spot_footprints
-    from soscope.io._select import TRUTH_KEY
     from soscope.io._validate import is_soscope_output
 
     truth_regions = set()
     for t in sdata.tables.values():
-        if t.uns.get(TRUTH_KEY, False):
+        if t.uns.get(SoscopeKeys.TRUTH, False):
             region = t.uns.get("spatialdata_attrs", {}).get("region", [])
             truth_regions |= {region} if isinstance(region, str) else set(region)
     spot_area = float(np.median(shapely.area(spot_footprints(sdata.shapes[selection.spots[0]].iloc[:2000]))))
@@ -194,7 +193,9 @@ def detect_platform(sdata, selection) -> Platform:
     table = sdata.tables[selection.table]
     geo = _geometry(sdata.shapes[selection.spots[0]])
     # sizes in the coordinate system's units (µm for most readers; Visium's are fullres pixels)
-    lin = affine_xy(sdata.shapes[selection.spots[0]], selection.coordinate_system)[:2, :2]
+    lin = affine_xy(sdata.shapes[selection.spots[0]], selection.coordinate_system_of(selection.spots[0]))[
+        :2, :2
+    ]
     scale = float(np.sqrt(abs(np.linalg.det(lin))))
     geo["size_cs"], geo["spacing_cs"] = geo["size"] * scale, geo["spacing"] * scale
     names = table.obs_names[: min(len(table.obs_names), 500)].astype(str)

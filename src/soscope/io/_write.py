@@ -48,12 +48,13 @@ from typing import Any
 
 import numpy as np
 
+from soscope._constants import SoscopeFiles
 from soscope._errors import SoscopeInputError
 from soscope.io._validate import _fmt_list, check_output_names, element_type
 
 logger = logging.getLogger(__name__)
 
-TMP_PREFIX = ".soscope_tmp_"
+TMP_PREFIX = SoscopeFiles.TMP_PREFIX
 _STAGED = "staged.zarr"
 _ASIDE = "replaced"
 _TRASH = "trash"
@@ -454,7 +455,6 @@ def _write_atomic(
     recover_store(root)
     tmp = root / f"{TMP_PREFIX}{uuid.uuid4().hex}"
     tmp.mkdir()
-    _write_json_atomic(tmp / _OWNER, {"host": socket.gethostname(), "pid": os.getpid()})
     staged = tmp / _STAGED
     aside = tmp / _ASIDE
     consolidated = _is_consolidated(sdata, root)
@@ -462,6 +462,7 @@ def _write_atomic(
     undo: list[tuple[str, Path, Path | None]] = []
     consolidating = False
     try:
+        _write_json_atomic(tmp / _OWNER, {"host": socket.gethostname(), "pid": os.getpid()})
         _stage(_staging_sdata(shapes, tables), staged, _staging_formats(root))
         if fill is not None:
             fill(staged)

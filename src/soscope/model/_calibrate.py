@@ -20,10 +20,10 @@ import logging
 import numpy as np
 import torch
 
-from ..module import SoScopeModule
-from ..module._soscope import N_TRAINED_BATCHES
+from .._settings import settings
+from ..module import N_TRAINED_BATCHES, SoScopeModule
 from ..tiling import plan_chunks
-from ._core import INFER_CHUNK_SPOTS, receptive_hops
+from ._core import receptive_hops
 from ._data import Normaliser, SpotData, make_batch
 
 logger = logging.getLogger("soscope")
@@ -41,12 +41,13 @@ def calibrate_new_batches(
     norm: Normaliser,
     *,
     device: torch.device | str = "cpu",
-    chunk_spots: int = INFER_CHUNK_SPOTS,
+    chunk_spots: int | None = None,
 ) -> list[str]:
     """Add a closed-form feature bias for every batch of ``data`` unknown to the model (see module docs).
 
     Modifies ``module`` (extra rows of the batch bias and embedding; ``config.n_batches``) and ``norm``
     (``batch_codes``) in place, so a saved model keeps the calibration. Returns the calibrated labels.
+    ``chunk_spots``: spots per chunk of the pass over the data (default: ``settings.infer_chunk_spots``).
     """
     new = new_batches(data, norm)
     if not new:
@@ -83,7 +84,7 @@ def fit_batch_bias(
     labels: list[str],
     *,
     device: torch.device | str = "cpu",
-    chunk_spots: int = INFER_CHUNK_SPOTS,
+    chunk_spots: int | None = None,
 ) -> None:
     """Set the feature bias rows of batches ``labels`` in closed form, given the rest of the network.
 
@@ -93,6 +94,7 @@ def fit_batch_bias(
     spot deviations would absorb it instead).
     """
     cfg = module.config
+    chunk_spots = settings.infer_chunk_spots if chunk_spots is None else chunk_spots
     codes = np.array([norm.batch_codes[b] for b in labels], dtype=np.int64)
     for p in module.batch_bias:
         p.data[codes] = 0.0

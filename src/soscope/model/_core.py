@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .._settings import settings
 from ..module import ModuleConfig, SoScopeModule, SpotBatch
 from ..tiling import adjacency, plan_chunks
 from ..train import History, TrainConfig, train_module
@@ -17,16 +18,17 @@ from ._data import Normaliser, SpotData, make_batch
 
 logger = logging.getLogger("soscope")
 
-TRAIN_CHUNK_SPOTS = 256  # spots per training minibatch (plus their halo)
-INFER_CHUNK_SPOTS = (
-    2048  # spots per inference task (plus their halo): ~0.3 GB of activations with 200 features
-)
 
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Return the torch device of a ``device=`` argument.
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU."""
+    ``"auto"`` (or None) means ``soscope.settings.device``, whose own default ``"auto"`` is CUDA when
+    available, else the CPU.
+    """
     if isinstance(device, torch.device):
         return device
+    if device is None or device == "auto":
+        device = settings.device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -37,15 +39,14 @@ def receptive_hops(config: ModuleConfig) -> int:
     return max(config.n_graph_layers if config.use_graph else 0, 2)
 
 
-def default_epochs(n_spots: int, chunk_spots: int = TRAIN_CHUNK_SPOTS) -> int:
-    """Epochs giving ~600 optimizer steps, between 20 and 200 (early stopping usually ends sooner)."""
+def default_epochs(n_spots: int, chunk_spots: int | None = None) -> int:
+    """Epochs giving ~600 optimizer steps, between 20 and 200 (early stopping usually ends sooner).
+
+    ``chunk_spots``: spots per step (default ``soscope.settings.train_chunk_spots``).
+    """
+    chunk_spots = settings.train_chunk_spots if chunk_spots is None else chunk_spots
     steps_per_epoch = max(1, math.ceil(n_spots / chunk_spots))
     return int(np.clip(math.ceil(600 / steps_per_epoch), 20, 200))
-
-
-#: training minibatches are kept in memory while their tensors total at most this; beyond, each is rebuilt
-#: from its chunk when used, so memory per step stays bounded whatever the slide size
-BATCH_CACHE_BYTES = 256 << 20
 
 
 class ChunkBatches(Sequence[SpotBatch]):
@@ -66,7 +67,8 @@ class ChunkBatches(Sequence[SpotBatch]):
     held_out
         Boolean ``(N,)``: spots scored for validation only (their ``val_mask``), not trained on.
     cache_bytes
-        Memory for built batches (default :data:`BATCH_CACHE_BYTES`).
+        Memory for built batches (default ``soscope.settings.batch_cache_bytes``): within it each batch is
+        built once; beyond, batches are rebuilt on every use, so memory per step stays bounded.
     device
         Where the batches are put (and kept: on a GPU, cached batches are not copied again at each step).
 
@@ -86,7 +88,7 @@ class ChunkBatches(Sequence[SpotBatch]):
     ):
         self.data, self.norm, self.config, self.chunks, self.device = data, norm, config, chunks, device
         self.loss_spots, self.held_out = loss_spots, held_out
-        self.cache_bytes = BATCH_CACHE_BYTES if cache_bytes is None else cache_bytes
+        self.cache_bytes = settings.batch_cache_bytes if cache_bytes is None else cache_bytes
         self.adj = adjacency(data.edge_index, data.n_spots)
         self._cache: dict[int, SpotBatch] = {}
         self._cached_bytes = 0
@@ -161,74 +163,21 @@ def fit(
     device: torch.device,
     progress: bool,
     history: History | None = None,
+    chunk_spots: int | None = None,
 ) -> History:
-    """Train ``module`` on the spots of ``data``, holding out ``validation_fraction`` of them for early stopping.
+    """Train ``module`` on ``data``'s spots, holding out ``validation_fraction`` of them for early stopping.
 
     Held-out spots stay in the graph (their neighbours still see them) but their likelihood is used only
-    for validation.
+    for validation. Each optimizer step sees one chunk of ``chunk_spots`` core spots (plus their halo;
+    default ``soscope.settings.train_chunk_spots``).
     """
+    chunk_spots = settings.train_chunk_spots if chunk_spots is None else chunk_spots
     rng = np.random.default_rng(train_config.seed)
     held_out = rng.random(data.n_spots) < validation_fraction
     _, batches = build_batches(
-        data, norm, module.config, chunk_spots=TRAIN_CHUNK_SPOTS, held_out=held_out, device=device
+        data, norm, module.config, chunk_spots=chunk_spots, held_out=held_out, device=device
     )
     return train_module(module, batches, train_config, device=device, progress=progress, history=history)
-
-
-def predict(
-    module: SoScopeModule,
-    data: SpotData,
-    norm: Normaliser,
-    *,
-    device: torch.device | str,
-    n_samples: int = 0,
-    chunk_spots: int = INFER_CHUNK_SPOTS,
-    progress: bool = False,
-    client=None,
-    sink=None,
-) -> list[dict[str, np.ndarray]] | None:
-    """Enhanced sub-spot profiles for every sub-spot of ``data`` (rows in layout order), per modality.
-
-    Runs as a Dask graph of chunks (core + halo; see :mod:`soscope.model._dask`): on the local threaded
-    scheduler, or on a ``dask.distributed`` cluster when ``client`` is given or one is active. Memory is
-    bounded by the chunk size; core results equal untiled results because the halo covers the receptive
-    field.
-
-    Parameters
-    ----------
-    module, data, norm
-        The trained network, the spots and the model's normalisation.
-    device
-        Device of the local engine (``"auto"``: CUDA when available); cluster workers resolve their own.
-    n_samples
-        When > 0, also ``"std"`` over this many posterior samples (seeded per chunk).
-    chunk_spots
-        Core spots per chunk.
-    progress
-        Show a progress bar over chunks.
-    client
-        A ``dask.distributed`` client to run on (default: the active one, if any; else local threads).
-    sink
-        ``sink(rows, results)`` receives each chunk's core results as it completes (e.g. a
-        :class:`~soscope.model._dask.BlockWriter` streaming them to zarr); ``None`` returns the results as
-        in-memory arrays instead.
-
-    Returns
-    -------
-    Per modality ``{"enhanced", "mean"[, "std"]}`` arrays, or None when a ``sink`` is given.
-
-    """
-    from ._dask import collect, run_inference
-
-    out = None
-    if sink is None:
-        out, sink = collect(data.layout.n_subspots, module.config, n_samples)
-    hops = receptive_hops(module.config)
-    run_inference(
-        module, data, norm, sink, device=device, chunk_spots=chunk_spots, n_hops=hops, n_samples=n_samples,
-        client=client, progress=progress,
-    )  # fmt: skip
-    return out
 
 
 @torch.no_grad()
@@ -239,7 +188,7 @@ def latent(module: SoScopeModule, data: SpotData, norm: Normaliser, *, device: t
         data.centres,
         data.edge_index,
         sections=data.sections,
-        chunk_spots=INFER_CHUNK_SPOTS,
+        chunk_spots=settings.infer_chunk_spots,
         n_hops=receptive_hops(module.config),
     )
     adj = adjacency(data.edge_index, data.n_spots)

@@ -12,6 +12,15 @@ import torch
 from ..geometry import SubspotLayout
 from ..module import ModalitySpec, SpotBatch
 from ..tiling import Chunk, adjacency
+from . import _evidence
+from ._evidence import (
+    EvidenceWeights,
+    fit_footprint_ridge,
+    footprint_design,
+    image_term,
+    kernel_matrix,
+    select_weights,
+)
 
 logger = logging.getLogger("soscope")
 
@@ -56,7 +65,7 @@ class SpotData:
 
 @dataclass
 class Normaliser:
-    """Statistics fitted once on the training spots and reused unchanged on new data (saved with the model)."""
+    """Statistics fitted once on the training spots, reused unchanged on new data (saved with the model)."""
 
     input_mean: list[np.ndarray]  # per modality, of log1p(normalised) inputs
     input_std: list[np.ndarray]
@@ -65,15 +74,27 @@ class Normaliser:
     image_std: np.ndarray | None
     area_unit: float  # mean footprint area: sub-spot areas are expressed relative to it
     batch_codes: dict[str, int]
-    # per modality (x_mean, y_mean, beta): closed-form ridge of relative spot density on image features
+    # per modality (x_mean, y_mean, beta): closed-form ridge of spot density on image features
     image_ridge: list | None = None
-    # per modality None or (source modalities, mean, components, beta): without an image, a sparse count
-    # modality's neighbour densities predicted from a deeper modality of the same spots (cross-omics reference)
+    # per modality the weight of the image term in the offsets, chosen by cross-validation over spots
+    # together with the ridge penalty (see soscope.model._evidence); None without an image (or legacy)
+    evidence: list[EvidenceWeights] | None = None
+    # "weighted" (spatial prior + weighted image evidence) or "legacy" (the image ridge alone, floored); see
+    # soscope.model._evidence.OFFSETS
+    offsets: str = "weighted"
+    # per modality None or (source modalities, mean, components, beta): a sparse count modality's neighbour
+    # densities predicted from a deeper modality of the same spots (cross-omics reference)
     cross_reference: list | None = None
 
     @classmethod
-    def fit(cls, data: SpotData, batch_labels: list[str] | None = None) -> Normaliser:
-        """Fit the statistics on ``data`` (all its spots)."""
+    def fit(
+        cls, data: SpotData, batch_labels: list[str] | None = None, offsets: str | None = None
+    ) -> Normaliser:
+        """Fit the statistics on ``data`` (all its spots).
+
+        ``offsets``: ``"weighted"`` or ``"legacy"`` (see :data:`soscope.model._evidence.OFFSETS`, the
+        default).
+        """
         footprint = data.layout.footprint_area
         area_unit = float(np.mean(footprint))
         in_mean, in_std, dens_mean = [], [], []
@@ -98,11 +119,34 @@ class Normaliser:
         norm = cls(
             in_mean, in_std, dens_mean, img_mean, img_std, area_unit, {b: i for i, b in enumerate(labels)}
         )
+        norm.offsets = _evidence.OFFSETS if offsets is None else offsets
+        if norm.offsets not in ("weighted", "legacy"):
+            raise ValueError(f"image_evidence must be 'weighted' or 'legacy', not {norm.offsets!r}")
+        if norm.offsets == "legacy":
+            if data.image_features is not None:
+                norm.image_ridge = _fit_image_ridge(data, norm, _evidence.LEGACY_ALPHA)
+            else:
+                norm.cross_reference = _fit_cross_reference(data, norm)
+            return norm
+        # the spatial prior is the same with or without an image (an image weighted 0 changes nothing)
+        norm.cross_reference = _fit_cross_reference(data, norm)
         if data.image_features is not None:
-            norm.image_ridge = _fit_image_ridge(data, norm, footprint)
-        else:
-            norm.cross_reference = _fit_cross_reference(data, norm)
+            norm.image_ridge, norm.evidence = _fit_image_evidence(data, norm)
         return norm
+
+    @property
+    def image_weights(self) -> list[float]:
+        """Per modality the weight of the image term in the offsets (all 0 without an image)."""
+        if self.evidence is None:
+            return [0.0] * len(self.input_mean)
+        return [float(e.beta) for e in self.evidence]
+
+    @property
+    def image_informative(self) -> bool:
+        """Whether the image predicts held-out spots for at least one modality (a weight above 0)."""
+        if self.offsets == "legacy":
+            return self.image_ridge is not None
+        return any(b > 0 for b in self.image_weights)
 
     def standardise_image(self, features: np.ndarray) -> np.ndarray:
         """Standardised image features, missing values at the mean, clipped to ±8."""
@@ -111,14 +155,12 @@ class Normaliser:
 
 
 def spot_density(x, layout: SubspotLayout, area_unit: float):
-    """Counts per area unit of each spot's footprint (values unchanged for non-count modalities)."""
+    """Return counts per area unit of each spot's footprint (values unchanged for non-count modalities)."""
     return _row_scale(x, area_unit / np.maximum(layout.footprint_area, 1e-12))
 
 
-def _fit_image_ridge(data: SpotData, norm: Normaliser, footprint: np.ndarray) -> list:
-    """Per modality, the closed-form ridge of spot density on image features (see :func:`image_offset`)."""
-    from ..evaluate._baselines import fit_footprint_ridge
-
+def _fit_image_ridge(data: SpotData, norm: Normaliser, alpha: float) -> list:
+    """Per modality the closed-form ridge of spot density on image features, with a fixed penalty."""
     z = norm.standardise_image(data.image_features)
     ridges = []
     for mi, spec in enumerate(data.modalities):
@@ -126,8 +168,44 @@ def _fit_image_ridge(data: SpotData, norm: Normaliser, footprint: np.ndarray) ->
         y = spot_density(x, data.layout, norm.area_unit) if spec.is_count else x
         y = y if sp.issparse(y) else np.asarray(y, dtype=np.float64)  # sparse stays sparse
         y = _to_common_scale(y, data.batches, spec)
-        ridges.append(fit_footprint_ridge(y, z, data.layout, alpha=1e-4))
-    return [tuple(a.astype(np.float32) for a in r) for r in ridges]
+        ridges.append(
+            tuple(a.astype(np.float32) for a in fit_footprint_ridge(y, z, data.layout, alpha=alpha))
+        )
+    return ridges
+
+
+def _fit_image_evidence(data: SpotData, norm: Normaliser) -> tuple[list, list[EvidenceWeights]]:
+    """Per modality the closed-form image ridge and the weight of its term in the offsets.
+
+    The ridge penalty and the weight are chosen together by cross-validation over spots (see
+    :func:`soscope.model._evidence.select_weights`); the ridge is then refitted on every spot.
+    """
+    z = norm.standardise_image(data.image_features)
+    design = footprint_design(z, data.layout)
+    area = data.layout.footprint_area / norm.area_unit
+    every = np.arange(data.n_spots)
+    ridges, weights = [], []
+    for mi, spec in enumerate(data.modalities):
+        x = data.counts[mi]
+        y = spot_density(x, data.layout, norm.area_unit) if spec.is_count else x
+        y = y if sp.issparse(y) else np.asarray(y, dtype=np.float64)  # sparse stays sparse
+        y = _to_common_scale(y, data.batches, spec)
+        floor = None
+        prior = y
+        if spec.is_count:
+            floor = _FLOOR * norm.density_mean[mi] + 1e-8
+            reference = None if norm.cross_reference is None else norm.cross_reference[mi]
+            if reference is not None:  # the prior interpolates densities predicted from a deeper modality
+                prior = np.maximum(reference_density(data, every, data.layout, norm, reference), floor)
+        w = select_weights(
+            y, prior, design, area, data.centres, np.asarray(data.sections), data.spacing, floor,
+            is_count=spec.is_count,
+        )  # fmt: skip
+        logger.info("image evidence for modality %r: %s", spec.name, w.reason)
+        ridge = fit_footprint_ridge(y, z, data.layout, alpha=w.alpha)
+        ridges.append(tuple(a.astype(np.float32) for a in ridge))
+        weights.append(w)
+    return ridges, weights
 
 
 #: a modality is a reference for another when it has at least this many times its counts per spot
@@ -146,11 +224,11 @@ def _log_density(
 
 
 def _fit_cross_reference(data: SpotData, norm: Normaliser) -> list | None:
-    """Without an image: for each count modality much sparser than another, a ridge predicting its spot
-    densities from the deeper modality's leading log-density components (fitted once, in closed form).
+    """Fit, for each count modality much sparser than another, a ridge predicting its spot densities.
 
-    The offsets of the sparse modality then interpolate these predicted neighbour densities instead of its
-    own noisy ones, so the deeper modality's spatial pattern shapes how the sparse one splits (the
+    The ridge predicts from the deeper modality's leading log-density components (fitted once, in closed
+    form). The offsets of the sparse modality then interpolate these predicted neighbour densities instead
+    of its own noisy ones, so the deeper modality's spatial pattern shapes how the sparse one splits (the
     cross-omics reference: e.g. antibody tags for the RNA of spatial-CITE-seq).
     """
     counts = [i for i, spec in enumerate(data.modalities) if spec.is_count and spec.likelihood != "bernoulli"]
@@ -212,29 +290,6 @@ def _to_common_scale(y, batches: np.ndarray, spec: ModalitySpec):
     return (y.toarray() if sp.issparse(y) else y) + factors[codes]
 
 
-def image_offset(z: np.ndarray, ridge, spec: ModalitySpec, floor: np.ndarray) -> np.ndarray:
-    """The linear image model's sub-spot density (its log, floored, for counts): the network's starting point.
-
-    A ridge of spot densities on footprint-averaged image features, fitted once in closed form, predicts
-    each sub-spot's density from its own image features; the network learns non-linear corrections
-    (``h``) and spot deviations (``delta``) on top of it.
-    """
-    xm, ym, beta = ridge
-    pred = ym[None, :] + (z - xm) @ beta
-    return (np.log(np.maximum(pred, floor[None, :])) if spec.is_count else pred).astype(np.float32)
-
-
-def _centre_in_spot(values: np.ndarray, layout: SubspotLayout) -> np.ndarray:
-    """Subtract each spot's footprint-area-weighted mean, so the values shape the split only."""
-    aw = layout.area * layout.footprint_weight
-    spot_mean = np.zeros((layout.n_spots, values.shape[1]))
-    np.add.at(spot_mean, layout.spot_index, values * aw[:, None])
-    spot_mean /= np.maximum(np.bincount(layout.spot_index, weights=aw, minlength=layout.n_spots), 1e-12)[
-        :, None
-    ]
-    return values - spot_mean[layout.spot_index]
-
-
 def _row_scale(x, factors: np.ndarray):
     if sp.issparse(x):
         return sp.diags(factors) @ x
@@ -242,8 +297,9 @@ def _row_scale(x, factors: np.ndarray):
 
 
 def encoder_input(x, spec: ModalitySpec, lib: np.ndarray) -> np.ndarray:
-    """Encoder input before standardisation: log1p of counts per 10,000 plus the log library size, or the
-    values themselves (Gaussian modalities).
+    """Return the encoder input before standardisation.
+
+    Count modalities: log1p of counts per 10,000 plus the log library size; Gaussian ones: the values.
     """
     if spec.is_count:
         scaled = _row_scale(x, 1e4 / np.maximum(lib, 1.0))
@@ -284,23 +340,7 @@ def kernel_interpolate(
     Sparse (KD-tree radius query), linear in the number of points; a point with no spot in reach takes
     its nearest spot's values.
     """
-    from scipy.spatial import cKDTree
-
-    sigma = 0.45 * spacing
-    tree = cKDTree(centres)
-    pairs = tree.query_ball_point(points, r=3 * sigma)
-    lens = np.fromiter((len(p) for p in pairs), dtype=np.int64, count=len(pairs))
-    if (lens == 0).any():
-        _, nearest = tree.query(points[lens == 0])
-        for i, j in zip(np.flatnonzero(lens == 0), np.atleast_1d(nearest), strict=True):
-            pairs[i] = [int(j)]
-        lens = np.fromiter((len(p) for p in pairs), dtype=np.int64, count=len(pairs))
-    rows = np.repeat(np.arange(len(pairs)), lens)
-    cols = np.concatenate(pairs).astype(np.int64)
-    d2 = ((points[rows] - centres[cols]) ** 2).sum(1)
-    k = sp.csr_matrix((np.exp(-0.5 * d2 / sigma**2), (rows, cols)), shape=(len(pairs), len(centres)))
-    k = sp.diags(1.0 / np.maximum(np.asarray(k.sum(1)).ravel(), 1e-300)) @ k
-    return np.asarray(k @ values)
+    return np.asarray(kernel_matrix(centres, points, spacing) @ values)
 
 
 def make_batch(
@@ -325,34 +365,43 @@ def make_batch(
     sub = data.layout.subset(nodes)
     rows = data.layout.rows_of(nodes)
     img = None
-    if data.image_features is not None and norm.image_mean is not None:
+    # a model without the image (use_image=False, or an image weighted 0 everywhere: see Normaliser.evidence)
+    # gets neither its features nor the sub-spot graph of the image regulariser, so it equals the no-image run
+    if use_image_offset and data.image_features is not None and norm.image_mean is not None:
         img = norm.standardise_image(data.image_features[rows])
     xs, ins, offsets = [], [], []
-    centroids = sub.centroid
-    centres = data.centres[nodes]
+    # one kernel from the sub-spots to the chunk's spots: the spatial prior and the image term share it
+    kernel = kernel_matrix(data.centres[nodes], sub.centroid, data.spacing)
     for mi, spec in enumerate(data.modalities):
         x = data.rows(mi, nodes)
         lib = x.sum(1).astype(np.float64)
         xs.append(torch.as_tensor(x))
         ins.append((encoder_input(x, spec, lib) - norm.input_mean[mi]) / norm.input_std[mi])
-        use_ridge = use_image_offset and img is not None and norm.image_ridge is not None
-        if spec.is_count:
-            floor = _FLOOR * norm.density_mean[mi] + 1e-8
-            if use_ridge:
-                offset = image_offset(img, norm.image_ridge[mi], spec, floor)
-            else:  # no image: start from the interpolation of neighbouring spots' densities
-                reference = None if norm.cross_reference is None else norm.cross_reference[mi]
-                if reference is None:
-                    dens = spot_density(x, sub, norm.area_unit)
-                else:  # a sparse modality: its densities as predicted from a deeper one
-                    dens = np.maximum(reference_density(data, nodes, sub, norm, reference), floor)
-                offset = np.log(kernel_interpolate(dens, centres, centroids, data.spacing) + floor)
-        else:
+        legacy = norm.offsets == "legacy" and img is not None and norm.image_ridge is not None
+        if legacy:  # soscope <= 0.1.0: the image ridge alone, negative densities floored
+            xm, ym, coef = norm.image_ridge[mi]
+            pred = ym[None, :] + (img - xm) @ coef
             offset = (
-                image_offset(img, norm.image_ridge[mi], spec, None)
-                if use_ridge
-                else kernel_interpolate(x, centres, centroids, data.spacing)
+                np.log(np.maximum(pred, _FLOOR * norm.density_mean[mi][None, :] + 1e-8))
+                if spec.is_count
+                else pred
             )
+        elif spec.is_count:
+            floor = _FLOOR * norm.density_mean[mi] + 1e-8
+            reference = None if norm.cross_reference is None else norm.cross_reference[mi]
+            if reference is None:
+                dens = spot_density(x, sub, norm.area_unit)
+            else:  # a sparse modality: its densities as predicted from a deeper one
+                dens = np.maximum(reference_density(data, nodes, sub, norm, reference), floor)
+            # the spatial prior: interpolation of neighbouring spots' densities
+            offset = np.log(np.asarray(kernel @ dens) + floor)
+        else:
+            offset = np.asarray(kernel @ x)
+        beta = norm.image_weights[mi]
+        if not legacy and img is not None and norm.image_ridge is not None and beta > 0:
+            # the image evidence beyond the spatial prior, weighted by how well it predicted held-out spots
+            mean_density = np.asarray(norm.image_ridge[mi][1], dtype=np.float64) if spec.is_count else None
+            offset = offset + beta * image_term(img, norm.image_ridge[mi], sub, kernel, mean_density)
         offsets.append(torch.as_tensor(np.asarray(offset, dtype=np.float32)))
     img = None if img is None else torch.as_tensor(img)
     core_mask = np.zeros(n, dtype=bool)

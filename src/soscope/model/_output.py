@@ -7,6 +7,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
+from .._constants import SoscopeKeys, SoscopeLayers
 from .._names import slug
 from ._setup import Prepared
 
@@ -21,9 +22,9 @@ def _categorical(labels: np.ndarray, index: np.ndarray) -> pd.Categorical:
 
 
 def subspot_columns(parent_ids: np.ndarray, layout) -> pd.DataFrame:
-    """Return the columns of a sub-spot shapes element: parent ``spot_id`` and ``subspot``, on a RangeIndex."""
+    """Return the columns of a sub-spot shapes element: parent ``spot_id`` and ``subspot`` (RangeIndex)."""
     return pd.DataFrame(
-        {"spot_id": parent_ids, "subspot": layout.subspot.astype(np.int64)},
+        {SoscopeKeys.SPOT_ID: parent_ids, SoscopeKeys.SUBSPOT: layout.subspot.astype(np.int64)},
         index=pd.RangeIndex(layout.n_subspots),
     )
 
@@ -101,17 +102,20 @@ def results_to_elements(
                         np.zeros(layout.n_subspots, dtype=np.int8), categories=[shape_names[name]]
                     ),
                     INSTANCE_KEY: np.arange(layout.n_subspots, dtype=np.int64),
-                    "spot_id": parent_ids(prepared, name),
-                    "subspot": layout.subspot.astype(np.int64),
+                    SoscopeKeys.SPOT_ID: parent_ids(prepared, name),
+                    SoscopeKeys.SUBSPOT: layout.subspot.astype(np.int64),
                     # a categorical from codes: millions of sub-spots as Python strings would take GBs
-                    "section": _categorical(np.asarray(data.sections)[positions], layout.spot_index),
+                    SoscopeKeys.SECTION: _categorical(
+                        np.asarray(data.sections)[positions], layout.spot_index
+                    ),
                     "footprint_weight": layout.footprint_weight.astype(np.float32),
                 }
             )
         )
     obs = pd.concat(obs_parts, ignore_index=True)
     obs[REGION_KEY] = pd.Categorical(obs[REGION_KEY], categories=list(shape_names.values()))
-    obs["section"] = obs["section"].astype("category")  # one set of categories over the elements
+    # one set of categories over the elements
+    obs[SoscopeKeys.SECTION] = obs[SoscopeKeys.SECTION].astype("category")
     obs.index = obs.index.astype(str)
     # prediction rows follow the concatenated layout, which is element by element like obs
     src_var = sdata.tables[sel.table].var
@@ -125,9 +129,11 @@ def results_to_elements(
             else var
         )
         adata = ad.AnnData(X=pred["enhanced"], obs=obs.copy() if len(data.modalities) > 1 else obs, var=var)
-        if "std" in pred:
-            adata.layers["std"] = pred["std"]
-        adata.uns["soscope"] = {**uns, "modality": spec.name, "likelihood_used": spec.likelihood}
+        # posterior predictive spread and 10 % / 90 % quantiles of each sub-spot's counts (n_samples > 0)
+        for layer in (SoscopeLayers.STD, SoscopeLayers.Q10, SoscopeLayers.Q90):
+            if layer in pred:
+                adata.layers[layer] = pred[layer]
+        adata.uns[SoscopeKeys.UNS] = {**uns, "modality": spec.name, "likelihood_used": spec.likelihood}
         tables[table_names[spec.name]] = TableModel.parse(
             adata, region=list(shape_names.values()), region_key=REGION_KEY, instance_key=INSTANCE_KEY
         )

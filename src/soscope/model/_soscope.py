@@ -2,27 +2,61 @@
 
 from __future__ import annotations
 
+import copy
+import importlib
 import json
 import logging
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from numbers import Integral
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 
 from .._errors import ModelCompatibilityError, SoscopeInputError
+from .._settings import settings as soscope_settings  # not SoScope.settings, the model's own
 from .._version import __version__
 from ..module import ModalitySpec, ModuleConfig, SoScopeModule
 from ..train import History, TrainConfig
 from ._calibrate import calibrate_new_batches, fit_batch_bias
 from ._core import default_epochs, fit, latent, resolve_device
 from ._data import Normaliser, n_encoder_inputs
+from ._evidence import evidence_from_payload, evidence_to_payload, evidence_uns
 from ._setup import Prepared, prepare
 
 logger = logging.getLogger("soscope")
 
 MODEL_FILE = "model.pt"
-_FORMAT = "soscope-model/1"
+_FORMAT = "soscope-model/2"  # 2: constructor arguments, platform, custom extractors, training settings
+_READABLE_FORMATS = ("soscope-model/1", _FORMAT)
+#: packages whose torch image extractors :meth:`SoScope.load` rebuilds from their import path unasked
+TRUSTED_EXTRACTOR_MODULES = ("soscope",)
+#: constructor arguments that belong to the session, not to the model: given again to ``load``
+_SESSION_PARAMS = ("device", "progress")
+
+
+@dataclass
+class _ModelState:
+    """What a model is built from besides its constructor arguments.
+
+    :class:`SoScope` gets it from the data it is set up on, or from a model file in :meth:`SoScope.load`:
+    both then go through the same constructor (one construction path, as scvi-tools' ``_get_init_params``).
+    """
+
+    config: ModuleConfig
+    normaliser: Normaliser
+    scheme: str
+    platform: str
+    feature_names: list[list[str]]
+    image_feature_names: list[str]
+    state_dict: dict | None = None  # trained weights (None: a fresh model)
+    history: History | None = None
+    train_config: TrainConfig | None = None
+    is_trained: bool = False
 
 
 class SoScope:
@@ -52,10 +86,17 @@ class SoScope:
         ``var`` column naming each feature's modality (auto-detected from ``feature_types``).
     image_features
         ``"morphology"`` (colour, stain and texture statistics; no downloads), a callable on image patches,
-        a torch module, or ``"obsm:<table>:<key>"`` for precomputed features.
+        a torch module, or ``"obsm:<table>:<key>"`` for precomputed features. :meth:`save` keeps a torch
+        module's weights and import path; a plain callable cannot be saved, so :meth:`load` asks for it again.
     use_image, use_graph
         Ablations: no image (sub-spots start from the interpolation of neighbouring spots); no graph
         (spot-only encoder).
+    image_evidence
+        How the image enters the sub-spot offsets: ``"weighted"`` (default: the interpolation of
+        neighbouring spots plus the image's evidence beyond it, weighted per modality by cross-validation
+        over spots, so an image that does not predict held-out spots is left out; the weights are in
+        ``uns["soscope"]["image_evidence"]``) or ``"legacy"`` (soscope 0.1: a ridge of spot densities on
+        image features alone, penalty 1e-4, negative densities floored). See :mod:`soscope.model._evidence`.
     n_latent, n_hidden, n_graph_layers
         Network sizes.
     seed
@@ -85,6 +126,7 @@ class SoScope:
         image_features: Any = "morphology",
         use_image: bool = True,
         use_graph: bool = True,
+        image_evidence: str = "weighted",
         n_latent: int = 16,
         n_hidden: int = 128,
         n_graph_layers: int = 2,
@@ -92,57 +134,71 @@ class SoScope:
         device: str = "auto",
         progress: bool = True,
     ):
-        self.settings = {
+        # the constructor arguments, as given (scvi-tools' ``_get_init_params``): save() writes them and
+        # load() passes them to this constructor again
+        self._init_params: dict[str, Any] = {
             "table": table, "spots": spots, "image": image, "layer": layer, "subspots": subspots,
-            "likelihood": likelihood, "sections": sections, "section_key": section_key, "batch_key": batch_key,
-            "modality_key": modality_key, "coordinate_system": coordinate_system,
-            "image_features": image_features if isinstance(image_features, str) else repr(image_features),
-            "use_image": use_image, "use_graph": use_graph, "n_latent": n_latent,
-            "n_hidden": n_hidden, "n_graph_layers": n_graph_layers, "seed": seed,
+            "likelihood": likelihood, "sections": sections, "section_key": section_key,
+            "batch_key": batch_key, "modality_key": modality_key, "coordinate_system": coordinate_system,
+            "image_features": image_features,
+            "use_image": use_image, "use_graph": use_graph, "image_evidence": image_evidence,
+            "n_latent": n_latent, "n_hidden": n_hidden,
+            "n_graph_layers": n_graph_layers, "seed": seed, "device": device, "progress": progress,
         }  # fmt: skip
         self._image_extractor = image_features
         self.device = resolve_device(device)
         self.device_request = str(device)  # as asked: cluster workers resolve "auto" on their own hardware
         self.progress = progress
-        if isinstance(sdata, (list, tuple, dict)):
-            from ..io import combine
+        if isinstance(sdata, _ModelState):  # SoScope.load: the state read from a model file, no data
+            state = sdata
+            self.sdata, self.prepared = None, None
+        else:
+            if isinstance(sdata, (list, tuple, dict)):
+                from ..io import combine
 
-            sdata = combine(sdata)
-        self.sdata = sdata
-        self.prepared: Prepared | None = prepare(
-            sdata, table=table, spots=spots, image=image, layer=layer, subspots=subspots, likelihood=likelihood,
-            sections=sections, section_key=section_key, batch_key=batch_key, modality_key=modality_key,
-            coordinate_system=coordinate_system, image_features=image_features, use_image=use_image, progress=progress,
-        )  # fmt: skip
-        data = self.prepared.data
-        self.normaliser = Normaliser.fit(data)
-        self.feature_names = data.feature_names
-        self.image_feature_names = data.image_feature_names
-        self.scheme = self.prepared.scheme
-        self.platform = self.prepared.platform
+                sdata = combine(sdata)
+            self.sdata = sdata
+            self.prepared = prepare(
+                sdata, table=table, spots=spots, image=image, layer=layer, subspots=subspots,
+                likelihood=likelihood, sections=sections, section_key=section_key, batch_key=batch_key,
+                modality_key=modality_key, coordinate_system=coordinate_system, image_features=image_features,
+                use_image=use_image, progress=progress,
+            )  # fmt: skip
+            state = _state_from_data(
+                self.prepared, n_latent=n_latent, n_hidden=n_hidden, n_graph_layers=n_graph_layers,
+                use_graph=use_graph, use_image=use_image, image_evidence=image_evidence,
+            )  # fmt: skip
+        self.normaliser = state.normaliser
+        self.feature_names = state.feature_names
+        self.image_feature_names = state.image_feature_names
+        self.scheme = state.scheme
+        self.platform = state.platform
         torch.manual_seed(seed)
-        self.module = SoScopeModule(
-            ModuleConfig(
-                modalities=data.modalities,
-                n_input=n_encoder_inputs(data.modalities),
-                n_image_features=0 if data.image_features is None else data.image_features.shape[1],
-                n_batches=len(self.normaliser.batch_codes),
-                n_latent=n_latent,
-                n_hidden=n_hidden,
-                n_graph_layers=n_graph_layers,
-                use_graph=use_graph,
-                use_image=use_image,
-            )
-        )
-        self.history: History | None = None
-        self.train_config: TrainConfig | None = None
-        self.is_trained = False
-        logger.info(
-            "soscope set up: %d spots, %d sub-spots (%s), modalities %s, image features %s",
-            data.n_spots, data.layout.n_subspots, self.scheme,
-            {m.name: f"{m.n_features} features, {m.likelihood}" for m in data.modalities},
-            "none" if data.image_features is None else data.image_features.shape[1],
-        )  # fmt: skip
+        self.module = SoScopeModule(state.config)
+        if state.state_dict is not None:
+            self.module.load_state_dict(state.state_dict)
+            self.module.eval()
+        self.history: History | None = state.history
+        self.train_config: TrainConfig | None = state.train_config
+        self.is_trained = state.is_trained
+        if self.prepared is not None:
+            data = self.prepared.data
+            logger.info(
+                "soscope set up: %d spots, %d sub-spots (%s), modalities %s, image features %s",
+                data.n_spots, data.layout.n_subspots, self.scheme,
+                {m.name: f"{m.n_features} features, {m.likelihood}" for m in data.modalities},
+                "none" if data.image_features is None else data.image_features.shape[1],
+            )  # fmt: skip
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Return the constructor arguments as plain values (not ``device`` and ``progress``, the session's).
+
+        A custom image extractor appears as its description (e.g. ``"torch:pkg.mod:Net"``).
+        """
+        params = {k: v for k, v in self._init_params.items() if k not in _SESSION_PARAMS}
+        params["image_features"] = _describe_extractor(params["image_features"])
+        return params
 
     # ------------------------------------------------------------------ training
     def train(
@@ -160,6 +216,7 @@ class SoScope:
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 25,
         resume: bool = False,
+        batch_size: int | None = None,
         progress: bool | None = None,
     ) -> History:
         """Fit the model to the spots it was set up with.
@@ -167,7 +224,8 @@ class SoScope:
         Parameters
         ----------
         epochs
-            Passes over all spots; default ``600 / (spots / 256)`` clipped to [20, 200].
+            Passes over all spots; default ``600 / (spots / batch_size)`` clipped to [20, 200] (about 600
+            optimizer steps).
         pretrain_epochs
             Epochs of graph-autoencoder pretraining of the encoder before the full model (the published
             two-step training). Default 0 (off): on synthetic data it did not change the enhanced
@@ -188,7 +246,13 @@ class SoScope:
         image_weight_decay
             Weight decay of the image head (shared by all sub-spots), which keeps it from fitting spot noise.
         checkpoint_dir, checkpoint_every, resume
-            Write a checkpoint every ``checkpoint_every`` epochs; ``resume=True`` continues from it.
+            Write a checkpoint every ``checkpoint_every`` epochs; ``resume=True`` continues from it (with the
+            same arguments, the resumed run takes the same steps as an uninterrupted one).
+        batch_size
+            Spots per training step (default ``soscope.settings.train_chunk_spots``, 256): each optimizer
+            step sees a chunk of this many neighbouring spots (plus the halo their graph needs), so an epoch
+            takes about ``spots / batch_size`` steps (``history.steps``). Larger chunks use more memory per
+            step.
         progress
             Show a progress bar (default: the model's setting).
 
@@ -202,18 +266,27 @@ class SoScope:
                 "this model was loaded from disk without data; train it with SoScope(sdata).train()"
             )
         data = self.prepared.data
-        epochs = default_epochs(data.n_spots) if epochs is None else int(epochs)
+        batch_size = soscope_settings.train_chunk_spots if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+            raise SoscopeInputError(
+                f"batch_size must be a positive whole number of spots per training step, got {batch_size!r}; "
+                "leave it out for the default (soscope.settings.train_chunk_spots)"
+            )
+        batch_size = int(batch_size)
+        epochs = default_epochs(data.n_spots, batch_size) if epochs is None else int(epochs)
         if epochs < 1:
             raise SoscopeInputError(f"epochs must be ≥ 1, got {epochs}")
         if pretrain_epochs < 0:
             raise SoscopeInputError(f"pretrain_epochs must be ≥ 0, got {pretrain_epochs}")
         self.train_config = TrainConfig(
-            epochs=epochs, pretrain_epochs=int(pretrain_epochs), lr=lr, early_stopping=early_stopping, image_reg_weight=image_reg_weight, kl_weight=kl_weight,
-            image_warmup_fraction=image_warmup, image_weight_decay=image_weight_decay,
-            checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), checkpoint_every=checkpoint_every,
-            resume=resume, seed=self.settings["seed"],
+            epochs=epochs, pretrain_epochs=int(pretrain_epochs), lr=lr, early_stopping=early_stopping,
+            image_reg_weight=image_reg_weight, kl_weight=kl_weight, image_warmup_fraction=image_warmup,
+            image_weight_decay=image_weight_decay,
+            checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
+            checkpoint_every=checkpoint_every,
+            resume=resume, seed=self._init_params["seed"], batch_size=batch_size,
         )  # fmt: skip
-        torch.manual_seed(self.settings["seed"])
+        torch.manual_seed(self._init_params["seed"])
         if len(self.normaliser.batch_codes) > 1 and not resume:
             # several batches: start from their closed-form bias (gradient steps alone move it too slowly)
             fit_batch_bias(
@@ -222,6 +295,7 @@ class SoScope:
         self.history = fit(
             self.module, data, self.normaliser, self.train_config, validation_fraction=validation_fraction,
             device=self.device, progress=self.progress if progress is None else progress,
+            chunk_spots=batch_size,
         )  # fmt: skip
         self.is_trained = True
         return self.history
@@ -246,7 +320,8 @@ class SoScope:
         args.update({k: v for k, v in selection.items() if v is not None})
         prepared = prepare(
             sdata, subspots=self.scheme if not self.scheme.startswith("cells") else s["subspots"],
-            likelihood={m.name: m.likelihood for m in self.module.config.modalities}, image_features=self._image_extractor,
+            likelihood={m.name: m.likelihood for m in self.module.config.modalities},
+            image_features=self._image_extractor,
             use_image=s["use_image"], progress=self.progress, for_training=False, **args,
         )  # fmt: skip
         self._align_features(prepared)
@@ -263,15 +338,17 @@ class SoScope:
         for spec, wanted in zip(self.module.config.modalities, self.feature_names, strict=True):
             if spec.name not in have:
                 raise ModelCompatibilityError(
-                    f"the model has modality {spec.name!r} but the data has {sorted(have)}; pass modality_key= or the right table"
+                    f"the model has modality {spec.name!r} but the data has {sorted(have)}; "
+                    "pass modality_key= or the right table"
                 )
             i, names = have[spec.name]
             pos = {n: k for k, n in enumerate(names)}
             missing = [n for n in wanted if n not in pos]
             if missing:
                 raise ModelCompatibilityError(
-                    f"{len(missing)} of the model's {len(wanted)} features of modality {spec.name!r} are missing from the data: "
-                    f"{missing[:10]}{' ...' if len(missing) > 10 else ''}. Apply the model to data with the same features "
+                    f"{len(missing)} of the model's {len(wanted)} features of modality {spec.name!r} are "
+                    f"missing from the data: {missing[:10]}{' ...' if len(missing) > 10 else ''}. "
+                    "Apply the model to data with the same features "
                     "(e.g. subset or pad the table's var to the model's feature_names)."
                 )
             counts.append(data.counts[i][:, [pos[n] for n in wanted]])
@@ -281,11 +358,13 @@ class SoScope:
         if self.module.use_image:
             if data.image_features is None:
                 raise ModelCompatibilityError(
-                    "the model was trained with image features but the data has no image; pass image= or train with use_image=False"
+                    "the model was trained with image features but the data has no image; pass image= "
+                    "or train with use_image=False"
                 )
             if list(data.image_feature_names) != list(self.image_feature_names):
                 raise ModelCompatibilityError(
-                    "the data's image features differ from the model's; use the same image_features extractor and image kind"
+                    "the data's image features differ from the model's; use the same image_features "
+                    "extractor and image kind"
                 )
         elif data.image_features is not None:
             data.image_features = None
@@ -299,6 +378,7 @@ class SoScope:
         overwrite: bool = False,
         inplace: bool = True,
         client=None,
+        chunk_spots: int | None = None,
         **selection,
     ):
         """Enhance spots to sub-spots and write the results into the SpatialData.
@@ -311,7 +391,8 @@ class SoScope:
             Suffix of the written elements: shapes ``f"{spots}_{key_added}"`` and table
             ``f"{table}_{key_added}"`` (``f"{table}_{key_added}_{modality}"`` for several modalities).
         n_samples
-            When > 0, also ``layers["std"]``: the standard deviation over this many latent samples.
+            When > 0, also ``layers["std"]``, ``layers["q10"]`` and ``layers["q90"]``: the posterior
+            predictive spread and 10 % / 90 % quantiles of each sub-spot's counts over this many draws.
         overwrite
             Replace elements with the output names that soscope did not write.
         inplace
@@ -319,6 +400,10 @@ class SoScope:
         client
             A ``dask.distributed`` client to run inference on (default: the active client, if any, else
             local threads). Large outputs are streamed to the zarr store chunk by chunk.
+        chunk_spots
+            Spots per inference task (plus their halo), default ``soscope.settings.infer_chunk_spots``
+            (2048). Smaller chunks bound memory more tightly and give more tasks to spread over workers;
+            the results do not depend on it.
         **selection
             Element choices for new data (``table=``, ``spots=``, ``image=``, ``sections=`` ...).
 
@@ -327,7 +412,7 @@ class SoScope:
         The SpatialData holding the results.
 
         """
-        from ._dask import enhance_and_write
+        from ._apply import enhance_and_write
 
         if not self.is_trained:
             raise SoscopeInputError(
@@ -341,11 +426,11 @@ class SoScope:
             prepared = self.prepared
         else:
             prepared = self._prepare_other(sdata, **selection)
-        # inference as a Dask graph; large outputs stream into the store (see soscope.model._dask)
+        # one task per chunk of spots (soscope.tiling.run_tasks); large outputs stream into the store
         return enhance_and_write(
             sdata, prepared, self.module, self.normaliser, uns=self._uns(), key_added=key_added,
-            device=getattr(self, "device_request", self.device), n_samples=n_samples, overwrite=overwrite,
-            inplace=inplace, client=client,
+            device=self.device_request, n_samples=n_samples, overwrite=overwrite,
+            inplace=inplace, client=client, chunk_spots=chunk_spots,
             progress=self.progress,
         )  # fmt: skip
 
@@ -366,25 +451,48 @@ class SoScope:
             "version": __version__,
             "parameters": settings,
             "subspots": self.scheme,
-            "platform": getattr(self, "platform", "unknown"),  # "unknown": a loaded model
+            "platform": self.platform,
             "likelihood": {m.name: m.likelihood for m in self.module.config.modalities},
             "train": {}
             if self.train_config is None
             else {k: ("None" if v is None else v) for k, v in self.train_config.__dict__.items()},
             "history": {k: (np.asarray(v) if isinstance(v, list) else v) for k, v in hist.items()},
+            "image_evidence": evidence_uns(
+                self.normaliser.evidence, [m.name for m in self.module.config.modalities]
+            ),
         }
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Save weights, feature names, normalisation and settings to ``path/model.pt``.
+        """Save the model to ``path/model.pt``.
 
+        The file holds the weights, the constructor arguments, the feature names, the normalisation, the
+        sub-spot scheme, the platform and the training history.
         The file holds only tensors, numbers and strings, so :meth:`load` reads it with
-        ``torch.load(weights_only=True)``: no code can run from a model file.
+        ``torch.load(weights_only=True)``: no code can run from a model file. A custom image extractor is
+        kept as follows: a torch module as its weights plus its import path (rebuilt by :meth:`load` when
+        trusted, see there); a plain callable (a function, a lambda) cannot be stored, so the model is saved
+        without it and :meth:`load` asks for it again as ``image_features=`` (a warning says so here).
         """
         path = Path(path)
         target = path / MODEL_FILE
         if target.exists() and not overwrite:
             raise SoscopeInputError(f"{target} exists; pass overwrite=True to replace it")
+        params = {k: v for k, v in self._init_params.items() if k not in _SESSION_PARAMS}
+        extractor = params["image_features"]
+        extractor_state = None
+        if not isinstance(extractor, str):
+            params["image_features"] = _extractor_marker(extractor)
+            if isinstance(extractor, torch.nn.Module):
+                extractor_state = {k: v.detach().cpu() for k, v in extractor.state_dict().items()}
+            elif self.image_feature_names:
+                warnings.warn(
+                    f"the image-feature extractor {params['image_features']['name']} is a callable, which a "
+                    "model file cannot hold: the model is saved without it, and "
+                    "SoScope.load(path, image_features=...) needs the same callable again",
+                    UserWarning,
+                    stacklevel=2,
+                )
         path.mkdir(parents=True, exist_ok=True)
         cfg = self.module.config
         n = self.normaliser
@@ -398,11 +506,15 @@ class SoScope:
                     "modalities": [m.__dict__ for m in cfg.modalities],
                 }
             ),
-            "settings": json.dumps(self.settings),
+            "init_params": json.dumps(params),
+            "image_extractor_state": extractor_state,
             "scheme": self.scheme,
+            "platform": self.platform,
             "feature_names": json.dumps(self.feature_names),
             "image_feature_names": json.dumps(list(self.image_feature_names)),
             "history": json.dumps(self.history.as_dict() if self.history else {}),
+            "train_config": json.dumps(None if self.train_config is None else self.train_config.__dict__),
+            "is_trained": bool(self.is_trained),
             "normaliser": {
                 "input_mean": [torch.as_tensor(a) for a in n.input_mean],
                 "input_std": [torch.as_tensor(a) for a in n.input_std],
@@ -417,6 +529,8 @@ class SoScope:
                 "cross_reference": None
                 if n.cross_reference is None
                 else [[] if r is None else [torch.as_tensor(a) for a in r] for r in n.cross_reference],
+                "evidence": evidence_to_payload(n.evidence),
+                "offsets": n.offsets,
             },
         }
         tmp = target.with_suffix(".tmp")
@@ -425,8 +539,35 @@ class SoScope:
         return target
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str = "auto", progress: bool = True) -> SoScope:
-        """Load a model saved by :meth:`save` (safe: ``weights_only=True``, no unpickling of objects)."""
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        progress: bool = True,
+        image_features: Any = None,
+        trusted_modules: Iterable[str | ModuleType] = (),
+    ) -> SoScope:
+        """Load a model saved by :meth:`save` (safe: ``weights_only=True``, no unpickling of objects).
+
+        The model is rebuilt through the constructor with the arguments it was created with.
+
+        Parameters
+        ----------
+        path
+            The folder given to :meth:`save`, or the model file in it.
+        device, progress
+            As in :class:`SoScope`.
+        image_features
+            The image-feature extractor, for a model trained with a custom one. Needed for a plain callable
+            (which :meth:`save` cannot store): pass the same callable. For a torch module, optional: an
+            instance of the saved class (or the class itself, built without arguments) receives the saved
+            weights; an instance of another class is used as given.
+        trusted_modules
+            Modules (names or module objects) from which a saved torch extractor may be rebuilt through its
+            import path, besides soscope's own. Importing runs that module's code, so only modules you trust.
+
+        """
         path = Path(path)
         target = path / MODEL_FILE if path.is_dir() else path
         if not target.exists():
@@ -435,51 +576,220 @@ class SoScope:
             payload = torch.load(target, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises UnpicklingError for anything but plain data
             raise ModelCompatibilityError(
-                f"{target} is not a soscope model file or holds objects that are not allowed ({type(err).__name__}); "
-                "model files are loaded with weights_only=True and never run code"
+                f"{target} is not a soscope model file or holds objects that are not allowed "
+                f"({type(err).__name__}); model files are loaded with weights_only=True and never run code"
             ) from err
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise ModelCompatibilityError(
-                f"{target} is not a soscope model file (format {payload.get('format') if isinstance(payload, dict) else None!r})"
-            )
+        if not isinstance(payload, dict) or payload.get("format") not in _READABLE_FORMATS:
+            found = payload.get("format") if isinstance(payload, dict) else None
+            raise ModelCompatibilityError(f"{target} is not a soscope model file (format {found!r})")
+        if "init_params" in payload:
+            params = json.loads(payload["init_params"])
+        else:  # format 1: the settings were the constructor arguments, a custom extractor kept as its repr
+            params = json.loads(payload["settings"])
+            if not _is_named_extractor(params["image_features"]):
+                params["image_features"] = {"kind": "callable", "name": params["image_features"]}
         cfg = json.loads(payload["config"])
         cfg["modalities"] = [ModalitySpec(**m) for m in cfg["modalities"]]
-        self = cls.__new__(cls)
-        self.settings = json.loads(payload["settings"])
-        self._image_extractor = self.settings["image_features"]
-        self.device = resolve_device(device)
-        self.device_request = str(device)  # as asked: cluster workers resolve "auto" on their own hardware
-        self.progress = progress
-        self.sdata, self.prepared = None, None
-        self.module = SoScopeModule(ModuleConfig(**cfg))
-        self.module.load_state_dict(payload["state_dict"])
-        self.module.eval()
-        nm = payload["normaliser"]
-        self.normaliser = Normaliser(
-            input_mean=[t.numpy() for t in nm["input_mean"]],
-            input_std=[t.numpy() for t in nm["input_std"]],
-            density_mean=[t.numpy() for t in nm["density_mean"]],
-            image_mean=None if nm["image_mean"] is None else nm["image_mean"].numpy(),
-            image_std=None if nm["image_std"] is None else nm["image_std"].numpy(),
-            area_unit=float(nm["area_unit"]),
-            batch_codes=json.loads(nm["batch_codes"]),
-            image_ridge=None
-            if nm.get("image_ridge") is None
-            else [tuple(t.numpy() for t in r) for r in nm["image_ridge"]],
-            cross_reference=None
-            if nm.get("cross_reference") is None
-            else [tuple(t.numpy() for t in r) if r else None for r in nm["cross_reference"]],
-        )
-        self.scheme = payload["scheme"]
-        self.feature_names = json.loads(payload["feature_names"])
-        self.image_feature_names = json.loads(payload["image_feature_names"])
+        image_feature_names = json.loads(payload["image_feature_names"])
+        params["image_features"] = _resolve_extractor(
+            params["image_features"], payload.get("image_extractor_state"), image_features,
+            trusted_modules=trusted_modules, needed=bool(image_feature_names),
+        )  # fmt: skip
         hist = json.loads(payload["history"])
-        self.history = History(**hist) if hist else None
-        self.train_config = None
-        self.is_trained = True
-        return self
+        train_config = json.loads(payload.get("train_config", "null"))
+        state = _ModelState(
+            config=ModuleConfig(**cfg),
+            normaliser=_normaliser_from_payload(payload["normaliser"]),
+            scheme=payload["scheme"],
+            platform=payload.get("platform", "unknown"),  # format 1 did not keep it
+            feature_names=json.loads(payload["feature_names"]),
+            image_feature_names=image_feature_names,
+            state_dict=payload["state_dict"],
+            history=_known_fields(History, hist) if hist else None,
+            train_config=None if train_config is None else _known_fields(TrainConfig, train_config),
+            is_trained=bool(payload.get("is_trained", True)),
+        )
+        return cls(state, **params, device=device, progress=progress)
 
     def __repr__(self) -> str:
         mods = ", ".join(f"{m.name}: {m.n_features} × {m.likelihood}" for m in self.module.config.modalities)
         n = "" if self.prepared is None else f"{self.prepared.data.n_spots} spots, "
         return f"SoScope({n}{self.scheme}, {mods}, trained={self.is_trained})"
+
+
+# ------------------------------------------------------------------------------------ construction helpers
+def _state_from_data(
+    prepared: Prepared,
+    *,
+    n_latent: int,
+    n_hidden: int,
+    n_graph_layers: int,
+    use_graph: bool,
+    use_image: bool,
+    image_evidence: str = "weighted",
+) -> _ModelState:
+    """Build the state of a fresh model on ``prepared``: normalisation fitted on it, network sized to it."""
+    data = prepared.data
+    normaliser = Normaliser.fit(data, offsets=image_evidence)
+    config = ModuleConfig(
+        modalities=data.modalities,
+        n_input=n_encoder_inputs(data.modalities),
+        n_image_features=0 if data.image_features is None else data.image_features.shape[1],
+        n_batches=len(normaliser.batch_codes),
+        n_latent=n_latent,
+        n_hidden=n_hidden,
+        n_graph_layers=n_graph_layers,
+        use_graph=use_graph,
+        # an image that predicts no modality's held-out spots (weight 0) is left out: the no-image model
+        use_image=use_image and normaliser.image_informative,
+    )
+    return _ModelState(
+        config=config,
+        normaliser=normaliser,
+        scheme=prepared.scheme,
+        platform=prepared.platform,
+        feature_names=data.feature_names,
+        image_feature_names=data.image_feature_names,
+    )
+
+
+def _known_fields(cls: type, values: dict) -> Any:
+    """Build dataclass ``cls`` from the saved ``values`` it knows (files of other versions may hold more)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def _normaliser_from_payload(nm: dict) -> Normaliser:
+    """Rebuild the :class:`Normaliser` written by :meth:`SoScope.save` (tensors back to arrays)."""
+    return Normaliser(
+        input_mean=[t.numpy() for t in nm["input_mean"]],
+        input_std=[t.numpy() for t in nm["input_std"]],
+        density_mean=[t.numpy() for t in nm["density_mean"]],
+        image_mean=None if nm["image_mean"] is None else nm["image_mean"].numpy(),
+        image_std=None if nm["image_std"] is None else nm["image_std"].numpy(),
+        area_unit=float(nm["area_unit"]),
+        batch_codes=json.loads(nm["batch_codes"]),
+        image_ridge=None
+        if nm.get("image_ridge") is None
+        else [tuple(t.numpy() for t in r) for r in nm["image_ridge"]],
+        cross_reference=None
+        if nm.get("cross_reference") is None
+        else [tuple(t.numpy() for t in r) if r else None for r in nm["cross_reference"]],
+        evidence=evidence_from_payload(nm.get("evidence")),
+        # files from before the weighted evidence: an image ridge without weights is the legacy offset
+        offsets=nm.get("offsets", "legacy" if nm.get("image_ridge") is not None else "weighted"),
+    )
+
+
+# ---------------------------------------------------------------------------------------- custom extractors
+def _is_named_extractor(value: Any) -> bool:
+    """Extractors named by a string (``"morphology"``, ``"obsm:<table>:<key>"``) are saved as they are."""
+    return isinstance(value, str) and (value == "morphology" or value.startswith("obsm:"))
+
+
+def _import_path(obj: Any) -> str:
+    """``"module:qualname"`` of a function or of an object's class."""
+    # functions and classes carry their own qualname; instances (a torch module, a callable object) use
+    # their class's
+    target = obj if isinstance(obj, type) or hasattr(obj, "__qualname__") else type(obj)
+    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', repr(target))}"
+
+
+def _describe_extractor(extractor: Any) -> str:
+    """Describe an extractor for ``uns`` and logs: its name, or its kind and import path."""
+    if isinstance(extractor, str):
+        return extractor
+    kind = "torch" if isinstance(extractor, torch.nn.Module) else "callable"
+    return f"{kind}:{_import_path(extractor)}"
+
+
+def _extractor_marker(extractor: Any) -> dict[str, str]:
+    """Record a custom extractor in a model file (a torch module's weights go beside this record)."""
+    kind = "torch" if isinstance(extractor, torch.nn.Module) else "callable"
+    return {"kind": kind, "name": _import_path(extractor)}
+
+
+def _is_trusted(module_name: str, trusted: Iterable[str | ModuleType]) -> bool:
+    names = [
+        t.__name__ if isinstance(t, ModuleType) else str(t) for t in (*TRUSTED_EXTRACTOR_MODULES, *trusted)
+    ]
+    return any(module_name == n or module_name.startswith(n + ".") for n in names)
+
+
+def _with_weights(module: torch.nn.Module, state: dict | None, name: str) -> torch.nn.Module:
+    """Return a copy of ``module`` holding the saved weights (the caller's object is left as it was)."""
+    module = copy.deepcopy(module)
+    if state is not None:
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as err:
+            raise ModelCompatibilityError(
+                f"the saved weights of the image extractor {name} do not fit the module given as "
+                f"image_features= ({err}); pass a module built with the same arguments as at training"
+            ) from err
+    module.eval()
+    return module
+
+
+def _resolve_extractor(
+    saved: str | dict,
+    state: dict | None,
+    given: Any,
+    *,
+    trusted_modules: Iterable[str | ModuleType],
+    needed: bool,
+) -> Any:
+    """Return the image extractor of a loaded model, from what the file recorded and what the caller passed.
+
+    Torch modules are rebuilt from their import path only when that path lies in a trusted module
+    (importing runs code); plain callables cannot be stored and must be given again.
+    """
+    if isinstance(saved, str):
+        if given is not None and given != saved:
+            raise SoscopeInputError(
+                f"this model was trained with image_features={saved!r}; image_features= at load is only for "
+                "models trained with a custom extractor: leave it out"
+            )
+        return saved
+    kind, name = saved["kind"], saved["name"]
+    if given is not None:
+        if isinstance(given, type) and issubclass(given, torch.nn.Module):
+            try:
+                given = given()
+            except TypeError as err:
+                raise SoscopeInputError(
+                    f"the image extractor class {name} cannot be built without arguments ({err}); pass an "
+                    "instance: SoScope.load(path, image_features=Net(...))"
+                ) from err
+        if kind == "torch" and isinstance(given, torch.nn.Module) and _import_path(given) == name:
+            return _with_weights(given, state, name)
+        if not callable(given):
+            raise SoscopeInputError(
+                f"image_features= must be a callable or a torch module, not {type(given).__name__}"
+            )
+        return given  # another extractor, on the caller's word: used as given
+    if not needed:  # the model uses no image features: the extractor is never run on its behalf
+        return "morphology"
+    if kind == "callable":
+        raise SoscopeInputError(
+            f"this model was trained with the image-feature callable {name}, which a model file cannot hold: "
+            "pass the same callable, SoScope.load(path, image_features=fn)"
+        )
+    module_name, _, qualname = name.partition(":")
+    if not _is_trusted(module_name, trusted_modules) or "<locals>" in qualname or module_name == "__main__":
+        raise SoscopeInputError(
+            f"this model's image extractor is the torch module {name}, which is rebuilt only from trusted "
+            "modules: pass an instance (or the class), SoScope.load(path, image_features=Net()), or trust "
+            f"its module, SoScope.load(path, trusted_modules=[{module_name!r}])"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        module = obj()
+    except (ImportError, AttributeError, TypeError) as err:
+        raise SoscopeInputError(
+            f"the image extractor {name} could not be rebuilt ({type(err).__name__}: {err}); pass an "
+            "instance, SoScope.load(path, image_features=Net(...))"
+        ) from err
+    return _with_weights(module, state, name)

@@ -11,11 +11,12 @@ from ._distributions import (
     spot_likelihood,
 )
 from ._layers import GraphAttention, ResidualBlock
-from ._soscope import ModalitySpec, ModuleConfig, SoScopeModule, SpotBatch
+from ._soscope import N_TRAINED_BATCHES, ModalitySpec, ModuleConfig, SoScopeModule, SpotBatch
 
 __all__ = [
     "COUNT_LIKELIHOODS",
     "LIKELIHOODS",
+    "N_TRAINED_BATCHES",
     "CountPresence",
     "Gaussian",
     "GraphAttention",

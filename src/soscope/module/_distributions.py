@@ -10,6 +10,7 @@ import torch
 from torch.distributions import Distribution, constraints
 
 _EPS = 1e-8
+_NO_SHAPE = torch.Size()  # default sample shape: one draw per parameter (a shared immutable default)
 
 LIKELIHOODS = ("nb", "zinb", "poisson", "bernoulli", "gaussian")
 COUNT_LIKELIHOODS = ("nb", "zinb", "poisson", "bernoulli")
@@ -44,7 +45,7 @@ class NegativeBinomial(Distribution):
             - torch.lgamma(value + 1.0)
         )
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         with torch.no_grad():
             rate = torch.distributions.Gamma(self.theta, self.theta / (self.mu + _EPS)).sample(sample_shape)
             return torch.poisson(rate)
@@ -74,7 +75,7 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
         zero = torch.logaddexp(log_pi, log_not_pi + nb)
         return torch.where(value < 0.5, zero, log_not_pi + nb)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         with torch.no_grad():
             counts = super().sample(sample_shape)
             keep = torch.rand_like(counts) >= torch.sigmoid(self.zi_logits)
@@ -98,7 +99,7 @@ class Poisson(Distribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return value * torch.log(self.mu + _EPS) - self.mu - torch.lgamma(value + 1.0)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         with torch.no_grad():
             return torch.poisson(self.mu.expand(sample_shape + self.mu.shape))
 
@@ -126,7 +127,7 @@ class CountPresence(Distribution):
         log_p1 = torch.log(-torch.expm1(-mu))
         return torch.where(value > 0.5, log_p1, -mu)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         with torch.no_grad():
             return torch.bernoulli(self.mean.expand(sample_shape + self.mu.shape))
 
@@ -149,7 +150,7 @@ class Gaussian(Distribution):
         var = self.sigma**2
         return -0.5 * ((value - self.mu) ** 2 / var + torch.log(2 * torch.pi * var))
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         with torch.no_grad():
             return torch.normal(self.mu.expand(sample_shape + self.mu.shape), self.sigma)
 

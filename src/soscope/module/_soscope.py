@@ -30,9 +30,22 @@ from torch import nn
 
 from ._distributions import COUNT_LIKELIHOODS, LIKELIHOODS, spot_likelihood
 from ._layers import GraphAttention, mlp
+from ._outputs import (
+    condition_counts,
+    condition_gaussian,
+    inside_share,
+    presence_probability,
+    quantile,
+    sample_dirichlet_share,
+    sample_gaussian,
+    sample_multinomial_split,
+    sample_outside,
+    spot_sum,
+    within_spot_rank,
+)
 
-#: ``ModuleConfig.extra`` key: the number of batches the network was trained on (the output scale's reference);
-#: batches calibrated later (new sections) come after them.
+#: ``ModuleConfig.extra`` key: the number of batches the network was trained on (the output scale's
+#: reference); batches calibrated later (new sections) come after them.
 N_TRAINED_BATCHES = "n_trained_batches"
 
 
@@ -192,28 +205,33 @@ class SoScopeModule(nn.Module):
         bias = None if layer.bias is None else layer.bias[idx]
         return nn.functional.linear(x, layer.weight[idx], bias)
 
-    def spot_profiles(self, z: torch.Tensor, batch_codes: torch.Tensor, features=None) -> list[torch.Tensor]:
-        """Spot-level log profile ``r`` per modality, ``(n, F_m)`` (or only the columns in ``features[m]``).
+    def spot_profiles(
+        self, z: torch.Tensor, batch_codes: torch.Tensor, features=None, *, spot_deviation: bool = True
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Spot-level log profile ``r`` and deviation ``delta`` per modality, ``(n, F_m)`` each.
 
-        ``r = b + delta(z)``: a per-feature level plus the spot's deviation decoded from its latent.
-        While ``self.spot_deviation_on`` is False (image warm-up) ``delta`` is 0, so the image must explain
-        how spots differ.
+        ``r = b + delta(z)``: a per-feature level plus the spot's deviation decoded from its latent (only the
+        columns in ``features[m]`` when given). With ``spot_deviation=False`` (the trainer's image warm-up)
+        ``delta`` is 0, so the image must explain how spots differ. The deltas are returned (not kept on the
+        module) for the loss's Gaussian prior on them.
         """
         features = features or [None] * len(self.spot_heads)
         t = self.spot_trunk(z + self.batch_embed(batch_codes))
-        out = []
-        self._last_delta = []
+        profiles, deltas = [], []
         for head, idx in zip(self.spot_heads, features, strict=True):
             bias = head.bias if idx is None else head.bias[idx]
             delta = nn.functional.linear(t, head.weight if idx is None else head.weight[idx])
-            if not getattr(self, "spot_deviation_on", True):
+            if not spot_deviation:
                 delta = delta * 0.0
-            self._last_delta.append(delta)
-            out.append(bias + delta)
-        return out
+            deltas.append(delta)
+            profiles.append(bias + delta)
+        return profiles, deltas
 
     def image_effects(self, sub_image: torch.Tensor | None, features=None) -> list[torch.Tensor | None]:
-        """Sub-spot log effect ``h`` per modality from image features alone, ``(m, F_m)`` (None without image)."""
+        """Return the sub-spot log effect ``h`` per modality from image features alone, ``(m, F_m)``.
+
+        None per modality without an image.
+        """
         if not self.use_image or sub_image is None:
             return [None] * len(self.config.modalities)
         programs = self.image_trunk(sub_image)
@@ -221,17 +239,38 @@ class SoScopeModule(nn.Module):
         return [self._head(head, programs, idx) for head, idx in zip(self.image_heads, features, strict=True)]
 
     def subspot_values(
-        self, batch: SpotBatch, z: torch.Tensor, *, with_batch_bias: bool, features: list | None = None
+        self,
+        batch: SpotBatch,
+        z: torch.Tensor,
+        *,
+        with_batch_bias: bool,
+        features: list | None = None,
+        spot_deviation: bool = True,
     ) -> list[torch.Tensor]:
-        """Expected sub-spot values per modality, ``(m, F_m)``.
+        """Return the expected sub-spot values per modality, ``(m, F_m)`` (see :meth:`decode`)."""
+        return self.decode(
+            batch, z, with_batch_bias=with_batch_bias, features=features, spot_deviation=spot_deviation
+        )[0]
+
+    def decode(
+        self,
+        batch: SpotBatch,
+        z: torch.Tensor,
+        *,
+        with_batch_bias: bool,
+        features: list | None = None,
+        spot_deviation: bool = True,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Return the sub-spot values ``(m, F_m)`` and spot deviations ``delta`` ``(n, F_m)`` per modality.
 
         Count modalities: expected counts in each sub-spot polygon. Gaussian: the sub-spot's value.
         ``with_batch_bias=False`` removes the per-batch technical bias (a common scale across batches).
         ``features`` optionally restricts each modality to a subset of feature columns (training steps
         on many features sample a subset: the loss is a sum over features, so this stays unbiased).
+        ``spot_deviation``: see :meth:`spot_profiles`.
         """
         features = features or [None] * len(self.config.modalities)
-        r_all = self.spot_profiles(z, batch.batch, features)
+        r_all, deltas = self.spot_profiles(z, batch.batch, features, spot_deviation=spot_deviation)
         h_all = self.image_effects(batch.sub_image, features)
         out = []
         for mi, spec in enumerate(self.config.modalities):
@@ -249,7 +288,7 @@ class SoScopeModule(nn.Module):
                 out.append(torch.exp(log_rate.clamp(max=30.0)))
             else:
                 out.append(logit)
-        return out
+        return out, deltas
 
     def spot_means(
         self, batch: SpotBatch, values: list[torch.Tensor]
@@ -276,7 +315,7 @@ class SoScopeModule(nn.Module):
         return res
 
     def likelihoods(self, batch: SpotBatch, values: list[torch.Tensor], features: list | None = None):
-        """The spot observation distributions per modality (restricted to ``features`` when given)."""
+        """Return the spot observation distributions per modality (restricted to ``features`` when given)."""
         features = features or [None] * len(self.config.modalities)
         pick = lambda p, idx: p if idx is None else p[idx]  # noqa: E731
         dists = []
@@ -297,7 +336,7 @@ class SoScopeModule(nn.Module):
         return dists
 
     def sample_features(self, max_features: int | None) -> list[torch.Tensor | None]:
-        """A random subset of at most ``max_features`` columns per modality (None: all of them)."""
+        """Return a random subset of at most ``max_features`` columns per modality (None: all of them)."""
         if max_features is None:
             return [None] * len(self.config.modalities)
         return [
@@ -316,16 +355,21 @@ class SoScopeModule(nn.Module):
         image_reg_weight: float = 0.0,
         sample: bool = True,
         max_features: int | None = None,
+        spot_deviation: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Negative ELBO per spot (reconstruction + KL) plus the image regulariser.
 
         With ``max_features``, each modality's likelihood is evaluated on a random subset of that many
         features, scaled up to the whole modality (an unbiased estimate at a fraction of the cost).
+        ``spot_deviation=False`` zeroes the spot deviations (the trainer's image warm-up, see
+        :meth:`spot_profiles`).
         """
         mu, logvar = self.encode(batch)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
         features = self.sample_features(max_features)
-        values = self.subspot_values(batch, z, with_batch_bias=True, features=features)
+        values, deltas = self.decode(
+            batch, z, with_batch_bias=True, features=features, spot_deviation=spot_deviation
+        )
         dists = self.likelihoods(batch, values, features)
         mask = batch.loss_mask if batch.loss_mask is not None else torch.ones(batch.n_spots, dtype=torch.bool)
         n_used = mask.sum().clamp_min(1)
@@ -346,7 +390,7 @@ class SoScopeModule(nn.Module):
             total = total + image_reg_weight * reg
         if self.config.profile_prior_sd is not None:
             # Gaussian prior on the spot deviations: the image explains what it can first
-            pen = sum(((d**2).sum(-1) * mask).sum() / n_used for d in self._last_delta) / (
+            pen = sum(((d**2).sum(-1) * mask).sum() / n_used for d in deltas) / (
                 2 * self.config.profile_prior_sd**2
             )
             total = total + pen
@@ -383,17 +427,92 @@ class SoScopeModule(nn.Module):
     def image_regulariser(self, batch: SpotBatch, values: list[torch.Tensor]) -> torch.Tensor:
         """Neighbouring sub-spots with similar morphology should have similar (log-density) profiles.
 
-        Computed on the sparse sub-spot edges only: ``sum_e sim_e * mean_g (d_jg - d_lg)**2``.
+        Computed on the sparse sub-spot edges only: ``sum_e sim_e * mean_g (d_jg - d_kg)**2``.
         """
-        j, l = batch.sub_edges
+        j, k = batch.sub_edges
         sim = batch.sub_edge_sim
         reg = torch.zeros((), device=sim.device)
         for spec, v in zip(self.config.modalities, values, strict=True):
             d = torch.log1p(v / batch.sub_area[:, None]) if spec.is_count else v
-            reg = reg + (sim * ((d[j] - d[l]) ** 2).mean(-1)).sum() / sim.sum().clamp_min(1e-8)
+            reg = reg + (sim * ((d[j] - d[k]) ** 2).mean(-1)).sum() / sim.sum().clamp_min(1e-8)
         return reg
 
     # ----------------------------------------------------------------- outputs
+    def _centred_bias(self, batch: SpotBatch, mi: int) -> torch.Tensor:
+        """Return each sub-spot's batch bias relative to the mean over the trained batches, ``(m, F)``."""
+        bias = self.batch_bias[mi]
+        centred = bias - bias[: self.n_reference_batches].mean(0, keepdim=True)
+        return centred[batch.batch][batch.sub_spot]
+
+    @staticmethod
+    def _to_common_scale(spec: ModalitySpec, out: torch.Tensor, factor: torch.Tensor | None) -> torch.Tensor:
+        """Remove the batch bias ``factor`` from an output (counts scaled, values shifted).
+
+        A Bernoulli probability ``p`` is rescaled through its Poisson rate, ``-log(1 - p)``, so 0 and 1 stay
+        0 and 1: ``1 - (1 - p) ** exp(-factor)``.
+        """
+        if factor is None:
+            return out
+        if spec.likelihood == "bernoulli":
+            return -torch.expm1(torch.log1p(-out.clamp(max=1.0)) * torch.exp(-factor))
+        return out * torch.exp(-factor) if spec.is_count else out - factor
+
+    def _expected_output(
+        self, spec: ModalitySpec, mi: int, batch: SpotBatch, v: torch.Tensor, x: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Return a modality's sub-spot output at decoded values ``v``: conditioned on ``x``, or the mean."""
+        w, sub = batch.sub_weight, batch.sub_spot
+        if spec.likelihood == "bernoulli":
+            return presence_probability(v, w, sub, x)
+        if spec.is_count:
+            outside = (1 - torch.sigmoid(self.zi_logits[mi])) * v if spec.likelihood == "zinb" else v
+            return outside if x is None else condition_counts(v, w, sub, x, outside_mean=outside)
+        return v if x is None else condition_gaussian(v, batch.sub_area, w, sub, x)
+
+    def _predictive_draw(
+        self,
+        spec: ModalitySpec,
+        mi: int,
+        batch: SpotBatch,
+        v: torch.Tensor,
+        x: torch.Tensor | None,
+        factor: torch.Tensor | None,
+        ranks: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """One posterior predictive draw of each sub-spot's counts (or value) given decoded values ``v``."""
+        w, sub = batch.sub_weight, batch.sub_spot
+        if spec.likelihood == "bernoulli":
+            p = self._to_common_scale(spec, presence_probability(v, w, sub, x), factor)
+            return torch.bernoulli(p.clamp(0.0, 1.0))
+        if spec.is_count:
+            if x is None:  # nothing observed: the whole polygon is observation noise around the rate
+                inside, outside_rate = torch.zeros_like(v), v
+            else:
+                share = inside_share(v, w, sub, x.shape[0])
+                if spec.likelihood != "poisson":  # NB parts vary around their rates: Dirichlet-multinomial
+                    part = w[:, None] * v
+                    theta_eff = (
+                        torch.exp(self.log_theta[mi])
+                        * spot_sum(part, sub, x.shape[0]) ** 2
+                        / spot_sum(part * part, sub, x.shape[0]).clamp_min(1e-30)
+                    )
+                    share = sample_dirichlet_share(share, sub, x.shape[0], theta_eff[sub])
+                inside = sample_multinomial_split(share, sub, x, ranks)
+                outside_rate = (1 - w[:, None]) * v
+            outside = sample_outside(
+                spec.likelihood,
+                outside_rate,
+                theta=torch.exp(self.log_theta[mi]),
+                zi_logits=self.zi_logits[mi],
+            )
+            return self._to_common_scale(spec, inside + outside, factor)
+        sigma = torch.exp(self.log_sigma[mi])
+        if x is None:
+            draw = v + sigma * torch.randn_like(v)
+        else:
+            draw = sample_gaussian(v, batch.sub_area, w, sub, x, sigma)
+        return self._to_common_scale(spec, draw, factor)
+
     @torch.no_grad()
     def enhance(
         self,
@@ -403,48 +522,68 @@ class SoScopeModule(nn.Module):
         condition_on_observed: bool = True,
         remove_batch_bias: bool = True,
     ) -> list[dict[str, torch.Tensor]]:
-        """Enhanced sub-spot profiles per modality.
+        """Enhanced sub-spot profiles per modality, given the observed spots.
 
-        Returns per modality a dict with ``"mean"`` (model mean at the posterior-mean latent) and
-        ``"enhanced"``: for counts, the expected counts in each polygon given the spot's observation — the
-        part inside the footprint is the observed spot counts split in proportion to ``w * rate`` (the
-        conditional of independent Poisson parts given their sum), the part outside is the model's rate;
-        for Gaussian values, the model values shifted so their footprint-weighted mean equals the observed
-        value. With ``n_samples > 0`` also ``"std"``: the standard deviation over latent samples.
+        Returns per modality a dict with ``"mean"`` (the model's expected output at the posterior-mean
+        latent, not conditioned on the observations) and ``"enhanced"`` (the same, conditioned on each
+        spot's observation; see :mod:`soscope.module._outputs` for the notation and derivations). With
+        ``lam_k`` the expected counts in sub-spot ``k``'s polygon, ``w_k`` its share inside the footprint,
+        ``a_k`` its relative area and ``x_i`` the parent spot's observation:
+
+        * **NB, Poisson**: expected counts, ``(1 - w_k) lam_k + x_i w_k lam_k / sum_j w_j lam_j`` — the
+          observed counts split in proportion to ``w lam`` inside the footprint, the model's rate outside.
+        * **ZINB**: the same with the outside part's expected value ``(1 - w_k)(1 - pi) lam_k``
+          (``pi = sigmoid(zi_logits)``); ``"mean"`` is ``(1 - pi) lam_k``.
+        * **Bernoulli**: the probability that the polygon holds a count,
+          ``1 - exp(-(1 - w_k) lam_k) (1 - x_i q_k)`` with
+          ``q_k = (1 - exp(-w_k lam_k)) / (1 - exp(-sum_j w_j lam_j))``; ``"mean"`` is ``1 - exp(-lam_k)``.
+        * **Gaussian**: ``v_k + r_i c_k / sum_j c_j**2`` with ``c_k = a_k w_k / sum_j a_j w_j`` and the spot
+          residual ``r_i = x_i - sum_j c_j v_j``: the residual split in proportion to ``a w``, so the
+          footprint-weighted mean equals ``x_i``.
+
+        With ``n_samples > 0`` also the posterior predictive ``"std"``, ``"q10"`` and ``"q90"`` of each
+        sub-spot's counts (values for Gaussian, presence for Bernoulli) over ``n_samples`` draws, each
+        from a latent drawn from its posterior (the prior's uncertainty), then: inside the footprint the
+        observed counts split at random, ``Multinomial(x_i, p)`` with ``p_k ∝ w_k lam_k`` for the Poisson,
+        Dirichlet-multinomial for the NB and ZINB (their sub-spot rates vary around ``lam_k``; see
+        :func:`~soscope.module._outputs.sample_dirichlet_share`); outside it the
+        likelihood's observation noise around ``(1 - w_k) lam_k`` (NB with the modality's ``theta``,
+        Poisson, or ZINB); for Bernoulli a presence drawn with the conditional probability above; for
+        Gaussian the conditional of independent ``N(0, sigma**2)`` sub-spot deviations given the spot
+        (:func:`~soscope.module._outputs.sample_gaussian`).
+
+        ``condition_on_observed=False`` gives the model mean as ``"enhanced"`` too (and unconditioned draws);
+        ``remove_batch_bias`` puts every output on the common scale of the trained batches.
         """
         mu, logvar = self.encode(batch)
         values = self.subspot_values(batch, mu, with_batch_bias=True)
-        means = self.spot_means(batch, values)
+        mods = self.config.modalities
+        obs = [batch.x[mi] if condition_on_observed else None for mi in range(len(mods))]
+        factors = [self._centred_bias(batch, mi) if remove_batch_bias else None for mi in range(len(mods))]
         out = []
-        for mi, spec in enumerate(self.config.modalities):
+        for mi, spec in enumerate(mods):
             v = values[mi]
-            mean, _ = means[mi]
-            x = batch.x[mi]
-            res = {}
-            if spec.is_count and spec.likelihood != "bernoulli" and condition_on_observed:
-                w = batch.sub_weight[:, None]
-                share = w * v / mean[batch.sub_spot].clamp_min(1e-12)
-                enhanced = (1 - w) * v + x[batch.sub_spot] * share
-            elif not spec.is_count and condition_on_observed:
-                enhanced = v + (x - mean)[batch.sub_spot]
-            else:
-                enhanced = v
-            if remove_batch_bias:
-                # to the common scale: each batch's bias relative to the mean over batches (0 with one batch)
-                centred_bias = self.batch_bias[mi] - self.batch_bias[mi][: self.n_reference_batches].mean(
-                    0, keepdim=True
-                )
-                factor = centred_bias[batch.batch][batch.sub_spot]
-                enhanced = enhanced * torch.exp(-factor) if spec.is_count else enhanced - factor
-                v = v * torch.exp(-factor) if spec.is_count else v - factor
-            res["enhanced"], res["mean"] = enhanced, v
-            out.append(res)
+            enhanced = self._expected_output(spec, mi, batch, v, obs[mi])
+            mean = self._expected_output(spec, mi, batch, v, None)
+            out.append(
+                {
+                    "enhanced": self._to_common_scale(spec, enhanced, factors[mi]),
+                    "mean": self._to_common_scale(spec, mean, factors[mi]),
+                }
+            )
         if n_samples > 0:
-            draws = [[] for _ in self.config.modalities]
-            for _ in range(n_samples):
+            ranks = within_spot_rank(batch.sub_spot, batch.n_spots, batch.sub_weight)
+            # preallocated: the draws are the largest tensors of inference
+            draws = [
+                torch.empty((n_samples,) + r["mean"].shape, dtype=r["mean"].dtype, device=r["mean"].device)
+                for r in out
+            ]
+            for s in range(n_samples):
                 z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-                for mi, v in enumerate(self.subspot_values(batch, z, with_batch_bias=not remove_batch_bias)):
-                    draws[mi].append(v)
-            for mi in range(len(out)):
-                out[mi]["std"] = torch.stack(draws[mi]).std(0)
+                for mi, v in enumerate(self.subspot_values(batch, z, with_batch_bias=True)):
+                    draws[mi][s] = self._predictive_draw(mods[mi], mi, batch, v, obs[mi], factors[mi], ranks)
+            for mi, d in enumerate(draws):
+                out[mi]["std"] = d.std(0) if n_samples > 1 else torch.zeros_like(d[0])
+                out[mi]["q10"] = quantile(d, 0.1)
+                out[mi]["q90"] = quantile(d, 0.9)
         return out

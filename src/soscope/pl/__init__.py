@@ -4,7 +4,7 @@ Every function returns a matplotlib :class:`~matplotlib.figure.Figure` made with
 renders with Agg when saved) and writes it to ``save=`` when given.
 """
 
-from soscope.pl._maps import enhanced
+from soscope.pl._maps import enhanced, enhanced_tables
 from soscope.pl._training import accuracy, training
 
-__all__ = ["accuracy", "enhanced", "training"]
+__all__ = ["accuracy", "enhanced", "enhanced_tables", "training"]

@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from soscope._constants import SoscopeKeys
 from soscope._errors import SoscopeInputError
 from soscope._names import slug
+from soscope.io import layer_names
 from soscope.pl._utils import (
     affine_xy,
     as_list,
@@ -30,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["enhanced"]
 
-_SOSCOPE_KEY = "soscope"
+_SOSCOPE_KEY = SoscopeKeys.UNS
 
 
 def _fmt(names: Any, limit: int = 12) -> str:
@@ -155,7 +157,7 @@ def _columns(adata: Any, idx: Sequence[int], layer: str | None) -> np.ndarray:
     """Return ``(n_obs, len(idx))`` float64 values of the chosen features (reads only those columns)."""
     if layer is not None and layer not in adata.layers:
         raise SoscopeInputError(
-            f"The table has no layer '{layer}'; layers: {_fmt(adata.layers.keys())}. Pass one of them, or "
+            f"The table has no layer '{layer}'; layers: {_fmt(layer_names(adata))}. Pass one of them, or "
             "`layer=None` for X."
         )
     x = adata.layers[layer] if layer is not None else adata.X

@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from soscope._constants import SoscopeKeys
 from soscope._errors import SoscopeInputError
 from soscope.pl._utils import axes_list, new_figure, save_figure
 
 __all__ = ["training", "accuracy"]
 
-_SOSCOPE_KEY = "soscope"
+_SOSCOPE_KEY = SoscopeKeys.UNS
 
 
 # --------------------------------------------------------------------------------------------- history

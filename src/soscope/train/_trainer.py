@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -13,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._errors import TrainingDivergedError
+from .._errors import SoscopeInputError, TrainingDivergedError
+from .._progress import progress_bar
 from ..module import SoScopeModule, SpotBatch
 
 logger = logging.getLogger("soscope")
@@ -41,6 +43,9 @@ class TrainConfig:
     checkpoint_every: int = 25
     resume: bool = False
     seed: int = 0
+    # spots per training step: the core spots of each minibatch chunk. Recorded here (it shapes the run, so it
+    # belongs in the history); the caller applies it when it plans the chunks (soscope.model._core.fit)
+    batch_size: int = 256
 
 
 @dataclass
@@ -52,6 +57,7 @@ class History:
     validation_loss: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     pretrain_loss: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)  # optimizer steps (minibatches) in each epoch
     best_epoch: int = -1
     stopped_early: bool = False
 
@@ -98,27 +104,46 @@ def train_module(
     opt = torch.optim.AdamW(groups, lr=config.lr)
     total_steps = config.epochs * len(batches)
     start_epoch = 0
+    rng = np.random.default_rng(config.seed)
+    has_validation = False  # some batch holds validation spots: known after the first epoch
+    smoothed = None
+    best: tuple[float, dict | None] = (math.inf, None)
+    bad_epochs = 0
     ckpt = Path(config.checkpoint_dir) / "checkpoint.pt" if config.checkpoint_dir else None
     if ckpt is not None and config.resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=True)
+        saved_steps = state.get("loop", {}).get("steps_per_epoch")
+        if saved_steps is not None and int(saved_steps) != len(batches):  # checked before anything changes
+            raise SoscopeInputError(
+                f"the checkpoint in {ckpt.parent} was written with {int(saved_steps)} steps per epoch, this "
+                f"run has {len(batches)}: resume with the same data and batch_size, or pass resume=False to "
+                "start afresh"
+            )
         module.load_state_dict(state["module"])
         opt.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"]) + 1
         for k, v in state["history"].items():
             setattr(history, k, list(v) if isinstance(v, list) else v)
+        if "loop" in state:  # the loop's own state: the resumed run continues as the uninterrupted one would
+            rng.bit_generator.state = json.loads(state["loop"]["numpy_rng"])
+            # generator states are CPU byte tensors, whatever map_location put them on
+            torch.set_rng_state(state["loop"]["torch_rng"].cpu())
+            if device.type == "cuda" and state["loop"].get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["loop"]["cuda_rng"].cpu(), device)
+            has_validation = bool(state["loop"]["has_validation"])
+            smoothed = state["loop"]["smoothed"]
+            best = (float(state["loop"]["best_loss"]), state["loop"]["best_module"])
+            bad_epochs = int(state["loop"]["bad_epochs"])
+        else:  # a checkpoint written before the loop state was saved: continue as those versions did
+            rng = np.random.default_rng(config.seed + start_epoch)
+            if history.validation_loss:
+                best = (min(history.validation_loss), copy.deepcopy(module.state_dict()))
         logger.info("resumed training from %s at epoch %d", ckpt, start_epoch)
-    rng = np.random.default_rng(config.seed + start_epoch)
     # batches may be built when used (a lazy sequence): they are fetched and moved one step at a time
     if config.pretrain_epochs > 0 and start_epoch == 0 and not history.pretrain_loss:
         _pretrain(module, batches, config, rng, history, progress, device)
-    has_validation = False  # some batch holds validation spots: known after the first epoch
-    smoothed = None
-    best = (math.inf, None)
-    if history.validation_loss:
-        best = (min(history.validation_loss), copy.deepcopy(module.state_dict()))
-    bad_epochs = 0
     warmup_steps = max(1, int(config.kl_warmup_fraction * total_steps))
-    bar = _progress(progress, config.epochs - start_epoch, description)
+    bar = progress_bar(progress, config.epochs - start_epoch, description)
     for epoch in range(start_epoch, config.epochs):
         module.train()
         losses, val_sum, val_n = [], 0.0, 0
@@ -128,13 +153,14 @@ def train_module(
             for g in opt.param_groups:
                 g["lr"] = config.lr * factor
             kl_w = config.kl_weight * min(1.0, (step + 1) / warmup_steps)
-            module.spot_deviation_on = step >= config.image_warmup_fraction * total_steps
             batch = batches[bi].to(device)
             out = module.loss(
                 batch,
                 kl_weight=kl_w,
                 image_reg_weight=config.image_reg_weight,
                 max_features=config.max_features,
+                # image warm-up: spot deviations off for the first steps (the image explains first)
+                spot_deviation=step >= config.image_warmup_fraction * total_steps,
             )
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
@@ -153,9 +179,11 @@ def train_module(
         history.train_loss.append(train_loss)
         history.validation_loss.append(raw_val)
         history.lr.append(config.lr * factor)
+        history.steps.append(len(losses))
         if not np.isfinite(train_loss):
             raise TrainingDivergedError(
-                f"training diverged at epoch {epoch} (loss {train_loss}); lower lr (now {config.lr}) or check the input"
+                f"training diverged at epoch {epoch} (loss {train_loss}); lower lr (now {config.lr}) "
+                "or check the input"
             )
         if best[1] is None or val_loss < best[0] - 1e-4 * abs(best[0]):
             best = (val_loss, copy.deepcopy(module.state_dict()))
@@ -168,7 +196,18 @@ def train_module(
         if on_epoch is not None:
             on_epoch(epoch, train_loss)
         if ckpt is not None and ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs):
-            _save_checkpoint(ckpt, module, opt, epoch, history)
+            loop = {
+                "numpy_rng": json.dumps(rng.bit_generator.state),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "has_validation": has_validation,
+                "smoothed": smoothed,
+                "best_loss": best[0],
+                "best_module": best[1],
+                "bad_epochs": bad_epochs,
+                "steps_per_epoch": len(batches),
+            }
+            _save_checkpoint(ckpt, module, opt, epoch, history, loop)
         if (
             config.early_stopping
             and has_validation
@@ -182,7 +221,6 @@ def train_module(
         bar.close()
     if config.early_stopping and has_validation and best[1] is not None:
         module.load_state_dict(best[1])
-    module.spot_deviation_on = True
     module.eval()
     return history
 
@@ -205,7 +243,7 @@ def _pretrain(
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total = config.pretrain_epochs * len(batches)
     warm = max(1, int(config.kl_warmup_fraction * total))
-    bar = _progress(progress, config.pretrain_epochs, "pretraining (graph autoencoder)")
+    bar = progress_bar(progress, config.pretrain_epochs, "pretraining (graph autoencoder)")
     step = 0
     module.train()
     for _ in range(config.pretrain_epochs):
@@ -229,46 +267,22 @@ def _pretrain(
         bar.close()
 
 
-def _save_checkpoint(path: Path, module, opt, epoch: int, history: History) -> None:
-    """Write a checkpoint atomically (temporary file, then rename): an interrupted write leaves the old one."""
+def _save_checkpoint(path: Path, module, opt, epoch: int, history: History, loop: dict | None = None) -> None:
+    """Write a checkpoint atomically (temporary file, then rename): an interrupted write leaves the old one.
+
+    ``loop`` holds the training loop's own state (random generators, early-stopping state and best weights),
+    so that a resumed run takes the same steps as an uninterrupted one. Everything in the file is tensors,
+    numbers and strings: it loads with ``torch.load(weights_only=True)``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "module": module.state_dict(),
-            "optimizer": opt.state_dict(),
-            "epoch": epoch,
-            "history": history.as_dict(),
-        },
-        tmp,
-    )
+    payload = {
+        "module": module.state_dict(),
+        "optimizer": opt.state_dict(),
+        "epoch": epoch,
+        "history": history.as_dict(),
+    }
+    if loop is not None:
+        payload["loop"] = loop
+    torch.save(payload, tmp)
     os.replace(tmp, path)
-
-
-class _progress:
-    """A small rich progress bar, or nothing when ``progress=False``."""
-
-    def __new__(cls, enabled: bool, total: int, description: str):
-        if not enabled:
-            return None
-        return super().__new__(cls)
-
-    def __init__(self, enabled: bool, total: int, description: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._p = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            transient=False,
-        )
-        self._p.start()
-        self._task = self._p.add_task(description, total=total, info="")
-
-    def update(self, n: int, info: str = "") -> None:
-        self._p.update(self._task, advance=n, info=info)
-
-    def close(self) -> None:
-        self._p.stop()
