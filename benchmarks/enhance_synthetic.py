@@ -3,7 +3,8 @@
 Default: 4,000 spots × 2,000 features with an H&E-like image (hex7 → 28,000 sub-spots), written to a zarr
 store and enhanced in place (read → sub-spots → image features → train → enhance → atomic write-back).
 
-    python benchmarks/enhance_synthetic.py [--spots 4000] [--features 2000] [--out results/enhance_synthetic.md]
+    python benchmarks/enhance_synthetic.py [--spots 4000] [--features 2000]
+        [--out results/enhance_synthetic.md]
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""soscope.enhance against ground truth on synthetic tissue: beats the naive baselines, with and without image.
+"""soscope.enhance against ground truth on synthetic tissue: beats naive baselines, with and without image.
 
 These are the acceptance checks of the end-to-end issue; each trains a model on 1,000 spots × 200 features.
 """

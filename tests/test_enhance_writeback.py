@@ -1,4 +1,4 @@
-"""soscope.enhance writes valid, linked sub-spot shapes and tables into the zarr store; bad input fails cleanly."""
+"""soscope.enhance writes valid, linked sub-spot shapes and tables into the store; bad input fails cleanly."""
 
 import numpy as np
 import pytest

@@ -6,5 +6,5 @@ import re
 
 
 def slug(name: str) -> str:
-    """A modality name made safe for an element name (``"Gene Expression"`` → ``"gene_expression"``)."""
+    """Return a modality name made safe for element names (``"Gene Expression"`` → ``"gene_expression"``)."""
     return re.sub(r"[^0-9a-zA-Z]+", "_", str(name)).strip("_").lower() or "modality"

@@ -86,6 +86,7 @@ def _backend(value: Any) -> str | None:
 _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "infer_chunk_spots": _positive_int("infer_chunk_spots"),
     "train_chunk_spots": _positive_int("train_chunk_spots"),
+    "dense_block_rows": _positive_int("dense_block_rows"),
     "device": _device,
     "progress": _bool("progress"),
     "parallel_backend": _backend,
@@ -116,6 +117,9 @@ class Settings:
     train_chunk_spots
         Spots per training minibatch (plus their halo), 256 by default; a per-call ``batch_size``
         overrides it.
+    dense_block_rows
+        Rows (spots) densified at once when statistics are computed from a sparse table (4096): a
+        whole-transcriptome table is never made dense whole.
     device
         What ``device="auto"`` (the default of every call) means: ``"auto"`` (CUDA when available, else
         the CPU), or a torch device such as ``"cpu"`` or ``"cuda:1"``. Cluster workers asked for
@@ -149,6 +153,7 @@ class Settings:
 
     infer_chunk_spots: int = 2048
     train_chunk_spots: int = 256
+    dense_block_rows: int = 4096
     device: str = "auto"
     progress: bool = True
     parallel_backend: str | None = None

@@ -8,7 +8,7 @@ import numpy as np
 
 
 def affine_xy(element: Any, coordinate_system: str) -> np.ndarray:
-    """The 3×3 affine matrix mapping ``element``'s intrinsic (x, y) to ``coordinate_system``."""
+    """Return the 3×3 affine matrix mapping ``element``'s intrinsic (x, y) to ``coordinate_system``."""
     from spatialdata.transformations import get_transformation
 
     t = get_transformation(element, to_coordinate_system=coordinate_system)

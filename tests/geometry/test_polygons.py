@@ -92,7 +92,7 @@ def test_refuses_other_geometry_types():
 
 
 def test_hex7_layout_is_small_and_exact():
-    """A hex7 layout keeps ~100 bytes per sub-spot (a shapely polygon costs ~1 kB), with the exact polygons."""
+    """A hex7 layout keeps ~100 bytes per sub-spot (a shapely polygon: ~1 kB), with the exact polygons."""
     n_side = 30
     r, c = np.divmod(np.arange(n_side * n_side), n_side)
     xy = np.stack([(c + 0.5 * (r % 2)) * 100.0, r * np.sqrt(3) / 2 * 100.0], 1)

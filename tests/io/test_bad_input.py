@@ -304,16 +304,13 @@ def test_sparse_counts_are_never_densified_whole(monkeypatch):
 
     Chunks and blocks are made small (24–32 spots of 200) so that densifying the whole matrix anywhere fails.
     """
-    from soscope.model import _data
-
     s = _sdata(image=True, n_spots=200)
     t = s.tables["table"]
     assert sp.issparse(t.X)
     n = t.n_obs
-    monkeypatch.setattr(_data, "_MOMENT_ROWS", 32)
     seen = _guard_densify(monkeypatch, n)
-    # training steps (batch_size) and inference tasks (the setting) of 24 spots
-    with soscope.settings.override(infer_chunk_spots=24):
+    # training steps (batch_size), inference tasks and statistics blocks of 24-32 spots
+    with soscope.settings.override(infer_chunk_spots=24, dense_block_rows=32):
         soscope.enhance(s, table="table", batch_size=24, **FAST)
     assert seen and max(seen) < n  # blocks were densified, never the whole matrix
     assert s.tables["table_soscope"].n_obs == 7 * n

@@ -1,5 +1,6 @@
-"""Datasets: a synthetic tissue with known sub-spot truth, the real example shipped in the package, and
-loaders of the real high-resolution data used by the benchmarks (read from disk, never downloaded).
+"""Datasets: a synthetic tissue with known sub-spot truth, the shipped real example, real data loaders.
+
+The loaders read the real high-resolution data used by the benchmarks from disk (never downloaded).
 """
 
 from soscope.datasets._example import example

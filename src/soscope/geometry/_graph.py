@@ -227,7 +227,10 @@ def _shared_lengths(
 
 
 def subspot_size(layout: SubspotLayout) -> float:
-    """Return a spot's size, ``sqrt`` of the median summed sub-spot area per spot (:func:`subspot_graph` tolerances)."""
+    """Return a spot's size: ``sqrt`` of the median summed sub-spot area per spot.
+
+    The tolerances of :func:`subspot_graph` derive from it.
+    """
     per_spot = np.bincount(np.asarray(layout.spot_index), weights=np.asarray(layout.area, dtype=np.float64))
     per_spot = per_spot[per_spot > 0]
     return float(np.sqrt(np.median(per_spot))) if len(per_spot) else 1.0

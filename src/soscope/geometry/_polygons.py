@@ -17,7 +17,10 @@ __all__ = ["PolygonArray"]
 
 
 def _take_ranges(offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return the positions of the ranges ``offsets[i]:offsets[i+1]`` for ``i`` in ``idx``, concatenated, and their offsets."""
+    """Return the positions of the ranges ``offsets[i]:offsets[i+1]`` for ``i`` in ``idx``, concatenated.
+
+    Also returns the offsets of the concatenated ranges.
+    """
     starts = offsets[idx]
     lengths = offsets[idx + 1] - starts
     new_offsets = np.zeros(len(idx) + 1, dtype=np.int64)

@@ -282,7 +282,8 @@ def _parts_layout(
 ) -> SubspotLayout:
     """Layout from K generated parts per spot, each ``(absolute rings (N, nv, 2) or None, local rings)``.
 
-    Absolute rings ``None``: the spot centre plus the local rings. Local rings are relative to the spot centre (``(1, nv, 2)`` when shared by all spots): areas,
+    Absolute rings ``None``: the spot centre plus the local rings. Local rings are relative to the spot
+    centre (``(1, nv, 2)`` when shared by all spots): areas,
     centroids and circle overlaps come from them in numpy, exactly and without cancellation in large
     pixel coordinates. Weights: exact circle overlap with ``radius``, shapely intersection with polygon
     ``footprints``, or 1 when neither is given (parts that tile their own spot).
@@ -583,7 +584,8 @@ def make_subspots(
     scheme = parse_subspot_scheme(scheme, spots)
     xy = spot_centres(spots)
     n = len(xy)
-    # measured footprints as shapely polygons (circles as 128-gons, ~3 kB each): only where intersections need them
+    # measured footprints as shapely polygons (circles as 128-gons, ~3 kB each): only where intersections
+    # need them
     footprints = spot_footprints(spots) if scheme.startswith("cells") or kind == "polygons" else None
 
     if scheme.startswith("cells"):

@@ -38,7 +38,8 @@ def combine(sdatas: Sequence[Any] | Mapping[str, Any]) -> Any:
     bad = [k for k, v in parts.items() if not isinstance(v, sd.SpatialData)]
     if bad:
         raise SoscopeInputError(
-            f"combine(): the items {bad} are not SpatialData objects; pass SpatialData (e.g. sd.read_zarr(path))."
+            f"combine(): the items {bad} are not SpatialData objects; pass SpatialData "
+            "(e.g. sd.read_zarr(path))."
         )
     if len(parts) == 1:
         return next(iter(parts.values()))
@@ -46,6 +47,7 @@ def combine(sdatas: Sequence[Any] | Mapping[str, Any]) -> Any:
         return sd.concatenate(parts, concatenate_tables=True, merge_coordinate_systems_on_name=True)
     except Exception as e:  # spatialdata raises ValueError/KeyError/AssertionError for incompatible tables
         raise SoscopeInputError(
-            f"Could not combine the SpatialData objects {list(parts)} ({type(e).__name__}: {e}): their tables "
-            "must share features and spatialdata_attrs (region_key, instance_key); or train on one of them."
+            f"Could not combine the SpatialData objects {list(parts)} ({type(e).__name__}: {e}): "
+            "their tables must share features and spatialdata_attrs (region_key, instance_key); or train "
+            "on one of them."
         ) from e

@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .._settings import settings
 from ..geometry import SubspotLayout
 from ..module import ModalitySpec, SpotBatch
 from ..tiling import Chunk, adjacency
@@ -308,18 +309,16 @@ def encoder_input(x, spec: ModalitySpec, lib: np.ndarray) -> np.ndarray:
     return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
 
 
-_MOMENT_ROWS = 4096  # spots per block when computing the encoder inputs' moments
-
-
 def _encoder_input_moments(x, spec: ModalitySpec, lib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and (population) std of :func:`encoder_input`, a block of rows at a time.
 
-    A sparse matrix is never densified whole: only ``_MOMENT_ROWS`` rows at once.
+    A sparse matrix is never densified whole: only ``soscope.settings.dense_block_rows`` rows at once.
     """
     n = x.shape[0]
     total = sq = None
-    for start in range(0, n, _MOMENT_ROWS):
-        rows = slice(start, start + _MOMENT_ROWS)
+    block = settings.dense_block_rows
+    for start in range(0, n, block):
+        rows = slice(start, start + block)
         blk = encoder_input(x[rows], spec, lib[rows]).astype(np.float64)
         s, s2 = blk.sum(0), (blk**2).sum(0)
         total, sq = (s, s2) if total is None else (total + s, sq + s2)

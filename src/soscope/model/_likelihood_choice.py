@@ -22,7 +22,7 @@ def _sample_values(x, max_values: int = 2_000_000) -> np.ndarray:
 
 
 def choose_likelihood(x, modality: str) -> tuple[str, str]:
-    """The likelihood for one modality's ``(N, F)`` matrix and a sentence saying why.
+    """Return the likelihood for one modality's ``(N, F)`` matrix and a sentence saying why.
 
     Integer counts → negative binomial (``"nb"``), except binary matrices → ``"bernoulli"`` and chromatin
     modalities (peaks, ATAC, CUT&Tag: sparse, little overdispersion once binned) → ``"poisson"``;
@@ -51,12 +51,14 @@ def resolve_likelihoods(matrices: list, modalities: list[str], likelihood: str |
             chosen[name] = requested
         else:
             raise SoscopeInputError(
-                f"likelihood {requested!r} for modality {name!r} is not known; use 'auto' or one of {list(LIKELIHOODS)}"
+                f"likelihood {requested!r} for modality {name!r} is not known; use 'auto' or one of "
+                f"{list(LIKELIHOODS)}"
             )
     if isinstance(likelihood, dict):
         unknown = set(likelihood) - set(modalities)
         if unknown:
             raise SoscopeInputError(
-                f"likelihood names modalities {sorted(unknown)} that the data does not have; modalities are {modalities}"
+                f"likelihood names modalities {sorted(unknown)} that the data does not have; modalities are "
+                f"{modalities}"
             )
     return chosen
