@@ -38,7 +38,7 @@ $(VENV)/.installed-docs: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks tutorials docs

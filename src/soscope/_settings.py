@@ -20,34 +20,28 @@ PARALLEL_BACKENDS = (None, "threads", "serial", "dask-distributed")
 _MiB = 1 << 20
 
 
-def _positive_int(name: str) -> Callable[[Any], int]:
+def _integer(name: str, minimum: int, what: str, example: str = "") -> Callable[[Any], int]:
+    """Return a validator of integers >= ``minimum`` whose error names the setting and what it takes."""
+
     def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SoscopeInputError(f"soscope.settings.{name} must be a positive integer, got {value!r}.")
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise SoscopeInputError(f"soscope.settings.{name} must be {what}, got {value!r}{example}.")
         return int(value)
 
     return check
+
+
+def _positive_int(name: str) -> Callable[[Any], int]:
+    return _integer(name, 1, "a positive integer")
 
 
 def _bytes(name: str) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise SoscopeInputError(
-                f"soscope.settings.{name} must be a number of bytes (an integer >= 0), got {value!r}; "
-                f"e.g. soscope.settings.{name} = 512 * 2**20 for 512 MiB."
-            )
-        return int(value)
-
-    return check
+    example = f"; e.g. soscope.settings.{name} = 512 * 2**20 for 512 MiB"
+    return _integer(name, 0, "a number of bytes (an integer >= 0)", example)
 
 
 def _count(name: str) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise SoscopeInputError(f"soscope.settings.{name} must be an integer >= 0, got {value!r}.")
-        return int(value)
-
-    return check
+    return _integer(name, 0, "an integer >= 0")
 
 
 def _device(value: Any) -> str:
