@@ -32,7 +32,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -154,32 +153,15 @@ def stage_slide(args) -> dict:
 
 def run_child(stage: str, args, **extra) -> dict:
     """Run a stage in a fresh process, sampling its process tree's resident memory meanwhile."""
-    import psutil
+    sys.path.insert(0, str(HERE))
+    from scale import run_sampled
 
     cmd = [sys.executable, __file__, "--stage", stage, "--seed", str(args.seed)]
     for k, v in extra.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    peak = [0]
-
-    def sample():
-        try:
-            p = psutil.Process(proc.pid)
-            while proc.poll() is None:
-                rss = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
-                peak[0] = max(peak[0], rss)
-                time.sleep(0.2)
-        except psutil.Error:
-            pass
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, _ = proc.communicate()
-    sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"stage {stage} failed with exit code {proc.returncode}")
+    out, peak = run_sampled(cmd, f"stage {stage}")
     res = json.loads(out.strip().splitlines()[-1])
-    res["sampled_peak_gb"] = round(peak[0] / 1024**3, 2)
+    res["sampled_peak_gb"] = round(peak / 1024**3, 2)
     return res
 
 

@@ -281,10 +281,34 @@ def stage_run(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def run_child(stage: str, args, **extra) -> dict:
-    """Run a stage in a fresh Python process; sample its memory (process tree RSS) meanwhile."""
+def run_sampled(cmd: list[str], what: str) -> tuple[str, int]:
+    """Run ``cmd``, sampling its process tree's resident memory every 0.2 s; return stdout, peak bytes."""
     import psutil
 
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def sample():
+        try:
+            p = psutil.Process(proc.pid)
+            while proc.poll() is None:
+                rss = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+                peak[0] = max(peak[0], rss)
+                time.sleep(0.2)
+        except psutil.Error:
+            pass
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, _ = proc.communicate()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed ({proc.returncode})")
+    return out, peak[0]
+
+
+def run_child(stage: str, args, **extra) -> dict:
+    """Run a stage in a fresh Python process; sample its memory (process tree RSS) meanwhile."""
     cmd = [
         sys.executable,
         __file__,
@@ -301,27 +325,9 @@ def run_child(stage: str, args, **extra) -> dict:
     ]
     for k, v in extra.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    peak = [0]
-
-    def sample():
-        try:
-            p = psutil.Process(proc.pid)
-            while proc.poll() is None:
-                rss = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
-                peak[0] = max(peak[0], rss)
-                time.sleep(0.2)
-        except psutil.Error:
-            pass
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    out, _ = proc.communicate()
-    th.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"stage {stage} failed ({proc.returncode})")
+    out, peak = run_sampled(cmd, stage)
     res = json.loads(out.strip().splitlines()[-1])
-    res["sampled_peak_gb"] = peak[0] / 1024**3
+    res["sampled_peak_gb"] = peak / 1024**3
     return res
 
 
