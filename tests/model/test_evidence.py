@@ -12,6 +12,7 @@ from model_helpers import MODEL_ARGS, make_sdata, one_thread
 import soscope
 from soscope.evaluate import score
 from soscope.geometry import make_subspots
+from soscope.io import SelectionRequest
 from soscope.model._data import Normaliser, make_batch
 from soscope.model._evidence import (
     EvidenceWeights,
@@ -83,8 +84,8 @@ def test_informative_image_gets_a_weight():
 
 def test_zero_weight_reproduces_the_no_image_offsets():
     sdata = make_sdata(k=7, image=True)
-    with_img = prepare(sdata, table="table", progress=False).data
-    no_img = prepare(sdata, table="table", image=False, progress=False).data
+    with_img = prepare(sdata, SelectionRequest(table="table"), progress=False).data
+    no_img = prepare(sdata, SelectionRequest(table="table", image=False), progress=False).data
     norm_img = Normaliser.fit(with_img, offsets="weighted")
     norm_no = Normaliser.fit(no_img, offsets="weighted")
     assert norm_img.evidence is not None and norm_no.evidence is None
@@ -150,7 +151,7 @@ def test_informative_image_gets_a_weight_and_beats_no_image():
 
 
 def test_legacy_offsets_are_the_default_and_unchanged():
-    data = prepare(make_sdata(k=7, image=True), table="table", progress=False).data
+    data = prepare(make_sdata(k=7, image=True), SelectionRequest(table="table"), progress=False).data
     norm = Normaliser.fit(data)
     assert norm.offsets == "legacy" and norm.evidence is None and norm.image_informative
     every = np.arange(data.n_spots)

@@ -78,7 +78,7 @@ def test_negative_integer_counts_raise(grid_sdata):
 
 
 def test_unknown_likelihood_raises(grid_sdata):
-    with pytest.raises(soscope.SoscopeInputError, match="not known"):
+    with pytest.raises(soscope.SoscopeInputError, match=r"modality 'all': unknown likelihood 'gamma'"):
         soscope.SoScope(grid_sdata, likelihood="gamma", **MODEL_ARGS)
     with pytest.raises(soscope.SoscopeInputError, match="does not have"):
         soscope.SoScope(grid_sdata, likelihood={"RNA": "nb"}, **MODEL_ARGS)

@@ -19,7 +19,7 @@ from soscope._constants import SoscopeKeys
 
 from .._errors import SoscopeInputError
 from .._transforms import affine_xy
-from ..io import layer_names
+from ..io import layer_names, table_annotation
 
 if TYPE_CHECKING:  # pragma: no cover
     from spatialdata import SpatialData
@@ -158,14 +158,8 @@ def pseudo_spots(
 
     tname = _pick_table(sdata, table)
     adata = sdata.tables[tname]
-    attrs = adata.uns.get("spatialdata_attrs", {})
-    region, region_key, instance_key = attrs.get("region"), attrs.get("region_key"), attrs.get("instance_key")
-    if region is None or instance_key is None:
-        raise SoscopeInputError(
-            f"Table {tname!r} does not annotate an element (no spatialdata_attrs region / instance_key); "
-            "parse it with spatialdata's TableModel(region=..., region_key=..., instance_key=...)."
-        )
-    regions = [region] if isinstance(region, str) else list(region)
+    annotation = table_annotation(sdata, tname)
+    regions = annotation.regions
     missing = [r for r in regions if r not in sdata]
     if missing:
         raise SoscopeInputError(f"Table {tname!r} annotates {missing}, which are not in the SpatialData.")
@@ -183,16 +177,11 @@ def pseudo_spots(
 
     # centres of every table row in the coordinate system
     xy = np.empty((adata.n_obs, 2))
-    region_of_row = (
-        adata.obs[region_key].astype(str).to_numpy()
-        if region_key in adata.obs
-        else np.full(adata.n_obs, regions[0])
-    )
     for r in regions:
-        rows = np.flatnonzero(region_of_row == r)
+        rows = annotation.rows_of(adata, r)
         if len(rows) == 0:
             continue
-        ids = pd.Index(adata.obs[instance_key].to_numpy()[rows])
+        ids = annotation.instance_ids(adata, rows)
         local = _element_centroids(sdata[r], ids, r)
         a = affine_xy(sdata[r], cs)
         xy[rows] = local @ a[:2, :2].T + a[:2, 2]

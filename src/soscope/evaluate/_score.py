@@ -11,7 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._errors import SoscopeInputError
-from ..io import layer_names
+from ..io import layer_names, table_annotation
 from ._baselines import (
     even_split,
     gaussian_interpolation,
@@ -274,15 +274,9 @@ def score(
             "sections to match sub-spots."
         )
 
-    attrs = t_spots.uns.get("spatialdata_attrs", {})
-    region_key, instance_key = attrs.get("region_key"), attrs.get("instance_key")
+    annotation = table_annotation(sdata, table)
     if spots is None:
-        reg = attrs.get("region")
-        if reg is None:
-            raise SoscopeInputError(
-                f"Table {table!r} annotates no element; set `spots=` to its shapes element."
-            )
-        regions = [reg] if isinstance(reg, str) else list(reg)
+        regions = annotation.regions
     else:
         regions = [spots] if isinstance(spots, str) else list(spots)
     missing = [r for r in regions if r not in sdata.shapes]
@@ -290,7 +284,7 @@ def score(
         raise SoscopeInputError(
             f"Spots element(s) {missing} not in the SpatialData; shapes: {sorted(sdata.shapes)}."
         )
-    if instance_key is None or instance_key not in t_spots.obs:
+    if annotation.instance_key not in t_spots.obs:
         raise SoscopeInputError(f"Table {table!r} has no instance key column; parse it with TableModel.")
 
     sub_uns = t_truth.uns.get("subspots", {})
@@ -302,15 +296,10 @@ def score(
     keys_parts, cent_parts, preds = [], [], {b: [] for b in wanted}
     skipped: dict[str, str] = {}
     x_offset = 0.0
-    region_of_row = (
-        t_spots.obs[region_key].astype(str).to_numpy()
-        if region_key in t_spots.obs
-        else np.full(t_spots.n_obs, regions[0])
-    )
     for r in regions:
-        rows = np.flatnonzero(region_of_row == r)
+        rows = annotation.rows_of(t_spots, r)
         gdf = sdata.shapes[r]
-        ids = pd.Index(t_spots.obs[instance_key].to_numpy()[rows])
+        ids = annotation.instance_ids(t_spots, rows)
         present = ids.isin(gdf.index)
         rows, ids = rows[present], ids[present]
         if len(rows) == 0:

@@ -176,8 +176,10 @@ def _as_cyx(image, channel_names, channel_axis):
     """Return ``(array (C, Y, X) numpy or dask, channel names or None)`` from the accepted image types."""
     names = list(channel_names) if channel_names is not None else None
     # spatialdata images: DataArray (c, y, x) or a multiscale DataTree (take full resolution)
-    if hasattr(image, "children") and "scale0" in getattr(image, "children", {}):
-        image = next(iter(image["scale0"].values()))
+    if hasattr(image, "children") and len(getattr(image, "children", {})):
+        from spatialdata import get_pyramid_levels
+
+        image = get_pyramid_levels(image, n=0)
     if hasattr(image, "dims") and hasattr(image, "coords") and hasattr(image, "data"):
         dims = tuple(image.dims)
         if names is None and "c" in image.coords:

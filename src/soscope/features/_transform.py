@@ -48,8 +48,8 @@ def _is_datatree(image: Any) -> bool:
 
 
 def _tree_level_names(image: Any) -> list[str]:
-    names = [k for k in image.keys() if str(k).startswith("scale")]
-    return sorted(names, key=lambda s: int(str(s)[len("scale") :]) if str(s)[len("scale") :].isdigit() else 0)
+    # in the order spatialdata's get_pyramid_levels walks them (its level n is names[n])
+    return [str(k) for k in image.children]
 
 
 def level_array(image: xr.DataArray | Any, level: str | int = 0) -> xr.DataArray:
@@ -68,15 +68,17 @@ def level_array(image: xr.DataArray | Any, level: str | int = 0) -> xr.DataArray
 
     """
     if _is_datatree(image):
+        from spatialdata import get_pyramid_levels
+
         names = _tree_level_names(image)
-        name = names[level] if isinstance(level, int | np.integer) else str(level)
-        if name not in names:
+        index = int(level) if isinstance(level, int | np.integer) else None
+        if index is None and str(level) in names:
+            index = names.index(str(level))
+        if index is None or not 0 <= index < len(names):
             raise SoscopeInputError(
                 f"image has no level {level!r}; its levels are {names}. Set `target_resolution`."
             )
-        node = image[name]
-        var = "image" if "image" in node.data_vars else next(iter(node.data_vars))
-        arr = node[var]
+        arr = get_pyramid_levels(image, n=index)
     else:
         if level not in (0, "scale0"):
             raise SoscopeInputError(

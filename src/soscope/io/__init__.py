@@ -2,9 +2,17 @@
 
 from soscope.io._blocks import BlockWriter, stream_block_rows
 from soscope.io._combine import combine
+from soscope.io._join import TableAnnotation, match_instances, table_annotation
 from soscope.io._platforms import PLATFORM_DEFAULTS, Platform, PlatformDefaults, detect_platform
 from soscope.io._readers import read_dbit, read_soscope_layout
-from soscope.io._select import MODALITY_COLUMNS, SINGLE_MODALITY, Selection, counts_matrix, select
+from soscope.io._select import (
+    MODALITY_COLUMNS,
+    SINGLE_MODALITY,
+    Selection,
+    SelectionRequest,
+    counts_matrix,
+    select,
+)
 from soscope.io._validate import (
     SOSCOPE_KEY,
     check_counts,
@@ -39,6 +47,8 @@ __all__ = [
     "SINGLE_MODALITY",
     "SOSCOPE_KEY",
     "Selection",
+    "SelectionRequest",
+    "TableAnnotation",
     "check_counts",
     "check_element_name",
     "check_image",
@@ -56,11 +66,13 @@ __all__ = [
     "is_soscope_output",
     "layer_names",
     "local_store_path",
+    "match_instances",
     "read_dbit",
     "read_soscope_layout",
     "recover_store",
     "select",
     "stream_block_rows",
+    "table_annotation",
     "write_results",
     "write_shapes_parquet",
     "zero_spots_mask",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -43,6 +43,62 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     a = np.ascontiguousarray(a)
     a.setflags(write=False)
     return a
+
+
+@dataclass(frozen=True)
+class SelectionRequest:
+    """Which elements of a SpatialData to use: the selection arguments of every entry point, held once.
+
+    :func:`soscope.enhance`, :class:`soscope.SoScope` and :meth:`soscope.SoScope.enhance` take these as
+    keyword arguments (the public signature); inside they travel as one object, resolved against the data
+    by :func:`select`. ``None`` means "choose automatically when unambiguous".
+
+    Attributes
+    ----------
+    table, spots, image, layer, coordinate_system
+        Elements to use (``image=False`` ignores images; a dict spots → image gives each section its own).
+    sections, section_key
+        Sections to use: spots-element names, coordinate-system names, or values of ``obs[section_key]``.
+    batch_key
+        ``obs`` column with a batch label per spot (default: the section).
+    modality_key
+        ``var`` column naming each feature's modality.
+
+    """
+
+    table: str | None = None
+    spots: str | Sequence[str] | None = None
+    image: str | Mapping[str, str | None] | None | Literal[False] = None
+    layer: str | None = None
+    coordinate_system: str | None = None
+    sections: str | Sequence[str] | None = None
+    section_key: str | None = None
+    batch_key: str | None = None
+    modality_key: str | None = None
+
+    def updated(self, **given: Any) -> SelectionRequest:
+        """Return a copy with the arguments given here (``None`` values ignored) replacing these."""
+        unknown = sorted(set(given) - set(self.__dataclass_fields__))
+        if unknown:
+            raise SoscopeInputError(
+                f"unknown selection argument(s) {unknown}; the selection arguments are "
+                f"{list(self.__dataclass_fields__)}"
+            )
+        return replace(self, **{k: v for k, v in given.items() if v is not None})
+
+    def select(self, sdata: Any) -> Selection:
+        """Resolve this request against ``sdata`` (:func:`select`)."""
+        return select(
+            sdata,
+            table=self.table,
+            spots=self.spots,
+            image=self.image,
+            layer=self.layer,
+            coordinate_system=self.coordinate_system,
+            sections=self.sections,
+            section_key=self.section_key,
+            modality_key=self.modality_key,
+        )
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,15 +15,12 @@ import scipy.sparse as sp
 
 from soscope._constants import SoscopeKeys
 from soscope._errors import SoscopeInputError
+from soscope._likelihoods import BINARY_LIKELIHOODS, INTEGER_LIKELIHOODS
 
 logger = logging.getLogger(__name__)
 
 #: Key of the marker soscope puts on what it writes (``adata.uns[SOSCOPE_KEY]``, ``gdf.attrs[SOSCOPE_KEY]``).
 SOSCOPE_KEY = SoscopeKeys.UNS
-#: Likelihoods that need non-negative integer values.
-COUNT_LIKELIHOODS = frozenset({"nb", "zinb", "poisson", "negative_binomial"})
-#: Likelihoods that need values in {0, 1}.
-BINARY_LIKELIHOODS = frozenset({"bernoulli"})
 
 ELEMENT_TYPES = ("images", "labels", "points", "shapes", "tables")
 _ROW_BLOCK = 8192  # rows per block when scanning a dense matrix
@@ -404,7 +401,7 @@ def check_counts(
         Optional boolean mask: check only these features (one modality of a multi-omics table).
 
     """
-    if likelihood in COUNT_LIKELIHOODS:
+    if likelihood in INTEGER_LIKELIHOODS:
         x = _as_matrix(matrix)
         total, per_feat = _count_non_integer(x, features)
         if total:
@@ -519,11 +516,11 @@ _MAX_CHANNELS = 256  # more channels than this: the axes are almost surely in th
 
 def _scale0(image: Any) -> Any:
     """Return the full-resolution DataArray of an image element (DataArray or multiscale DataTree)."""
+    from spatialdata import get_pyramid_levels
+
     if hasattr(image, "dims") and hasattr(image, "dtype"):
         return image
-    node = image["scale0"]
-    ds = node.ds if hasattr(node, "ds") else node
-    return next(iter(ds.data_vars.values()))
+    return get_pyramid_levels(image, n=0)
 
 
 def check_image(image: Any, name: str) -> None:
@@ -747,14 +744,13 @@ def check_output_names(
 
 def check_element_name(name: str) -> None:
     """Raise unless ``name`` is a valid SpatialData element name (alphanumerics, ``_``, ``-``, ``.``)."""
-    ok = (
-        isinstance(name, str)
-        and name not in ("", ".", "..")
-        and not name.startswith("__")
-        and all(c.isalnum() or c in "_-." for c in name)
-    )
-    if not ok:
+    # spatialdata's own rule (what its writer enforces), so a name accepted here is never refused there
+    from spatialdata._core.validation import check_valid_name
+
+    try:
+        check_valid_name(name)
+    except (TypeError, ValueError) as err:
         raise SoscopeInputError(
-            f"{name!r} is not a valid element name: use letters, digits, '_', '-' or '.', not starting with "
-            "'__' (choose another `key_added=`)."
-        )
+            f"{name!r} is not a valid element name ({err}): use letters, digits, '_', '-' or '.', not "
+            "starting with '__' (choose another `key_added=`)."
+        ) from None

@@ -8,8 +8,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._errors import SoscopeInputError
+from .._likelihoods import likelihood_info
 from ..io import is_integer_valued
-from ..module import LIKELIHOODS
 
 logger = logging.getLogger("soscope")
 
@@ -47,13 +47,11 @@ def resolve_likelihoods(matrices: list, modalities: list[str], likelihood: str |
         if requested == "auto":
             chosen[name], why = choose_likelihood(x, name)
             logger.info("likelihood='auto' picked %r for modality %r: %s", chosen[name], name, why)
-        elif requested in LIKELIHOODS:
-            chosen[name] = requested
         else:
-            raise SoscopeInputError(
-                f"likelihood {requested!r} for modality {name!r} is not known; use 'auto' or one of "
-                f"{list(LIKELIHOODS)}"
-            )
+            try:
+                chosen[name] = likelihood_info(requested).name
+            except SoscopeInputError as err:
+                raise SoscopeInputError(f"modality {name!r}: {err}") from None
     if isinstance(likelihood, dict):
         unknown = set(likelihood) - set(modalities)
         if unknown:

@@ -23,13 +23,13 @@ from ..geometry import (
 )
 from ..io import (
     Selection,
+    SelectionRequest,
     check_counts,
     check_min_spots,
     check_values,
     counts_matrix,
     detect_platform,
     recover_store,
-    select,
     zero_spots_mask,
     zero_variance_mask,
 )
@@ -95,18 +95,10 @@ def concat_layouts(layouts: list[SubspotLayout]) -> SubspotLayout:
 
 def prepare(
     sdata,
+    request: SelectionRequest | None = None,
     *,
-    table: str | None = None,
-    spots: str | list[str] | None = None,
-    image: str | None | bool = None,
-    layer: str | None = None,
     subspots: str = "auto",
     likelihood: str | dict = "auto",
-    sections: list[str] | None = None,
-    section_key: str | None = None,
-    batch_key: str | None = None,
-    modality_key: str | None = None,
-    coordinate_system: str | None = None,
     image_features: str | object = "morphology",
     use_image: bool = True,
     progress: bool = False,
@@ -114,23 +106,17 @@ def prepare(
 ) -> Prepared:
     """Select, validate and convert ``sdata`` for the model (see :func:`soscope.enhance` for the arguments).
 
-    ``for_training=False`` (data a trained model only enhances) leaves out the sub-spot graph, which only
-    the training loss uses.
+    ``request``: which elements to use (default: choose automatically). ``for_training=False`` (data a
+    trained model only enhances) leaves out the sub-spot graph, which only the training loss uses.
     """
+    request = SelectionRequest() if request is None else request
     # a run killed earlier may have left its staging (or a half-done commit) in the store: undo it first,
     # so this run starts from the store as the user had it
     recover_store(sdata)
-    sel = select(
-        sdata,
-        table=table,
-        spots=spots,
-        image=False if (image is False or not use_image) else image,
-        layer=layer,
-        coordinate_system=coordinate_system,
-        sections=sections,
-        section_key=section_key,
-        modality_key=modality_key,
-    )
+    if request.image is not False and not use_image:
+        request = replace(request, image=False)
+    sel = request.select(sdata)
+    batch_key = request.batch_key
     check_min_spots(sel.n_spots)
     adata = sdata.tables[sel.table]
     x_all = counts_matrix(sdata, sel)

@@ -8,7 +8,7 @@ import json
 import logging
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from numbers import Integral
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +20,7 @@ import torch
 from .._errors import ModelCompatibilityError, SoscopeInputError
 from .._settings import settings as soscope_settings  # not SoScope.settings, the model's own
 from .._version import __version__
+from ..io import SelectionRequest
 from ..module import ModalitySpec, ModuleConfig, SoScopeModule
 from ..train import History, TrainConfig
 from ._calibrate import calibrate_new_batches, fit_batch_bias
@@ -148,6 +149,11 @@ class SoScope:
             "n_latent": n_latent, "n_hidden": n_hidden,
             "n_graph_layers": n_graph_layers, "seed": seed, "device": device, "progress": progress,
         }  # fmt: skip
+        #: the elements this model was set up on; new data is selected alike unless told otherwise
+        self.selection = SelectionRequest(
+            table=table, spots=spots, image=image, layer=layer, coordinate_system=coordinate_system,
+            sections=sections, section_key=section_key, batch_key=batch_key, modality_key=modality_key,
+        )  # fmt: skip
         self._image_extractor = image_features
         self.device = resolve_device(device)
         self.device_request = str(device)  # as asked: cluster workers resolve "auto" on their own hardware
@@ -162,10 +168,8 @@ class SoScope:
                 sdata = combine(sdata)
             self.sdata = sdata
             self.prepared = prepare(
-                sdata, table=table, spots=spots, image=image, layer=layer, subspots=subspots,
-                likelihood=likelihood, sections=sections, section_key=section_key, batch_key=batch_key,
-                modality_key=modality_key, coordinate_system=coordinate_system, image_features=image_features,
-                use_image=use_image, progress=progress,
+                sdata, self.selection, subspots=subspots, likelihood=likelihood,
+                image_features=image_features, use_image=use_image, progress=progress,
             )  # fmt: skip
             state = _state_from_data(
                 self.prepared, n_latent=n_latent, n_hidden=n_hidden, n_graph_layers=n_graph_layers,
@@ -307,25 +311,13 @@ class SoScope:
     def _prepare_other(self, sdata, **selection) -> Prepared:
         """Prepare new data with this model's settings and align its features to the model's."""
         s = self.settings
-        args = {
-            k: s[k]
-            for k in (
-                "table",
-                "spots",
-                "image",
-                "layer",
-                "section_key",
-                "batch_key",
-                "modality_key",
-                "coordinate_system",
-            )
-        }
-        args.update({k: v for k, v in selection.items() if v is not None})
+        # the sections of the training data do not carry over: new data is usually other sections
+        request = replace(self.selection, sections=None).updated(**selection)
         prepared = prepare(
-            sdata, subspots=self.scheme if not self.scheme.startswith("cells") else s["subspots"],
+            sdata, request, subspots=self.scheme if not self.scheme.startswith("cells") else s["subspots"],
             likelihood={m.name: m.likelihood for m in self.module.config.modalities},
             image_features=self._image_extractor,
-            use_image=s["use_image"], progress=self.progress, for_training=False, **args,
+            use_image=s["use_image"], progress=self.progress, for_training=False,
         )  # fmt: skip
         self._align_features(prepared)
         calibrate_new_batches(self.module, prepared.data, self.normaliser, device=self.device)

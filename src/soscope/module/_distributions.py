@@ -9,11 +9,14 @@ from __future__ import annotations
 import torch
 from torch.distributions import Distribution, constraints
 
+from .._likelihoods import LIKELIHOODS as _REGISTRY
+
 _EPS = 1e-8
 _NO_SHAPE = torch.Size()  # default sample shape: one draw per parameter (a shared immutable default)
 
-LIKELIHOODS = ("nb", "zinb", "poisson", "bernoulli", "gaussian")
-COUNT_LIKELIHOODS = ("nb", "zinb", "poisson", "bernoulli")
+#: the registry's names (:mod:`soscope._likelihoods`), and those whose spot observation sums its sub-spots
+LIKELIHOODS = tuple(_REGISTRY)
+COUNT_LIKELIHOODS = tuple(name for name, info in _REGISTRY.items() if info.is_count)
 
 
 class NegativeBinomial(Distribution):
