@@ -86,3 +86,20 @@ def test_docs_build_without_warnings(tmp_path):
             assert part in html, f"{page.name} lacks {part!r}"
     figures = [p for p in (out / "_images").iterdir() if p.suffix in (".png", ".jpg")]
     assert len(figures) >= len(TUTORIALS) and all(p.stat().st_size > 10_000 for p in figures)
+
+
+def test_contributor_architecture_names_every_subpackage_and_setting():
+    """docs/dev/architecture.md draws the pipeline: it must not drift from the code it describes."""
+    import dataclasses
+    import re
+
+    import soscope
+
+    text = (ROOT / "docs" / "dev" / "architecture.md").read_text()
+    src = ROOT / "src" / "soscope"
+    subpackages = sorted(p.name for p in src.iterdir() if (p / "__init__.py").exists())
+    drawn = set(re.findall(r"^[\s│├└─]*([a-z]+)\s{2,}", text.split("```text", 1)[1].split("```", 1)[0], re.M))
+    assert set(subpackages) <= drawn, f"subpackages missing from the drawing: {set(subpackages) - drawn}"
+    settings = {f.name for f in dataclasses.fields(soscope.settings)}
+    in_table = set(re.findall(r"^\| `([a-z_]+)` \|", text, re.M))
+    assert settings == in_table, (settings - in_table, in_table - settings)
