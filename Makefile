@@ -2,7 +2,7 @@
 #
 #   make install     .venv + torch (CPU build, pinned) + soscope with its test extras
 #   make test        install, then the test suite
-#   make lint        install, then ruff check and ruff format --check (CI runs it after the tests)
+#   make lint        install, then ruff check and ruff format --check (CI runs it before the tests)
 #   make demo        install, then `soscope demo --out out/` (real example shipped in the package)
 #   make benchmarks  install, then every benchmarks/*.py script
 #   make docs        install the docs extras, then build docs/_build/html (warnings are errors)
@@ -11,6 +11,8 @@
 #                    newest torch, spatialdata, anndata, zarr, dask and pandas, nothing pinned
 
 PYTHON ?= python3.11
+# pytest-xdist workers of `make test` (files stay whole on one worker: module fixtures are built once)
+TEST_WORKERS ?= 2
 VENV ?= .venv
 BIN := $(VENV)/bin
 # torch first and pinned: an unpinned torch resolves to the multi-GB CUDA build.
@@ -38,7 +40,7 @@ $(VENV)/.installed-docs: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 
 test: install
-	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks tutorials docs
@@ -86,7 +88,7 @@ install-latest: $(LATEST_VENV)/.installed
 test-latest: install-latest
 	@$(LATEST_BIN)/python -c "import sys, importlib.metadata as m; print('python', sys.version.split()[0]); \
 		[print(p, m.version(p)) for p in ('torch', 'spatialdata', 'anndata', 'zarr', 'dask', 'pandas', 'numpy')]"
-	$(LATEST_BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(LATEST_BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf docs/_build .pytest_cache

@@ -13,9 +13,10 @@ from scipy.spatial import cKDTree
 
 from .._errors import SoscopeInputError
 from ..geometry import SubspotLayout, lattice_spacing
+from ..model import fit_footprint_ridge, footprint_design, positive
 
 # the ridge belongs to the model (its image evidence); the baselines reuse it (evaluate depends on model)
-from ..model import fit_footprint_ridge, footprint_design, positive
+from ._metrics import dense_2d
 
 __all__ = [
     "even_split",
@@ -30,12 +31,8 @@ __all__ = [
 
 
 def _counts(spot_counts, layout: SubspotLayout) -> np.ndarray:
-    if sp.issparse(spot_counts):
-        spot_counts = spot_counts.toarray()
-    x = np.asarray(spot_counts, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2 or x.shape[0] != layout.n_spots:
+    x = dense_2d(spot_counts, "spot_counts", rows="spots")
+    if x.shape[0] != layout.n_spots:
         raise SoscopeInputError(
             f"`spot_counts` must be (n_spots, n_features) with n_spots = {layout.n_spots} (the layout's "
             f"spots, in the same order); got shape {x.shape}."

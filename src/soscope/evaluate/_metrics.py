@@ -27,19 +27,20 @@ __all__ = [
 ]
 
 
-def _dense(x, name: str) -> np.ndarray:
+def dense_2d(x, name: str, rows: str = "sub-spots") -> np.ndarray:
+    """Return ``x`` (dense or sparse; a vector is one feature) as a float64 ``(rows, features)`` array."""
     if sp.issparse(x):
         x = x.toarray()
     x = np.asarray(x, dtype=np.float64)
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2:
-        raise SoscopeInputError(f"`{name}` must be a 2-d array (sub-spots × features); got shape {x.shape}.")
+        raise SoscopeInputError(f"`{name}` must be a 2-d array ({rows} × features); got shape {x.shape}.")
     return x
 
 
 def _pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
-    p, t = _dense(pred, "pred"), _dense(truth, "truth")
+    p, t = dense_2d(pred, "pred"), dense_2d(truth, "truth")
     if p.shape != t.shape:
         raise SoscopeInputError(
             f"`pred` {p.shape} and `truth` {t.shape} differ in shape; match their rows (sub-spots) and "

@@ -1,0 +1,16 @@
+"""Suite-wide set-up: one torch thread per core and test worker (``make test`` runs 2 pytest-xdist workers)."""
+
+from __future__ import annotations
+
+import os
+
+
+def pytest_configure(config) -> None:  # noqa: D103 - pytest hook
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        # two workers each running torch on every core would oversubscribe the CPU and slow both; results
+        # do not depend on the thread count beyond float32 rounding (tests that compare across thread
+        # counts set them explicitly)
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
