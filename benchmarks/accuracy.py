@@ -24,7 +24,17 @@ soscope runs with its defaults (``SoScope(sdata).train()``); where there is an i
 no spatial signal by construction); real data — the 100 features with most counts in the pseudo-spots
 (MERFISH ``Blank-*`` control probes excluded).
 
-Writes ``benchmarks/results/accuracy.md``, per-feature CSVs and PNG figures next to it.
+Biology (every case): tissue domains and marker contrast at spot vs sub-spot resolution against truth
+domains. The synthetic case has real ones (``obs["cell_type"]`` of the truth table: each sub-spot's dominant
+simulated cell type); the real cases have no annotation, so truth domains are defined from the truth itself
+by :func:`soscope.evaluate.cluster_truth` (normalise, log1p, PCA, seeded k-means; k = the best silhouette in
+3..8) on the scored features. :func:`soscope.evaluate.domains` clusters the spots (each sub-spot takes its
+spot's cluster) and soscope's sub-spots (k-means with k = the number of truth domains, and leiden at
+resolution 1) and scores both by ARI / NMI; :func:`soscope.evaluate.markers` gives the log2 fold change and
+AUROC of each truth domain's 3 top true markers at spot, sub-spot and true resolution.
+
+Writes ``benchmarks/results/accuracy.md``, per-feature CSVs (and per-case marker CSVs) and PNG figures next
+to it.
 
     python benchmarks/accuracy.py            # everything (soscope defaults)
     python benchmarks/accuracy.py --quick    # smaller synthetic, fewer cases, epochs capped at 40
@@ -56,6 +66,10 @@ BASELINE_LABELS = {
 #: margin of the "never hurts" check: soscope with the image against the best other method, per metric
 MARGIN = 0.005
 MIN_SPOTS = 40
+#: true markers scored per truth domain
+MARKERS_PER_DOMAIN = 3
+#: clusterings of spots and sub-spots scored against the truth domains
+DOMAIN_METHODS = ("kmeans", "leiden")
 
 NOTES = """\
 - Features scored: synthetic — the `informative` features (the rest have no spatial signal by
@@ -77,6 +91,20 @@ NOTES = """\
   interpolation alone: "CV score", < 1 when the image helps). β = 0 makes soscope the no-image model.
   soscope's default is still `image_evidence="legacy"` (the image ridge alone, α = 1e-4, floored: no
   image weight, none chosen); `--offsets weighted` runs the weighted evidence.
+- Tissue domains: the synthetic truth domains are `obs["cell_type"]` of the truth table (each sub-spot's
+  dominant simulated cell type). The real cases have no annotation: their truth domains are
+  `soscope.evaluate.cluster_truth` of the true sub-spot profiles over the scored features (normalise to
+  1e4, log1p, 15 PCs, k-means with seed 0; k = the highest silhouette for k in 3..8; sub-spots without
+  counts get no domain and are not scored). On the synthetic case the same rule is checked against the
+  real cell types ("rule vs truth" ARI). Spots and soscope's sub-spots are clustered the same way over
+  the same features (k-means with k = the number of truth domains; leiden, resolution 1, 15 neighbours);
+  a spot's cluster is given to each of its sub-spots, so both are scored by ARI / NMI on the same truth
+  sub-spots.
+- Marker contrast: for each truth domain, the {markers} features with the highest true log2 fold change
+  (in the domain over the rest, on the truth, among the scored features); log2 fold change (as scanpy's
+  `rank_genes_groups`) and AUROC of the domain's sub-spots against the rest, with each sub-spot valued at
+  its spot's value ("spot"), soscope's value ("sub-spot") or its true value ("truth", the ceiling). Means
+  over the markers; per-marker numbers in `accuracy_<case>_markers.csv`.
 - Wall times are on a shared 2-core machine: other processes may have slowed them (see load average);
   CPU time (all threads of this process) is less sensitive to that."""
 
@@ -327,6 +355,15 @@ def run_case(name: str, args, cache: dict, outdir: Path) -> dict:
         abl, _ = score(p, key_added="soscope_noimg", features=feats, baselines=False, ssim=True)
         abl = rename_method(abl[[f"{m}_soscope" for m in METRICS]], "soscope", "soscope_no_image")
         per_feature = per_feature.join(abl)
+    t0 = time.perf_counter()
+    info["biology"] = biology(p, name, feats, args, outdir)
+    info["t_biology"] = time.perf_counter() - t0
+    bio, km = info["biology"], info["biology"]["domains"]["kmeans"]
+    log(
+        f"{name}: domains ({bio['n_domains']} truth domains) k-means ARI spot {km.loc['spot', 'ari']:.3f}, "
+        f"sub-spot {km.loc['subspot', 'ari']:.3f}; marker AUROC spot {bio['markers']['auroc']['spot']:.3f}, "
+        f"sub-spot {bio['markers']['auroc']['subspot']:.3f}; {info['t_biology']:.1f} s"
+    )
     summ = summary(per_feature, reference="soscope")
     if "pearson_soscope_no_image" in per_feature:
         summ["beats_no_image"] = summary(per_feature, reference="soscope_no_image")["beats"]
@@ -373,6 +410,62 @@ def run_case(name: str, args, cache: dict, outdir: Path) -> dict:
         + f"; case total {info['t_total']:.1f} s"
     )
     return info
+
+
+def biology(p, name: str, feats: list[str], args, outdir: Path) -> dict:
+    """Tissue domains (ARI / NMI) and marker contrast at spot vs sub-spot resolution against truth domains.
+
+    The synthetic truth has real domains (``obs["cell_type"]``); the real cases get theirs from the truth
+    profiles (:func:`soscope.evaluate.cluster_truth`), see the module's docstring.
+    """
+    import pandas as pd
+    from sklearn.metrics import adjusted_rand_score
+
+    from soscope.evaluate import cluster_truth, domains, markers
+
+    tru = p.tables["truth"]
+    rule = cluster_truth(p, features=feats, seed=args.seed)
+    out: dict = {"silhouette": rule.attrs["silhouette"]}
+    if name == "synthetic":
+        labels = tru.obs["cell_type"].astype(str)
+        out["source"] = "`obs['cell_type']`"
+        known = rule.notna().to_numpy()
+        out["rule_ari"] = float(adjusted_rand_score(labels.to_numpy()[known], rule.to_numpy()[known]))
+    else:
+        labels = rule
+        out["source"] = f"cluster_truth (k = {rule.attrs['n_domains']} by silhouette)"
+    out["n_domains"] = int(pd.Series(labels).dropna().nunique())
+    out["n_unlabelled"] = int(pd.Series(labels).isna().sum())
+    out["domains"] = {}
+    for method in DOMAIN_METHODS:
+        scores, _ = domains(
+            p, truth="truth", truth_domains=labels, method=method, features=feats, seed=args.seed
+        )
+        out["domains"][method] = scores
+        if "table_soscope_noimg" in p.tables:
+            abl, _ = domains(
+                p,
+                truth="truth",
+                truth_domains=labels,
+                method=method,
+                features=feats,
+                seed=args.seed,
+                key_added="soscope_noimg",
+            )
+            out["domains"][method].loc["subspot_no_image"] = abl.loc["subspot"]
+    mk = markers(
+        p, None, truth="truth", truth_domains=labels, n_per_domain=MARKERS_PER_DOMAIN, features=feats
+    )
+    mk.to_csv(outdir / f"accuracy_{name}_markers.csv", index=False, float_format="%.5g")
+    wide = mk.pivot_table(index=["marker", "domain"], columns="resolution", values=["log2fc", "auroc"])
+    out["markers"] = {
+        "n": len(wide),
+        "log2fc": wide["log2fc"].mean().to_dict(),
+        "auroc": wide["auroc"].mean().to_dict(),
+        "sharper": float((wide["auroc"]["subspot"] > wide["auroc"]["spot"]).mean()),
+        "names": list(dict.fromkeys(mk["marker"])),
+    }
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -438,7 +531,8 @@ def report(results: list[dict], args, t_all: float) -> str:
         "## Cases",
         "",
         "| case | pseudo-spots | spots | sub-spots | features scored / total | median counts per spot "
-        "| soscope epochs | image weight (CV) | wall time: build / soscope / no-image / score / case (s) "
+        "| soscope epochs | image weight (CV) | wall time: build / soscope / no-image / score / domains "
+        "and markers / case (s) "
         "| CPU time, case (s) |",
         "|---|---|---:|---:|---:|---:|---:|---|---|---:|",
     ]
@@ -449,7 +543,7 @@ def report(results: list[dict], args, t_all: float) -> str:
         ep = f"{r['epochs']}" + (f" / {r['epochs_ablation']}" if "epochs_ablation" in r else "")
         times = " / ".join(
             fmt(r.get(k, float("nan")), 0)
-            for k in ("t_build", "t_soscope", "t_ablation", "t_score", "t_total")
+            for k in ("t_build", "t_soscope", "t_ablation", "t_score", "t_biology", "t_total")
         )
         lines.append(
             f"| {r['name']} | {r['desc']} | {r['spots']:,} | {r['subspots']:,} ({r['scheme']}) | "
@@ -512,6 +606,53 @@ def report(results: list[dict], args, t_all: float) -> str:
             ok = "✓" if gap >= -MARGIN else "✗"
             cells.append(f"{ok} {fmt(mine)} vs {fmt(others[best_m])} ({BASELINE_LABELS.get(best_m, best_m)})")
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Tissue domains: ARI / NMI against the truth domains",
+        "",
+        "Spots (each sub-spot takes its spot's cluster) and soscope's sub-spots clustered the same way and "
+        "scored on the same truth sub-spots. Truth domains: the synthetic case's simulated cell types; for "
+        "the real cases, clusters of the true sub-spot profiles (`soscope.evaluate.cluster_truth`, see the "
+        "notes). k-means uses k = the number of truth domains; leiden resolution 1 finds its own number "
+        '(clusters: spot / sub-spot). "no image": soscope with `use_image=False`.',
+        "",
+        "| case | truth domains | clustering | ARI spot | ARI sub-spot | ARI sub-spot, no image | NMI spot "
+        "| NMI sub-spot | clusters | sub-spots scored |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in ran:
+        b = r["biology"]
+        src = f"{b['source']}: {b['n_domains']} domains"
+        if "rule_ari" in b:
+            src += f" (rule vs truth ARI {b['rule_ari']:.3f})"
+        for method, sc in b["domains"].items():
+            no_img = sc.loc["subspot_no_image", "ari"] if "subspot_no_image" in sc.index else float("nan")
+            lines.append(
+                f"| {r['name']} | {src} | {method} | {fmt(sc.loc['spot', 'ari'])} | "
+                f"{fmt(sc.loc['subspot', 'ari'])} | {fmt(no_img)} | {fmt(sc.loc['spot', 'nmi'])} | "
+                f"{fmt(sc.loc['subspot', 'nmi'])} | {int(sc.loc['spot', 'n_clusters'])} / "
+                f"{int(sc.loc['subspot', 'n_clusters'])} | {int(sc.loc['subspot', 'n_scored']):,} |"
+            )
+    lines += [
+        "",
+        "## Marker contrast: the truth domains' top true markers at spot, sub-spot and true resolution",
+        "",
+        f"Each truth domain's {MARKERS_PER_DOMAIN} features with the highest true log2 fold change; mean "
+        "log2 fold change and AUROC (domain vs rest) over them. The last column is the share of markers "
+        "whose AUROC is higher with soscope's sub-spots than with the spot values.",
+        "",
+        "| case | markers | log2FC spot | log2FC sub-spot | log2FC truth | AUROC spot | AUROC sub-spot "
+        "| AUROC truth | sub-spot AUROC > spot |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in ran:
+        m = r["biology"]["markers"]
+        lfc, auc = m["log2fc"], m["auroc"]
+        lines.append(
+            f"| {r['name']} | {m['n']} | {fmt(lfc['spot'])} | {fmt(lfc['subspot'])} | "
+            f"{fmt(lfc['truth'])} | {fmt(auc['spot'])} | {fmt(auc['subspot'])} | {fmt(auc['truth'])} | "
+            f"{100 * m['sharper']:.0f}% |"
+        )
     lines += ["", "## Verdict (mean Pearson; other metrics where soscope is worse on average)", ""]
     for r in ran:
         s = r["summary"]
@@ -551,7 +692,7 @@ def report(results: list[dict], args, t_all: float) -> str:
         "",
         "## Notes",
         "",
-        *NOTES.format(min_spots=MIN_SPOTS).splitlines(),
+        *NOTES.format(min_spots=MIN_SPOTS, markers=MARKERS_PER_DOMAIN).splitlines(),
         "",
         "## Figures",
         "",
@@ -562,7 +703,8 @@ def report(results: list[dict], args, t_all: float) -> str:
             f"[accuracy_{r['name']}_maps.png](accuracy_{r['name']}_maps.png); "
             f"per-feature score distributions — "
             f"[accuracy_{r['name']}_scores.png](accuracy_{r['name']}_scores.png); "
-            f"per-feature table [accuracy_{r['name']}.csv](accuracy_{r['name']}.csv)"
+            f"per-feature table [accuracy_{r['name']}.csv](accuracy_{r['name']}.csv); "
+            f"markers [accuracy_{r['name']}_markers.csv](accuracy_{r['name']}_markers.csv)"
         )
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,4 @@
-"""Suite-wide set-up: one torch thread per core and test worker (``make test`` runs 2 pytest-xdist workers)."""
+"""Suite-wide set-up: one torch thread per core and pytest-xdist worker (`make test` runs 2 workers)."""
 
 from __future__ import annotations
 

@@ -18,6 +18,10 @@ def test_the_tutorials_exist():
         assert any(s.startswith(prefix) for s in stems), stems
 
 
+#: optional packages a tutorial needs (the `test` extra installs them): without them it is skipped
+NEEDS = {"05": ("squidpy", "spatialdata_plot")}
+
+
 @pytest.mark.timeout(TIMEOUT_S)
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
 def test_tutorial_runs(path, tmp_path, monkeypatch):
@@ -26,6 +30,9 @@ def test_tutorial_runs(path, tmp_path, monkeypatch):
     import matplotlib
 
     import soscope
+
+    for module in NEEDS.get(path.stem[:2], ()):
+        pytest.importorskip(module)
 
     matplotlib.use("Agg")
     monkeypatch.setenv("SOSCOPE_TUTORIAL_SPOTS", "200")
@@ -94,6 +101,11 @@ def _check_downstream(ns: dict, pngs: set[str]) -> None:
     assert set(contrast["resolution"]) == {"spot", "subspot", "truth"}
     assert contrast["auroc"].between(0, 1).all()
     assert len(ns["svg"]) == ns["sub"].n_vars and ns["sub"].obs["domain"].nunique() > 1
+    # squidpy's spatial graph and Moran's I on the sub-spots
+    assert "spatial_connectivities" in ns["sub"].obsp and "moranI" in ns["sub"].uns
+    # the maps coloured the shapes through the tables: the domains are in their obs
+    for name in ("table", "table_soscope"):
+        assert ns["sdata"].tables[name].obs["domain"].nunique() > 1
     assert {"domains.png", "markers.png"} <= pngs
 
 

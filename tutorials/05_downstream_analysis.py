@@ -16,8 +16,9 @@
 # measures what the higher resolution buys against the known truth with `soscope.evaluate.domains` (ARI, NMI)
 # and `soscope.evaluate.markers` (known markers' contrast between domains).
 #
-# Needs `scanpy` (and scikit-learn, which it brings); leiden clustering needs `igraph` (`pip install igraph`,
-# else k-means is used); `squidpy` is used for the spatial graph and Moran's I when installed.
+# Needs `scanpy`, `squidpy` (spatial graph, Moran's I) and `spatialdata-plot` (maps):
+# `pip install "soscope[plot]" squidpy`. Leiden clustering needs `igraph` (`pip install igraph`; without it
+# k-means is used).
 
 # %%
 import importlib.util
@@ -30,9 +31,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import scanpy as sc
+import spatialdata_plot  # noqa: F401  (registers the `sdata.pl` plotting accessor)
+import squidpy as sq
+from matplotlib.colors import to_hex
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
-from sklearn.neighbors import kneighbors_graph
 
 import soscope
 
@@ -41,7 +44,6 @@ N_SPOTS = int(os.environ.get("SOSCOPE_TUTORIAL_SPOTS", 400))
 EPOCHS = int(os.environ.get("SOSCOPE_TUTORIAL_EPOCHS", 30))
 out = Path(os.environ.get("SOSCOPE_TUTORIAL_OUT", tempfile.mkdtemp()))
 HAS_IGRAPH = importlib.util.find_spec("igraph") is not None
-HAS_SQUIDPY = importlib.util.find_spec("squidpy") is not None
 
 # %% [markdown]
 # ## Enhance a section
@@ -57,14 +59,16 @@ sdata
 # %% [markdown]
 # ## scanpy on the enhanced sub-spots
 # The usual pipeline: normalise, `log1p`, PCA, a neighbour graph and leiden (k-means on the PCA when `igraph` is
-# not installed). We work on a copy so the stored table keeps the expected counts.
+# not installed). We work on a copy so the stored table keeps the expected counts. The graph's weights are a
+# Gaussian kernel (`method="gauss"`): scanpy's default UMAP weights give similar domains but compile with numba
+# on first use, which costs more than the rest of this tutorial's analysis.
 
 # %%
 sub = sdata.tables["table_soscope"].copy()
 sc.pp.normalize_total(sub, target_sum=1e4)
 sc.pp.log1p(sub)
 sc.pp.pca(sub, n_comps=15, random_state=0)
-sc.pp.neighbors(sub, n_neighbors=15, random_state=0)
+sc.pp.neighbors(sub, n_neighbors=15, method="gauss", random_state=0)
 n_types = sdata.tables["truth"].obs["cell_type"].nunique()
 if HAS_IGRAPH:
     sc.tl.leiden(sub, flavor="igraph", n_iterations=2, directed=False, resolution=0.5, key_added="domain")
@@ -75,25 +79,17 @@ sub.obs["domain"].value_counts()
 
 # %% [markdown]
 # ## Spatially variable genes
-# A spatial graph joins each sub-spot to its nearest neighbours (squidpy's `spatial_neighbors` when installed,
-# else a k-nearest-neighbour graph of the sub-spot centres), and Moran's I ranks the features by spatial
-# autocorrelation.
+# squidpy's `spatial_neighbors` joins each sub-spot to its six nearest neighbours (the sub-spot centres, in the
+# coordinates of the shapes), and its `spatial_autocorr` ranks the features by Moran's I.
 
 # %%
 shapes = sdata.shapes["spots_soscope"]
 instance_key = sub.uns["spatialdata_attrs"]["instance_key"]
 centres = shapes.loc[sub.obs[instance_key].to_numpy()].geometry.centroid
 sub.obsm["spatial"] = np.column_stack([centres.x, centres.y])
-if HAS_SQUIDPY:
-    import squidpy as sq
-
-    sq.gr.spatial_neighbors(sub, coord_type="generic", n_neighs=6)
-    sq.gr.spatial_autocorr(sub, mode="moran", n_perms=None)
-    morans = sub.uns["moranI"]["I"]
-else:
-    graph = kneighbors_graph(sub.obsm["spatial"], n_neighbors=6, include_self=False)
-    morans = pd.Series(sc.metrics.morans_i(graph, sub.X.T), index=sub.var_names)
-svg = morans.sort_values(ascending=False)
+sq.gr.spatial_neighbors(sub, coord_type="generic", n_neighs=6)
+sq.gr.spatial_autocorr(sub, mode="moran", n_perms=None)
+svg = sub.uns["moranI"]["I"]  # sorted, highest first
 svg.head(10).round(3)
 
 # %% [markdown]
@@ -101,35 +97,41 @@ svg.head(10).round(3)
 # and neighbouring sub-spots share information, so every feature is smoother than measured counts would be and
 # its Moran's I is higher. The synthetic truth shows it: features that differ between cell types
 # (`var["informative"]`), follow a tissue-wide gradient (`var["gradient"]`) or neither, scored on the enhanced
-# sub-spots and on the true sub-spot counts with the same graph. On the truth, the informative features lead; on
-# the enhanced sub-spots the smoothing lifts the others above them, so the ranking above is not a list of marker
-# genes. Rank spatially variable genes on measured counts (the spots), don't read the enhanced values' Moran's I
+# sub-spots and on the true sub-spot counts with the same graph. On the truth, the informative features lead
+# by far; on the enhanced sub-spots the smoothing lifts the others to about their level (features with no
+# spatial signal in the truth score about twice their true Moran's I), so the ranking above is not a list of
+# marker genes. Rank spatially variable genes on measured counts (the spots), don't read the enhanced values' Moran's I
 # or permutation p-values as if they came from counts, and use the enhanced table for maps and domains.
 
 # %%
-truth_sub = sdata.tables["truth"].copy()
+truth = sdata.tables["truth"]
+truth_rows = pd.MultiIndex.from_frame(truth.obs[["spot_id", "subspot"]].astype(str)).get_indexer(
+    pd.MultiIndex.from_frame(sub.obs[["spot_id", "subspot"]].astype(str))
+)  # the truth's rows in the enhanced table's order: the same sub-spots, so the same spatial graph
+truth_sub = truth[truth_rows].copy()
 sc.pp.normalize_total(truth_sub, target_sum=1e4)
 sc.pp.log1p(truth_sub)
-truth_graph = kneighbors_graph(sub.obsm["spatial"], n_neighbors=6, include_self=False)
-truth_rows = pd.MultiIndex.from_frame(truth_sub.obs[["spot_id", "subspot"]].astype(str)).get_indexer(
-    pd.MultiIndex.from_frame(sub.obs[["spot_id", "subspot"]].astype(str))
-)  # the truth's rows in the enhanced table's order, to reuse its graph
+truth_sub.obsm["spatial"] = sub.obsm["spatial"]
+sq.gr.spatial_neighbors(truth_sub, coord_type="generic", n_neighs=6)
+sq.gr.spatial_autocorr(truth_sub, mode="moran", n_perms=None)
 kind = np.where(
     sub.var["informative"], "informative", np.where(sub.var["gradient"] != 0, "gradient", "neither")
 )
 pd.DataFrame(
     {
-        "enhanced": morans.reindex(sub.var_names).to_numpy(),
-        "truth": sc.metrics.morans_i(truth_graph, truth_sub.X[truth_rows].T),
+        "enhanced": svg.reindex(sub.var_names).to_numpy(),
+        "truth": truth_sub.uns["moranI"]["I"].reindex(sub.var_names).to_numpy(),
         "kind": kind,
     }
 ).groupby("kind").mean().round(3)
 
 # %% [markdown]
 # ## Domains at spot and sub-spot resolution
-# The same pipeline on the spots, then three maps: the truth (each sub-spot's dominant cell type), the spot
-# domains and the sub-spot domains. Cluster numbers are arbitrary, so each map's clusters are matched to the
-# truth's types (Hungarian matching of their overlap) only to give matching colours.
+# The same pipeline on the spots, then three maps drawn by spatialdata-plot: the truth (each sub-spot's dominant
+# cell type), the spot domains and the sub-spot domains. The domains go into the tables' `obs`, and
+# `render_shapes` colours each shapes element through the table that annotates it: the enhanced table annotates
+# the sub-spot shapes exactly as the spot table annotates the spots. Cluster numbers are arbitrary, so each map's
+# clusters are matched to the truth's types (Hungarian matching of their overlap) only to give matching colours.
 
 # %%
 spots = sdata.tables["table"].copy()
@@ -139,50 +141,48 @@ sc.pp.pca(spots, n_comps=15, random_state=0)
 spots.obs["domain"] = pd.Categorical(
     KMeans(n_types, n_init=10, random_state=0).fit_predict(spots.obsm["X_pca"]).astype(str)
 )
-
-truth = sdata.tables["truth"]
-truth_shapes = sdata.shapes["spots_truth_subspots"].loc[truth.obs["subspot_id"].to_numpy()]
-spot_shapes = sdata.shapes["spots"]
-spot_shapes = spot_shapes.assign(geometry=spot_shapes.geometry.buffer(spot_shapes["radius"]))  # circles
-spot_shapes = spot_shapes.loc[spots.obs["spot_id"].to_numpy()]
-sub_shapes = shapes.loc[sub.obs[instance_key].to_numpy()]
 types = list(truth.obs["cell_type"].cat.categories)
 
 
-def aligned(labels: np.ndarray, truth_of_rows: np.ndarray) -> np.ndarray:
+def aligned(labels: np.ndarray, truth_of_rows: np.ndarray) -> pd.Categorical:
     """Rename clusters to the truth type they overlap most (one-to-one), for matching colours."""
     clusters = np.unique(labels)
     overlap = pd.crosstab(pd.Categorical(labels, clusters), pd.Categorical(truth_of_rows, types)).to_numpy()
     rows, cols = linear_sum_assignment(-overlap)
     names = {clusters[r]: types[c] for r, c in zip(rows, cols, strict=True)}
-    return np.array([names.get(v, f"extra {v}") for v in labels])
+    return pd.Categorical([names.get(v, f"extra {v}") for v in labels])
 
 
 # the truth type of each spot / enhanced sub-spot, to align the labels: the majority over its sub-spots
-key = truth.obs[["spot_id", "subspot"]].astype(str).agg("/".join, axis=1)
-truth_by_key = pd.Series(truth.obs["cell_type"].astype(str).to_numpy(), index=key.to_numpy())
-sub_key = sub.obs[["spot_id", "subspot"]].astype(str).agg("/".join, axis=1).to_numpy()
 spot_major = truth.obs.groupby("spot_id", observed=True)["cell_type"].agg(lambda s: s.value_counts().index[0])
-maps = {
-    "truth (dominant cell type)": (truth_shapes, truth.obs["cell_type"].astype(str).to_numpy()),
-    "spot domains": (
-        spot_shapes,
-        aligned(spots.obs["domain"].to_numpy(), spot_major.loc[spots.obs["spot_id"]].astype(str).to_numpy()),
-    ),
-    "sub-spot domains (soscope)": (
-        sub_shapes,
-        aligned(sub.obs["domain"].astype(str).to_numpy(), truth_by_key.loc[sub_key].to_numpy()),
-    ),
-}
-colours = dict(zip(types, plt.get_cmap("tab10").colors, strict=False))
+sdata.tables["table"].obs["domain"] = aligned(
+    spots.obs["domain"].to_numpy(), spot_major.loc[spots.obs["spot_id"]].astype(str).to_numpy()
+)
+sdata.tables["table_soscope"].obs["domain"] = aligned(
+    sub.obs["domain"].astype(str).to_numpy(), truth_sub.obs["cell_type"].astype(str).to_numpy()
+)
+colours = {t: to_hex(c) for t, c in zip(types, plt.get_cmap("tab10").colors, strict=False)}
+palette = dict(colours)
+for name in ("table", "table_soscope"):  # grey: a cluster matched to no type
+    palette.update(
+        {c: "#999999" for c in sdata.tables[name].obs["domain"].cat.categories if c not in palette}
+    )
+
+panels = [
+    ("spots_truth_subspots", "truth", "cell_type", "truth (dominant cell type)"),
+    ("spots", "table", "domain", "spot domains"),
+    ("spots_soscope", "table_soscope", "domain", "sub-spot domains (soscope)"),
+]
 fig, axes = plt.subplots(1, 3, figsize=(15, 5.2), layout="constrained")
-for ax, (title, (gdf, labels)) in zip(axes, maps.items(), strict=True):
-    gdf.plot(color=[colours.get(v, (0.6, 0.6, 0.6)) for v in labels], ax=ax)  # grey: an unmatched cluster
-    ax.set_title(title)
-    ax.set_aspect("equal")
-    ax.invert_yaxis()  # image convention: y grows downwards
+for ax, (element, table_name, column, title) in zip(axes, panels, strict=True):
+    categories = sdata.tables[table_name].obs[column].cat.categories
+    sdata.pl.render_shapes(
+        element, color=column, table_name=table_name, palette={c: palette[c] for c in categories}
+    ).pl.show(ax=ax, title=title, legend_loc=None, colorbar=False, show=False)
     ax.set_axis_off()
 handles = [plt.Line2D([], [], marker="s", ls="", color=c, label=t) for t, c in colours.items()]
+if len(palette) > len(colours):
+    handles.append(plt.Line2D([], [], marker="s", ls="", color="#999999", label="other cluster"))
 fig.legend(handles=handles, loc="outside right center", frameon=False)
 fig.savefig(out / "domains.png", dpi=100)
 fig

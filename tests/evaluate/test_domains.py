@@ -179,3 +179,81 @@ def test_enhanced_subspots_find_domains_spots_miss():
     auroc = m.pivot_table(index=["marker", "domain"], columns="resolution", values="auroc")
     assert (auroc["subspot"] > auroc["spot"]).mean() >= 0.5, auroc
     assert auroc["subspot"].mean() > auroc["spot"].mean(), auroc
+
+
+def test_cluster_truth_recovers_the_domains_and_chooses_k_by_silhouette():
+    sdata = _hand_made()
+    true = sdata.tables["truth"].obs["domain"].to_numpy()
+    labels = soscope.evaluate.cluster_truth(sdata, k_range=(2, 4), n_pcs=2)
+    assert labels.index.equals(sdata.tables["truth"].obs_names) and labels.name == "truth_domain"
+    # two well separated profiles: the silhouette rule picks k = 2, and the clusters are the domains
+    assert labels.attrs["n_domains"] == 2 and set(labels.attrs["silhouette"]) == {2, 3, 4}
+    assert max(labels.attrs["silhouette"], key=labels.attrs["silhouette"].get) == 2
+    assert pd.crosstab(labels.to_numpy(), true).gt(0).sum(axis=1).eq(1).all()
+    again = soscope.evaluate.cluster_truth(sdata, k_range=(2, 4), n_pcs=2)
+    pd.testing.assert_series_equal(labels, again)
+    fixed = soscope.evaluate.cluster_truth(sdata, n_domains=3, n_pcs=2)
+    assert fixed.attrs["n_domains"] == 3 and fixed.nunique() == 3 and fixed.attrs["silhouette"] == {}
+
+
+def test_cluster_truth_labels_score_domains_and_markers_and_skip_empty_rows():
+    sdata = _hand_made()
+    sdata.tables["truth"].X[0] = 0  # an empty sub-spot has no profile: no domain, not scored
+    labels = soscope.evaluate.cluster_truth(sdata, n_domains=2, n_pcs=2)
+    assert pd.isna(labels.iloc[0]) and labels.iloc[1:].notna().all()
+    scores, _ = domains(sdata, truth_domains=labels, method="kmeans")
+    assert (scores["n_scored"] == 12 * K - 1).all() and (scores["n_truth_domains"] == 2).all()
+    assert scores.loc["subspot", "ari"] > scores.loc["spot", "ari"]
+    m = markers(sdata, truth_domains=labels)
+    assert set(m["marker"]) == {"g_A", "g_B"} and (m["n_in"] + m["n_out"] == 12 * K - 1).all()
+
+
+def test_cluster_truth_errors():
+    sdata = _hand_made()
+    with pytest.raises(SoscopeInputError, match="at least 2"):
+        soscope.evaluate.cluster_truth(sdata, n_domains=1)
+    with pytest.raises(SoscopeInputError, match="k_range"):
+        soscope.evaluate.cluster_truth(sdata, k_range=(1, 3))
+    with pytest.raises(SoscopeInputError, match="too few"):
+        soscope.evaluate.cluster_truth(sdata, n_domains=2, min_counts=1e9)
+    with pytest.raises(SoscopeInputError, match="no truth|truth"):
+        soscope.evaluate.cluster_truth(sdata, truth="nope")
+
+
+def test_markers_features_restrict_the_candidates():
+    sdata = _hand_made()
+    m = markers(sdata, truth_domains="domain", features=["g_flat", "g_B"])
+    assert set(m["marker"]) <= {"g_flat", "g_B"} and "g_B" in set(m["marker"])
+
+
+def test_marker_values_do_not_depend_on_which_markers_are_scored():
+    """Each row is normalised by its counts over every shared feature, not over the scored markers only."""
+    sdata = _hand_made()
+    alone = markers(sdata, {"A": "g_A"}, truth_domains="domain").set_index("resolution")
+    both = markers(sdata, {"A": "g_A", "B": "g_B"}, truth_domains="domain")
+    both = both[both["marker"] == "g_A"].set_index("resolution")
+    pd.testing.assert_frame_equal(alone, both)
+    # normalised over g_A alone every row would be log1p(1e4): no contrast at all
+    assert alone.loc["spot", "auroc"] > 0.6 and alone.loc["subspot", "auroc"] == pytest.approx(1.0)
+    truth = sdata.tables["truth"]
+    x = np.asarray(truth.X, dtype=float)
+    expect = np.log1p(x[:, 0] / x.sum(axis=1) * 1e4)[truth.obs["domain"].to_numpy() == "A"].mean()
+    assert alone.loc["truth", "mean_in"] == pytest.approx(expect, rel=1e-5)
+
+
+def test_leiden_clusters_more_than_4096_rows():
+    """Above 4,096 rows scanpy's default kNN (pynndescent) is replaced by exact neighbours: leiden still runs.
+
+    (scanpy < 1.12 with pynndescent >= 0.6 and scipy >= 1.15 crashed there on pynndescent's sparse array.)
+    """
+    pytest.importorskip("igraph")
+    rng = np.random.default_rng(0)
+    group = np.repeat([0, 1], 2100)
+    x = rng.poisson(np.where(group[:, None] == 0, [30, 2, 10, 10], [2, 30, 10, 10])).astype(float)
+    codes = _domains._cluster(
+        x, method="leiden", n_domains=0, resolution=0.2, n_pcs=3, n_neighbors=15,
+        normalize=True, target_sum=1e4, seed=0,
+    )  # fmt: skip
+    assert codes.shape == (4200,) and len(np.unique(codes)) >= 2
+    # the two populations never share a cluster
+    assert pd.crosstab(codes, group).gt(0).sum(axis=1).eq(1).all()

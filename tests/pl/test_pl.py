@@ -150,7 +150,8 @@ def test_enhanced_writes_png(toy, tmp_path):
 
 def test_enhanced_values_per_unit_area_share_one_scale(toy):
     """Enhanced X is the even split here, so every sub-spot shows exactly its parent's density."""
-    fig = pl.enhanced(toy, "gene_3", show_image=False)
+    # the values drawn: matplotlib's arrays (test_pl_backends.py: spatialdata-plot draws the same colours)
+    fig = pl.enhanced(toy, "gene_3", show_image=False, backend="matplotlib")
     spot_ax, sub_ax = [a for a in fig.axes if a.get_label() != "<colorbar>"]
     spot_vals = np.asarray(spot_ax.collections[0].get_array())
     sub_vals = np.asarray(sub_ax.collections[0].get_array())
@@ -163,7 +164,7 @@ def test_enhanced_values_per_unit_area_share_one_scale(toy):
 def test_enhanced_circles_use_footprint_area():
     """Circles are coloured by counts / (pi r^2) in the coordinate system's units."""
     sdata = _toy(n=6, kind="circle", image=False)
-    fig = pl.enhanced(sdata, "gene_0")
+    fig = pl.enhanced(sdata, "gene_0", backend="matplotlib")
     spot_ax = fig.axes[0]
     vals = np.asarray(spot_ax.collections[0].get_array())
     r = SIDE * 0.275
@@ -250,9 +251,13 @@ def test_enhanced_on_synthetic_with_truth(tmp_path):
 
 @pytest.mark.timeout(300)  # a hang guard, not a speed test (timings belong to benchmarks)
 def test_enhanced_renders_30k_subspots(tmp_path):
-    """31k sub-spots (x2 with the truth) render into one figure."""
+    """31k sub-spots (x2 with the truth) render into one figure with soscope's own drawing path.
+
+    (spatialdata-plot, the default when installed, is checked on small data in test_pl_backends.py; above
+    10,000 shapes it hands over to datashader, which is its code, not ours.)
+    """
     sdata = _toy(n=88, image=True, n_features=2)  # 7,744 spots, 30,976 sub-spots
-    pl.enhanced(sdata, ["gene_0"], truth="truth", save=tmp_path / "big.png")
+    pl.enhanced(sdata, ["gene_0"], truth="truth", save=tmp_path / "big.png", backend="matplotlib")
     _png_ok(tmp_path / "big.png")
 
 

@@ -8,7 +8,7 @@ from soscope.evaluate._baselines import (
     interpolation_split,
     spot_density,
 )
-from soscope.evaluate._domains import DOMAIN_METHODS, domains, markers
+from soscope.evaluate._domains import DOMAIN_METHODS, TRUTH_K_RANGE, cluster_truth, domains, markers
 from soscope.evaluate._metrics import (
     pearson_per_feature,
     rmse_normalised,
@@ -22,6 +22,8 @@ from soscope.evaluate._score import BASELINES, score, score_arrays
 __all__ = [
     "BASELINES",
     "DOMAIN_METHODS",
+    "TRUTH_K_RANGE",
+    "cluster_truth",
     "domains",
     "even_split",
     "gaussian_interpolation",

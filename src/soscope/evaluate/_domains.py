@@ -24,7 +24,7 @@ from ._score import _keys, _matrix, _resolve_features, _table
 if TYPE_CHECKING:  # pragma: no cover
     from spatialdata import SpatialData
 
-__all__ = ["domains", "markers", "DOMAIN_METHODS"]
+__all__ = ["cluster_truth", "domains", "markers", "DOMAIN_METHODS", "TRUTH_K_RANGE"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 DOMAIN_METHODS = ("auto", "leiden", "kmeans")
 #: order of the resolutions in the results
 _RESOLUTIONS = ("spot", "subspot", "truth")
+#: numbers of domains :func:`cluster_truth` chooses from (by silhouette) when none is given
+TRUTH_K_RANGE = (3, 8)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -152,6 +154,30 @@ def _log_normalised(x: np.ndarray, normalize: bool, target_sum: float) -> np.nda
     return np.log1p(np.maximum(scaled, 0.0))
 
 
+def _embed(x: np.ndarray, *, n_pcs: int, normalize: bool, target_sum: float, seed: int) -> tuple[Any, int]:
+    """Normalise, ``log1p`` and PCA (scanpy) the rows of ``x``.
+
+    Returns an AnnData holding the representation (``obsm["X_pca"]``, or ``obsm["X_rep"]``: the centred
+    values when there are too few rows or features for two components) and the number of components.
+    """
+    import anndata as ad
+
+    sc = _need("scanpy", "soscope.evaluate.domains")
+    a = ad.AnnData(X=_log_normalised(x, normalize, target_sum).astype(np.float32))
+    n_comps = int(min(n_pcs, a.n_obs - 1, a.n_vars - 1))
+    if n_comps >= 2:
+        sc.pp.pca(a, n_comps=n_comps, random_state=seed)
+    else:  # too few features or rows for a PCA: cluster the normalised values themselves
+        a.obsm["X_rep"] = a.X - a.X.mean(axis=0, keepdims=True)
+    return a, n_comps
+
+
+def _kmeans(rep: np.ndarray, n_domains: int, seed: int) -> np.ndarray:
+    cluster = _need("sklearn.cluster", "k-means domains")
+    k = int(min(n_domains, len(rep)))
+    return cluster.KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(rep)
+
+
 def _cluster(
     x: np.ndarray,
     *,
@@ -165,25 +191,19 @@ def _cluster(
     seed: int,
 ) -> np.ndarray:
     """Cluster the rows of ``x``: normalise, log1p, PCA (scanpy), then k-means or leiden. Integer labels."""
-    import anndata as ad
-
-    sc = _need("scanpy", "soscope.evaluate.domains")
-    a = ad.AnnData(X=_log_normalised(x, normalize, target_sum).astype(np.float32))
-    n_comps = int(min(n_pcs, a.n_obs - 1, a.n_vars - 1))
-    if n_comps >= 2:
-        sc.pp.pca(a, n_comps=n_comps, random_state=seed)
-        rep = a.obsm["X_pca"]
-    else:  # too few features or rows for a PCA: cluster the normalised values themselves
-        rep = a.X - a.X.mean(axis=0, keepdims=True)
-        a.obsm["X_rep"] = rep
+    a, n_comps = _embed(x, n_pcs=n_pcs, normalize=normalize, target_sum=target_sum, seed=seed)
+    rep = a.obsm["X_pca"] if n_comps >= 2 else a.obsm["X_rep"]
     if method == "kmeans":
-        cluster = _need("sklearn.cluster", "k-means domains")
-        k = int(min(n_domains, a.n_obs))
-        return cluster.KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(np.asarray(rep))
+        return _kmeans(np.asarray(rep), n_domains, seed)
+    sc = _need("scanpy", "soscope.evaluate.domains")
     sc.pp.neighbors(
         a,
         n_neighbors=int(min(n_neighbors, a.n_obs - 1)),
         use_rep="X_pca" if n_comps >= 2 else "X_rep",
+        # exact neighbours (scikit-learn) at every size: scanpy's default above 4,096 rows, pynndescent, is
+        # approximate, and with pynndescent >= 0.6 and scipy >= 1.15 scanpy < 1.12 fails on its sparse-array
+        # output ("'csr_array' object has no attribute 'getnnz'")
+        transformer="sklearn",
         random_state=seed,
     )
     sc.tl.leiden(a, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
@@ -369,6 +389,105 @@ def domains(
     return scores, labels
 
 
+# ----------------------------------------------------------------------------------------- truth domains
+def cluster_truth(
+    sdata: SpatialData,
+    truth: str = "truth",
+    *,
+    n_domains: int | None = None,
+    k_range: tuple[int, int] = TRUTH_K_RANGE,
+    features: Sequence[str] | str | None = None,
+    min_counts: float = 1.0,
+    n_pcs: int = 15,
+    normalize: bool = True,
+    target_sum: float = 1e4,
+    seed: int = 0,
+) -> pd.Series:
+    """Truth domains from the true sub-spot profiles themselves, for data without annotated domains.
+
+    Real high-resolution data (MERFISH, VeraFISH pseudo-spots) carries no cell-type or region annotation
+    per sub-spot, so :func:`domains` and :func:`markers` have no domains to score against. This defines
+    them reproducibly from the truth: each truth row is normalised to ``target_sum`` counts and
+    ``log1p``-transformed, reduced by PCA (scanpy, seeded) and clustered by seeded k-means. The number of
+    domains is ``n_domains`` or, by a fixed rule, the ``k`` in ``k_range`` (inclusive) with the highest
+    silhouette (Euclidean, in PCA space; ties go to the smaller ``k``).
+
+    Parameters
+    ----------
+    sdata
+        Holds the truth table (one row per sub-spot, e.g. from :func:`soscope.evaluate.pseudo_spots`).
+    truth
+        Name of the truth table.
+    n_domains
+        Number of domains; ``None`` chooses it by silhouette over ``k_range``.
+    k_range
+        Smallest and largest number of domains tried when ``n_domains`` is ``None``.
+    features
+        Features to cluster on: ``None`` (all), a list of names or a boolean ``var`` column.
+    min_counts
+        Rows with fewer total counts (over ``features``) get no domain (NaN): an empty sub-spot has no
+        profile to assign, and :func:`domains` / :func:`markers` leave such rows unscored.
+    n_pcs
+        Principal components.
+    normalize, target_sum
+        Scale rows to ``target_sum`` and ``log1p`` (``False`` for values already normalised).
+    seed
+        Seed of PCA, k-means and the silhouette's subsample.
+
+    Returns
+    -------
+    Domain labels (strings ``"0"``, ``"1"``, ...; NaN for rows under ``min_counts``) indexed like the truth
+    table's ``obs_names``, named ``"truth_domain"``. ``attrs["silhouette"]`` holds ``{k: silhouette}`` for
+    every ``k`` tried (empty when ``n_domains`` is given) and ``attrs["n_domains"]`` the number used. Pass
+    it as ``truth_domains=`` to :func:`domains` and :func:`markers`.
+
+    Examples
+    --------
+    >>> labels = soscope.evaluate.cluster_truth(sdata)
+    >>> scores, _ = soscope.evaluate.domains(sdata, truth_domains=labels, method="kmeans")
+
+    """
+    metrics = _need("sklearn.metrics", "soscope.evaluate.cluster_truth")
+    t_truth = _table(sdata, truth, "truth")
+    feats = _resolve_features(features, [t_truth], [truth])
+    x = _matrix(t_truth, None, t_truth.var_names.get_indexer(feats))
+    ok = np.flatnonzero(x.sum(axis=1) >= min_counts)
+    lo, hi = (int(k) for k in k_range)
+    if n_domains is not None and int(n_domains) < 2:
+        raise SoscopeInputError(f"`n_domains` must be at least 2, got {n_domains}.")
+    if n_domains is None and not 2 <= lo <= hi:
+        raise SoscopeInputError(f"`k_range` must be (low, high) with 2 <= low <= high, got {k_range}.")
+    need = int(n_domains) if n_domains is not None else hi
+    if len(ok) <= need:
+        raise SoscopeInputError(
+            f"Only {len(ok)} rows of the truth table {truth!r} have at least {min_counts:g} counts: too few "
+            f"for {need} domains."
+        )
+    a, n_comps = _embed(x[ok], n_pcs=int(n_pcs), normalize=normalize, target_sum=float(target_sum), seed=seed)
+    rep = np.asarray(a.obsm["X_pca"] if n_comps >= 2 else a.obsm["X_rep"])
+    silhouette: dict[int, float] = {}
+    if n_domains is None:
+        # a fixed subsample keeps the silhouette (quadratic in rows) cheap and reproducible
+        sample = int(min(len(rep), 3000))
+        best = None
+        for k in range(lo, hi + 1):
+            codes = _kmeans(rep, k, seed)
+            silhouette[k] = float(metrics.silhouette_score(rep, codes, sample_size=sample, random_state=seed))
+            if best is None or silhouette[k] > silhouette[best[0]]:
+                best = (k, codes)
+        assert best is not None
+        k, codes = best
+    else:
+        k = int(n_domains)
+        codes = _kmeans(rep, k, seed)
+    labels = np.full(t_truth.n_obs, np.nan, dtype=object)
+    labels[ok] = codes.astype(int).astype(str)
+    out = pd.Series(labels, index=t_truth.obs_names, name="truth_domain", dtype=object)
+    out.attrs["silhouette"] = silhouette
+    out.attrs["n_domains"] = int(k)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- markers
 def _auroc(y: np.ndarray, v: np.ndarray) -> float:
     """Area under the ROC curve of ``v`` separating ``y`` (Mann–Whitney, ties count half)."""
@@ -436,6 +555,7 @@ def markers(
     key_added: str | None = "soscope",
     layer: str | None = None,
     n_per_domain: int = 1,
+    features: Sequence[str] | str | None = None,
     normalize: bool = True,
     target_sum: float = 1e4,
 ) -> pd.DataFrame:
@@ -461,8 +581,13 @@ def markers(
         truth only).
     n_per_domain
         Markers per domain when ``markers=None``.
+    features
+        Candidate markers when ``markers=None``: ``None`` (every feature shared by the tables), a list of
+        names or a boolean ``var`` column. Excluding sparse features (e.g. control probes) keeps rare ones,
+        whose fold change is large by chance, from being picked.
     normalize, target_sum
-        Scale each row to ``target_sum`` counts and ``log1p`` (``False`` for values already normalised).
+        Scale each row to ``target_sum`` counts (its counts over every feature shared by the tables, at
+        every resolution) and ``log1p`` (``False`` for values already normalised).
 
     Returns
     -------
@@ -478,7 +603,8 @@ def markers(
         raise SoscopeInputError(f"Table {table!r} has no layer {layer!r}; layers: {layer_names(t_spots)}.")
     tabs = [t_spots, t_truth] + ([t_enh] if t_enh is not None else [])
     names = [table, truth] + ([rows.enh_name] if t_enh is not None else [])
-    feats = _resolve_features(None, tabs, names)
+    shared = _resolve_features(None, tabs, names)
+    feats = _resolve_features(features, tabs, names) if markers is None else shared
 
     lab = _truth_labels(t_truth, truth_domains, truth).to_numpy()
     keep = rows.rows[pd.notna(lab[rows.rows])]
@@ -489,10 +615,16 @@ def markers(
         raise SoscopeInputError("The matched truth rows hold a single domain: nothing to contrast.")
 
     def values(adata, layer_, pos, cols):
-        # normalise every row of the table (its library size), then take the truth-matched rows
-        return _log_normalised(
-            _matrix(adata, layer_, adata.var_names.get_indexer(cols)), normalize, target_sum
-        )[pos]
+        # normalise each truth-matched row by its library size over every shared feature (the same
+        # features at every resolution, whichever markers are scored), then take the columns `cols`
+        x = _matrix(adata, layer_, adata.var_names.get_indexer(shared))[pos]
+        if not normalize:
+            return x[:, pd.Index(shared).get_indexer(cols)]
+        total = x.sum(axis=1, keepdims=True)
+        part = x[:, pd.Index(shared).get_indexer(cols)]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scaled = np.where(total > 0, part / np.where(total > 0, total, 1.0) * target_sum, 0.0)
+        return np.log1p(np.maximum(scaled, 0.0))
 
     # pick markers on the truth (all features, so `None` can rank them); then score only those
     truth_all = values(t_truth, None, keep, feats)

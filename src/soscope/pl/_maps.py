@@ -6,8 +6,8 @@ import difflib
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,9 +30,13 @@ from soscope.pl._utils import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["enhanced"]
+__all__ = ["BACKENDS", "enhanced"]
 
 _SOSCOPE_KEY = SoscopeKeys.UNS
+
+#: drawing backends of :func:`enhanced`
+BACKENDS = ("auto", "spatialdata-plot", "matplotlib")
+Backend = Literal["auto", "spatialdata-plot", "matplotlib"]
 
 
 def _fmt(names: Any, limit: int = 12) -> str:
@@ -187,13 +191,21 @@ def _match(index: Any, ids: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Map:
-    """One map: polygon outlines in the coordinate system and a density per polygon and feature."""
+    """One map: polygon outlines in the coordinate system and a value per polygon and feature."""
 
     verts: list[np.ndarray]
     owner: np.ndarray  # (n_parts,) row of `values` for each drawn polygon part
-    values: np.ndarray  # (n_shapes, F) counts per unit area
+    values: np.ndarray  # (n_shapes, F) counts per unit area (or the table's values: per_area=False)
     n_shapes: int
     _paths: list | None = None
+    # which table rows `values` holds (for spatialdata-plot, which joins a table to its shapes itself)
+    table: str = ""
+    regions: list[str] = field(default_factory=list)
+    region_key: str = "region"
+    instance_key: str = "instance_id"
+    region_of: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    instance_of: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    columns: list[str] = field(default_factory=list)  # feature names of the columns of `values`
 
     @property
     def paths(self) -> list:
@@ -217,8 +229,12 @@ def _table_map(
     *,
     regions: Sequence[str] | None = None,
     layer: str | None = None,
+    per_area: bool = True,
 ) -> _Map:
-    """Densities (value / polygon area in the coordinate system) of ``table``'s rows on its shapes."""
+    """Densities (value / polygon area in the coordinate system) of ``table``'s rows on its shapes.
+
+    With ``per_area=False`` the table's values themselves.
+    """
     all_regions, region_key, instance_key = _attrs(sdata, table)
     regions = list(regions) if regions is not None else all_regions
     adata = sdata.tables[table]
@@ -226,7 +242,7 @@ def _table_map(
     region_col = adata.obs[region_key].astype(str).to_numpy()
     inst = adata.obs[instance_key].to_numpy()
     verts: list[np.ndarray] = []
-    owners, vals = [], []
+    owners, vals, used_rows = [], [], []
     offset = 0
     for region in regions:
         if region not in sdata.shapes:
@@ -248,20 +264,37 @@ def _table_map(
         matrix = affine_xy(gdf, coordinate_system)
         sub = gdf.iloc[pos]
         geoms = shapes_polygons(sub)
-        area = shapes_areas(sub, geoms, matrix)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dens = values[rows] / np.where(area > 0, area, np.nan)[:, None]
+        if per_area:
+            area = shapes_areas(sub, geoms, matrix)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                dens = values[rows] / np.where(area > 0, area, np.nan)[:, None]
+        else:
+            dens = values[rows]
         v, owner = polygon_vertices(geoms, matrix)
         verts.extend(v)
         owners.append(owner + offset)
         vals.append(dens)
+        used_rows.append(rows)
         offset += rows.size
     if not vals:
         raise SoscopeInputError(
             f"Table '{table}' has no rows matching the shapes {_fmt(regions)} (obs['{region_key}'] / "
             f"obs['{instance_key}'] vs the shapes' index)."
         )
-    return _Map(verts, np.concatenate(owners), np.concatenate(vals), offset)
+    rows = np.concatenate(used_rows)
+    return _Map(
+        verts,
+        np.concatenate(owners),
+        np.concatenate(vals),
+        offset,
+        table=table,
+        regions=list(dict.fromkeys(region_col[rows])),
+        region_key=region_key,
+        instance_key=instance_key,
+        region_of=region_col[rows],
+        instance_of=inst[rows],
+        columns=[str(adata.var_names[i]) for i in feat_idx],
+    )
 
 
 def _coordinate_system(sdata: Any, elements: Sequence[Any], coordinate_system: str | None) -> str:
@@ -434,12 +467,108 @@ def _draw_map(ax: Any, m: _Map, j: int, cmap: Any, norm: Any, alpha: float) -> N
     ax.add_collection(coll, autolim=False)
 
 
+def _resolve_backend(backend: str) -> str:
+    """Return the backend to draw with: spatialdata-plot when installed (``"auto"``), else matplotlib."""
+    if backend not in BACKENDS:
+        raise SoscopeInputError(f"Unknown `backend={backend!r}`; choose from {list(BACKENDS)}.")
+    if backend == "matplotlib":
+        return backend
+    try:
+        import spatialdata_plot  # noqa: F401  (importing it registers the `sdata.pl` accessor)
+    except ImportError as err:
+        if backend == "spatialdata-plot":
+            raise SoscopeInputError(
+                "backend='spatialdata-plot' needs spatialdata-plot, which is not installed: "
+                "`pip install spatialdata-plot` (or `pip install 'soscope[plot]'`), or pass "
+                "backend='matplotlib'."
+            ) from err
+        return "matplotlib"
+    return "spatialdata-plot"
+
+
+def _values_sdata(sdata: Any, m: _Map, j: int) -> tuple[Any, str]:
+    """Return a SpatialData of ``m``'s shapes and a one-feature table of the values drawn (column ``j``).
+
+    The table annotates the shapes exactly as the source table does (same ``region`` / ``region_key`` /
+    ``instance_key`` values), so spatialdata-plot joins it to them as it joins the source table; only the
+    values differ (per unit area). Returns it and the name of the table.
+    """
+    import anndata as ad
+    import pandas as pd
+    from spatialdata import SpatialData
+    from spatialdata.models import TableModel
+
+    name = "soscope_plot_values"
+    obs = pd.DataFrame(
+        {
+            m.region_key: pd.Categorical(m.region_of.astype(str), categories=m.regions),
+            m.instance_key: m.instance_of,
+        },
+        index=pd.Index([str(i) for i in range(len(m.region_of))]),
+    )
+    adata = ad.AnnData(
+        X=np.asarray(m.values[:, [j]], dtype=np.float64), obs=obs, var=pd.DataFrame(index=[m.columns[j]])
+    )
+    table = TableModel.parse(
+        adata, region=list(m.regions), region_key=m.region_key, instance_key=m.instance_key
+    )
+    return SpatialData(shapes={r: sdata.shapes[r] for r in m.regions}, tables={name: table}), name
+
+
+def _draw_map_sdata_plot(
+    ax: Any,
+    sdata: Any,
+    m: _Map,
+    j: int,
+    coordinate_system: str,
+    cmap: Any,
+    norm: Any,
+    alpha: float,
+    *,
+    per_area: bool,
+    layer: str | None,
+) -> None:
+    """Draw column ``j`` of map ``m`` with spatialdata-plot's ``render_shapes`` coloured by the table.
+
+    Without ``per_area`` the source table itself is passed (``table_name=``): spatialdata-plot joins it to
+    the shapes through its own annotation. With ``per_area`` a table of the densities, annotating the same
+    shapes the same way, is passed instead (spatialdata-plot has no per-area colouring).
+    """
+    import spatialdata_plot  # noqa: F401  (registers the `sdata.pl` accessor)
+
+    if per_area:
+        target, table_name = _values_sdata(sdata, m, j)
+        table_layer = None
+    else:
+        target, table_name, table_layer = sdata, m.table, layer
+    for region in m.regions:
+        target = target.pl.render_shapes(
+            region,
+            color=m.columns[j],
+            table_name=table_name,
+            table_layer=table_layer,
+            cmap=cmap,
+            norm=norm,
+            fill_alpha=alpha,
+            colorbar=False,
+        )
+    before = {id(a) for a in [*ax.collections, *ax.images]}
+    target.pl.show(coordinate_systems=coordinate_system, ax=ax, colorbar=False, show=False, title="")
+    # spatialdata-plot stacks its layers from zorder 0, the image's level: lift them above the image
+    for artist in [*ax.collections, *ax.images]:
+        if id(artist) not in before:
+            artist.set_zorder(artist.get_zorder() + 1)
+
+
 def _style(ax: Any, bounds: np.ndarray, title: str) -> None:
     pad_x = 0.02 * (bounds[1] - bounds[0] or 1.0)
     pad_y = 0.02 * (bounds[3] - bounds[2] or 1.0)
     ax.set_xlim(bounds[0] - pad_x, bounds[1] + pad_x)
     ax.set_ylim(bounds[3] + pad_y, bounds[2] - pad_y)  # image convention: y down
     ax.set_aspect("equal")
+    ax.set_axis_on()  # spatialdata-plot may have turned the frame off or labelled the axes
+    ax.set_xlabel("")
+    ax.set_ylabel("")
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -468,12 +597,19 @@ def enhanced(
     panel_size: float = 4.0,
     dpi: float = 100,
     max_image_pixels: int = 1500,
+    per_area: bool = True,
+    backend: Backend = "auto",
 ):
     """Plot, for each feature, the measured spots next to soscope's enhanced sub-spots on one colour scale.
 
     Every map is coloured by the value **per unit area** (of the coordinate system): a spot's counts divided
     by the area of its footprint, a sub-spot's expected counts divided by its polygon area. So the two maps
     are directly comparable: a sub-spot brighter than its spot holds more than its share of the spot.
+
+    The shapes are drawn by spatialdata-plot when it is installed (``render_shapes`` of each shapes element,
+    coloured by the feature through the table that annotates it), else by matplotlib directly; both give
+    the same colours. The image underneath is read by soscope (a low-resolution level, only the part under
+    the spots) with either backend.
 
     Parameters
     ----------
@@ -517,6 +653,13 @@ def enhanced(
         Resolution of the figure.
     max_image_pixels
         Largest side (pixels) of the image part read for the background.
+    per_area
+        Colour by the value per unit area (default). ``False`` colours by the tables' values themselves (with
+        spatialdata-plot: the tables as written, joined to their shapes by spatialdata-plot); spots and
+        sub-spots then differ in scale by their areas.
+    backend
+        ``"spatialdata-plot"`` (``pip install spatialdata-plot``, or the ``soscope[plot]`` extra),
+        ``"matplotlib"``, or ``"auto"``: spatialdata-plot when it is installed, else matplotlib.
 
     Returns
     -------
@@ -526,7 +669,8 @@ def enhanced(
     Raises
     ------
     SoscopeInputError
-        No enhanced output for ``key_added``, unknown features, tables or images.
+        No enhanced output for ``key_added``, unknown features, tables or images; ``backend=
+        "spatialdata-plot"`` without spatialdata-plot installed.
 
     Examples
     --------
@@ -539,6 +683,7 @@ def enhanced(
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
+    used = _resolve_backend(backend)
     tname, onames = _resolve_tables(sdata, table, key_added)
     in_regions, _, _ = _attrs(sdata, tname)
     out_regions = list(dict.fromkeys(r for o in onames for r in _attrs(sdata, o)[0]))
@@ -591,11 +736,11 @@ def enhanced(
         elements += [sdata.shapes[r] for r in truth_regions]
     cs = _coordinate_system(sdata, elements, coordinate_system)
 
-    spot_map = _table_map(sdata, tname, feat_in, cs, regions=spot_names, layer=layer)
+    spot_map = _table_map(sdata, tname, feat_in, cs, regions=spot_names, layer=layer, per_area=per_area)
     enh_maps: dict[str, _Map] = {}
     for o in dict.fromkeys(o for o, _ in where.values()):
         cols = [where[n][1] for n in names if where[n][0] == o]
-        enh_maps[o] = _table_map(sdata, o, cols, cs, regions=sub_names)
+        enh_maps[o] = _table_map(sdata, o, cols, cs, regions=sub_names, per_area=per_area)
     # per feature: the panels as (kind, map, column of map.values)
     panels: list[list[tuple[str, _Map, int]]] = []
     for i, n in enumerate(names):
@@ -604,7 +749,7 @@ def enhanced(
         row = [("spots", spot_map, i), ("soscope", enh_maps[o], col)]
         panels.append(row)
     if truth is not None:
-        truth_map = _table_map(sdata, truth, feat_truth, cs, regions=truth_regions)
+        truth_map = _table_map(sdata, truth, feat_truth, cs, regions=truth_regions, per_area=per_area)
         for i, row in enumerate(panels):
             row.append(("truth", truth_map, i))
     first_enh = next(iter(enh_maps.values()))
@@ -637,9 +782,23 @@ def enhanced(
         norm = Normalize(vmin=lo, vmax=hi)
         for c, (kind, m, j) in enumerate(panels[i]):
             a = axes[i, c]
-            for im in images:
+            if used == "spatialdata-plot":
+                _draw_map_sdata_plot(
+                    a,
+                    sdata,
+                    m,
+                    j,
+                    cs,
+                    cm,
+                    norm,
+                    alpha,
+                    per_area=per_area,
+                    layer=layer if kind == "spots" else None,
+                )
+            else:
+                _draw_map(a, m, j, cm, norm, alpha)
+            for im in images:  # zorder 0: under the shapes whichever backend drew them
                 im.draw(a)
-            _draw_map(a, m, j, cm, norm, alpha)
             _style(a, bounds, labels[kind])
             if c == 0:  # the feature names the row: vertical, so long names (e.g. ADT barcodes) fit
                 short = name if len(name) <= 40 else name[:38] + "…"
@@ -649,7 +808,7 @@ def enhanced(
             ax=list(axes[i]),
             shrink=0.85,
             pad=0.01,
-            label=f"counts per unit area ({cs})",
+            label=f"counts per unit area ({cs})" if per_area else "value in the table",
         )
     save_figure(fig, save)
     return fig
