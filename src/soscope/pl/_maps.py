@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from soscope._constants import SoscopeKeys
 from soscope._errors import SoscopeInputError
 from soscope._names import slug
-from soscope.io import layer_names
+from soscope.io import layer_names, match_instances, table_annotation
 from soscope.pl._utils import (
     affine_xy,
     as_list,
@@ -47,19 +47,9 @@ def _fmt(names: Any, limit: int = 12) -> str:
 
 # --------------------------------------------------------------------------------------------- elements
 def _attrs(sdata: Any, table: str) -> tuple[list[str], str, str]:
-    """Return ``(regions, region_key, instance_key)`` of a table (``uns["spatialdata_attrs"]``)."""
-    adata = sdata.tables[table]
-    attrs = adata.uns.get("spatialdata_attrs") or {}
-    region = attrs.get("region")
-    if region is None or "region_key" not in attrs or "instance_key" not in attrs:
-        raise SoscopeInputError(
-            f"Table '{table}' does not annotate any element (uns['spatialdata_attrs'] lacks region / "
-            "region_key / instance_key): re-parse it with `TableModel.parse(adata, region=..., "
-            "region_key=..., "
-            "instance_key=...)`."
-        )
-    regions = [region] if isinstance(region, str) else [str(r) for r in region]
-    return regions, str(attrs["region_key"]), str(attrs["instance_key"])
+    """Return ``(regions, region_key, instance_key)`` of a table (:func:`soscope.io.table_annotation`)."""
+    annotation = table_annotation(sdata, table)
+    return annotation.regions, annotation.region_key, annotation.instance_key
 
 
 def _soscope_outputs(sdata: Any) -> list[str]:
@@ -179,16 +169,6 @@ def _columns(adata: Any, idx: Sequence[int], layer: str | None) -> np.ndarray:
     return np.asarray(part, dtype=np.float64)
 
 
-def _match(index: Any, ids: np.ndarray) -> np.ndarray:
-    """Return positions in the shapes ``index`` of instance ``ids`` (-1 when absent); int/str tolerant."""
-    import pandas as pd
-
-    pos = pd.Index(index).get_indexer(pd.Index(ids))
-    if (pos < 0).all() and len(ids):
-        pos = pd.Index(index.astype(str)).get_indexer(pd.Index(np.asarray(ids).astype(str)))
-    return np.asarray(pos)
-
-
 @dataclass
 class _Map:
     """One map: polygon outlines in the coordinate system and a value per polygon and feature."""
@@ -252,7 +232,7 @@ def _table_map(
             )
         gdf = sdata.shapes[region]
         rows = np.flatnonzero(region_col == region)
-        pos = _match(gdf.index, inst[rows])
+        pos = match_instances(gdf.index, inst[rows])
         ok = pos >= 0
         if not ok.all():
             logger.info(
@@ -339,15 +319,11 @@ class _Image:
 
 
 def _levels(img: Any) -> list[Any]:
-    """Return the image's pyramid levels as (c, y, x) DataArrays, finest first."""
+    """Return the image's pyramid levels as (c, y, x) DataArrays, finest first (spatialdata's order)."""
     if hasattr(img, "children") and len(img.children):
-        out = []
-        for key in sorted(img.children, key=lambda k: (len(k), k)):
-            node = img[key]
-            arrays = list(node.data_vars.values()) if hasattr(node, "data_vars") else []
-            if arrays:
-                out.append(arrays[0])
-        return out
+        from spatialdata import get_pyramid_levels
+
+        return get_pyramid_levels(img)
     return [img]
 
 
