@@ -47,9 +47,9 @@ def after(owner, name, stage, calls=1):
     setattr(owner, name, wrapper)
 
 stage = sys.argv[2]
-import soscope.io._write as w, soscope.model._setup as setup, soscope.module as module
+import soscope.io as sio, soscope.io._write as w, soscope.module as module
 if stage == "setup":
-    after(setup, "select", stage)  # elements chosen, nothing converted yet
+    after(sio.SelectionRequest, "select", stage)  # elements chosen, nothing converted yet
 elif stage == "training":
     after(module.SoScopeModule, "loss", stage)  # inside the training loop
 elif stage == "staged":
