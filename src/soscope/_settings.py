@@ -81,6 +81,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "infer_chunk_spots": _positive_int("infer_chunk_spots"),
     "train_chunk_spots": _positive_int("train_chunk_spots"),
     "dense_block_rows": _positive_int("dense_block_rows"),
+    "feature_block_size": _positive_int("feature_block_size"),
     "device": _device,
     "progress": _bool("progress"),
     "parallel_backend": _backend,
@@ -114,6 +115,14 @@ class Settings:
     dense_block_rows
         Rows (spots) densified at once when statistics are computed from a sparse table (4096): a
         whole-transcriptome table is never made dense whole.
+    feature_block_size
+        Features computed at once per sub-spot (1024): a modality with more features is enhanced a block
+        of this many features at a time, and its training offsets are computed only for the features a
+        step scores, so no array of sub-spots × all features is built (the largest arrays of a chunk are
+        its sub-spots × this many features; with ``n_samples`` draws, that many times more). The enhanced
+        values do not depend on it beyond float rounding; the posterior draws (``n_samples``) are seeded
+        per block, so their spread and quantiles vary with it within their Monte Carlo noise. Data with at
+        most this many features per modality are computed exactly as in one block.
     device
         What ``device="auto"`` (the default of every call) means: ``"auto"`` (CUDA when available, else
         the CPU), or a torch device such as ``"cpu"`` or ``"cuda:1"``. Cluster workers asked for
@@ -148,6 +157,7 @@ class Settings:
     infer_chunk_spots: int = 2048
     train_chunk_spots: int = 256
     dense_block_rows: int = 4096
+    feature_block_size: int = 1024
     device: str = "auto"
     progress: bool = True
     parallel_backend: str | None = None

@@ -104,6 +104,7 @@ def enhance_and_write(
             progress=progress,
             client=client,
             chunk_spots=chunk_spots,
+            with_mean=False,  # not written back: it would double the results held in memory
         )
         shapes, tables = results_to_elements(sdata, prepared, preds, key_added=key_added, uns=uns)
         fill = staged_shapes = None
@@ -160,7 +161,7 @@ def enhance_and_write(
             writer = BlockWriter(arrays, route)
             predict(
                 module, data, norm, device=device, n_samples=n_samples, progress=progress, client=client,
-                chunk_spots=chunk_spots, sink=writer,
+                chunk_spots=chunk_spots, sink=writer, with_mean=False,
             )  # fmt: skip
             writer.close()
 

@@ -119,15 +119,20 @@ def fit_batch_bias(
             continue
         batch = make_batch(data, chunk, norm).to(device)
         mu, _ = module.encode(batch)
-        values = module.subspot_values(batch, mu, with_batch_bias=True)  # the fitted rows are 0 here
         where = np.searchsorted(chunk.nodes, core)
         keep = batch.loss_mask.cpu().numpy()[where]  # non-empty spots
         where, core = where[keep], core[keep]
         which = label_pos[core]
         np.add.at(n_spots, which, 1)
-        for mi, (mean, _) in enumerate(module.spot_means(batch, values)):
-            np.add.at(sums_x[mi], which, batch.x[mi][where].cpu().numpy())
-            np.add.at(sums_mu[mi], which, mean[where].cpu().numpy())
+        for features in _feature_blocks(cfg, settings.feature_block_size):
+            # the fitted rows are 0 here; a block of features at a time (sub-spots × features is the largest)
+            values = module.subspot_values(batch, mu, with_batch_bias=True, features=features)
+            for mi, (mean, _) in enumerate(module.spot_means(batch, values)):
+                cols = slice(None) if features[mi] is None else features[mi]
+                if mean.shape[1] == 0:
+                    continue
+                np.add.at(sums_x[mi][:, cols], which, batch.x[mi][where][:, cols].cpu().numpy())
+                np.add.at(sums_mu[mi][:, cols], which, mean[where].cpu().numpy())
     for mi, spec in enumerate(cfg.modalities):
         if spec.is_count:
             bias = np.log((sums_x[mi] + 0.5) / (sums_mu[mi] + 0.5))
@@ -135,3 +140,18 @@ def fit_batch_bias(
             bias = (sums_x[mi] - sums_mu[mi]) / np.maximum(n_spots, 1)[:, None]
         module.batch_bias[mi].data[codes] = torch.as_tensor(bias, dtype=module.batch_bias[mi].dtype)
     module.train(was_training)
+
+
+def _feature_blocks(config, block: int) -> list[list]:
+    """Return per step the columns of each modality (None: all; an empty slice: none), blocks of ``block``.
+
+    One step of all features when every modality fits in a block; else one modality's block per step.
+    """
+    mods = config.modalities
+    if all(m.n_features <= block for m in mods):
+        return [[None] * len(mods)]
+    return [
+        [slice(a, min(a + block, m.n_features)) if j == mi else slice(0, 0) for j in range(len(mods))]
+        for mi, m in enumerate(mods)
+        for a in range(0, m.n_features, block)
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -11,7 +12,7 @@ import torch
 
 from .._settings import settings
 from ..geometry import SubspotLayout
-from ..module import ModalitySpec, SpotBatch
+from ..module import LazyColumns, ModalitySpec, SpotBatch
 from ..tiling import Chunk, adjacency
 from . import _evidence
 from ._evidence import (
@@ -259,13 +260,16 @@ def _fit_cross_reference(data: SpotData, norm: Normaliser) -> list | None:
 
 
 def reference_density(
-    data: SpotData, nodes: np.ndarray, layout: SubspotLayout, norm: Normaliser, reference
+    data: SpotData, nodes: np.ndarray, layout: SubspotLayout, norm: Normaliser, reference, cols=None
 ) -> np.ndarray:
-    """Spot densities of a sparse modality predicted from its reference modality (see the fit above)."""
+    """Spot densities of a sparse modality predicted from its reference modality (see the fit above).
+
+    ``cols``: only these feature columns of the sparse modality (a slice or index array; None: all).
+    """
     sources, mean, comp, beta = reference
     lp = _log_density(data, sources, nodes, layout, norm.area_unit)
     design = np.hstack([(lp - mean) @ comp.T, np.ones((len(nodes), 1), np.float32)])
-    return design @ beta
+    return design @ (beta if cols is None else beta[:, cols])
 
 
 def _to_common_scale(y, batches: np.ndarray, spec: ModalitySpec):
@@ -298,30 +302,66 @@ def _row_scale(x, factors: np.ndarray):
 
 
 def encoder_input(x, spec: ModalitySpec, lib: np.ndarray) -> np.ndarray:
-    """Return the encoder input before standardisation.
+    """Return the encoder input before standardisation, float32.
 
     Count modalities: log1p of counts per 10,000 plus the log library size; Gaussian ones: the values.
+    Computed ``soscope.settings.feature_block_size`` columns at a time into the one float32 result (the
+    float64 intermediates are those of a block: a whole-transcriptome chunk would otherwise hold several
+    float64 copies of spots × features); each column's values are those of the whole computation.
+    Always a new array (never a view of ``x``).
     """
-    if spec.is_count:
-        scaled = _row_scale(x, 1e4 / np.maximum(lib, 1.0))
-        dense = scaled.toarray() if sp.issparse(scaled) else np.asarray(scaled)
-        return np.hstack([np.log1p(dense), np.log1p(lib)[:, None]]).astype(np.float32)
-    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+    if not spec.is_count:  # a new array: callers standardise it in place
+        return np.array(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+    n, n_features = x.shape
+    out = np.empty((n, n_features + 1), dtype=np.float32)
+    for cols in _column_blocks(n_features):
+        out[:, cols] = _log_scaled(x[:, cols], lib)
+    out[:, n_features] = np.log1p(lib)
+    return out
+
+
+def _column_blocks(n_features: int) -> list[slice]:
+    """Slices of ``soscope.settings.feature_block_size`` columns covering ``n_features``."""
+    block = settings.feature_block_size
+    return [slice(a, min(a + block, n_features)) for a in range(0, n_features, block)]
+
+
+def _log_scaled(x, lib: np.ndarray) -> np.ndarray:
+    """``log1p`` of counts per 10,000 (float64) of some columns of a count matrix (dense or sparse)."""
+    scaled = _row_scale(x, 1e4 / np.maximum(lib, 1.0))
+    return np.log1p(scaled.toarray() if sp.issparse(scaled) else np.asarray(scaled))
 
 
 def _encoder_input_moments(x, spec: ModalitySpec, lib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and (population) std of :func:`encoder_input`, a block of rows at a time.
 
-    A sparse matrix is never densified whole: only ``soscope.settings.dense_block_rows`` rows at once.
+    A sparse matrix is never densified whole: only ``soscope.settings.dense_block_rows`` rows at once,
+    ``soscope.settings.feature_block_size`` columns at a time (the last block holds the library column).
     """
-    n = x.shape[0]
-    total = sq = None
+    n, n_features = x.shape
+    width = n_features + (1 if spec.is_count else 0)
+    total, sq = np.zeros(width), np.zeros(width)
     block = settings.dense_block_rows
+    blocks = _column_blocks(n_features)
     for start in range(0, n, block):
         rows = slice(start, start + block)
-        blk = encoder_input(x[rows], spec, lib[rows]).astype(np.float64)
-        s, s2 = blk.sum(0), (blk**2).sum(0)
-        total, sq = (s, s2) if total is None else (total + s, sq + s2)
+        xr = x[rows]
+        for cols in blocks:
+            part = xr[:, cols]
+            if spec.is_count:  # float32 as encoder_input gives it, then float64 sums
+                blk = _log_scaled(part, lib[rows])
+                if cols.stop == n_features:
+                    blk = np.hstack([blk, np.log1p(lib[rows])[:, None]])
+                    cols = slice(cols.start, width)
+                blk = blk.astype(np.float32).astype(np.float64)
+            else:
+                blk = np.asarray(part.toarray() if sp.issparse(part) else part, dtype=np.float32).astype(
+                    np.float64
+                )
+            # numpy's sum order depends on the block's shape: one block of all columns sums exactly as
+            # the whole encoder input would
+            total[cols] += blk.sum(0)
+            sq[cols] += (blk**2).sum(0)
     mean = total / max(n, 1)
     return mean, np.sqrt(np.maximum(sq / max(n, 1) - mean**2, 0.0))
 
@@ -350,11 +390,14 @@ def make_batch(
     loss_spots: np.ndarray | None = None,
     use_image_offset: bool = True,
     adj=None,
+    feature_block_size: int | None = None,
 ) -> SpotBatch:
     """Tensors of one chunk: its spots (core + halo), their sub-spots, local graphs and the loss mask.
 
     ``loss_spots`` is a boolean ``(N,)`` mask of spots allowed in the loss (training spots); only core spots
-    of the chunk count, so each spot's likelihood counts once per epoch.
+    of the chunk count, so each spot's likelihood counts once per epoch. The sub-spot offsets of a
+    modality with more than ``feature_block_size`` features (default ``soscope.settings.feature_block_size``)
+    are a :class:`~soscope.module.LazyColumns`, computed for the columns asked for (the same values).
     """
     nodes = chunk.nodes
     n = len(nodes)
@@ -371,37 +414,22 @@ def make_batch(
     xs, ins, offsets = [], [], []
     # one kernel from the sub-spots to the chunk's spots: the spatial prior and the image term share it
     kernel = kernel_matrix(data.centres[nodes], sub.centroid, data.spacing)
+    block = settings.feature_block_size if feature_block_size is None else feature_block_size
     for mi, spec in enumerate(data.modalities):
         x = data.rows(mi, nodes)
         lib = x.sum(1).astype(np.float64)
         xs.append(torch.as_tensor(x))
-        ins.append((encoder_input(x, spec, lib) - norm.input_mean[mi]) / norm.input_std[mi])
-        legacy = norm.offsets == "legacy" and img is not None and norm.image_ridge is not None
-        if legacy:  # soscope <= 0.1.0: the image ridge alone, negative densities floored
-            xm, ym, coef = norm.image_ridge[mi]
-            pred = ym[None, :] + (img - xm) @ coef
-            offset = (
-                np.log(np.maximum(pred, _FLOOR * norm.density_mean[mi][None, :] + 1e-8))
-                if spec.is_count
-                else pred
+        standardised = encoder_input(x, spec, lib)
+        standardised -= norm.input_mean[mi]  # in place: spots × features, float32
+        standardised /= norm.input_std[mi]
+        ins.append(standardised)
+        parts = (data, norm, mi, x, sub, nodes, kernel, img)
+        if spec.n_features <= block:
+            offsets.append(torch.as_tensor(subspot_offset(*parts)))
+        else:  # sub-spots × every feature would be the batch's largest array: columns on demand
+            offsets.append(
+                LazyColumns(functools.partial(subspot_offset, *parts), (sub.n_subspots, spec.n_features))
             )
-        elif spec.is_count:
-            floor = _FLOOR * norm.density_mean[mi] + 1e-8
-            reference = None if norm.cross_reference is None else norm.cross_reference[mi]
-            if reference is None:
-                dens = spot_density(x, sub, norm.area_unit)
-            else:  # a sparse modality: its densities as predicted from a deeper one
-                dens = np.maximum(reference_density(data, nodes, sub, norm, reference), floor)
-            # the spatial prior: interpolation of neighbouring spots' densities
-            offset = np.log(np.asarray(kernel @ dens) + floor)
-        else:
-            offset = np.asarray(kernel @ x)
-        beta = norm.image_weights[mi]
-        if not legacy and img is not None and norm.image_ridge is not None and beta > 0:
-            # the image evidence beyond the spatial prior, weighted by how well it predicted held-out spots
-            mean_density = np.asarray(norm.image_ridge[mi][1], dtype=np.float64) if spec.is_count else None
-            offset = offset + beta * image_term(img, norm.image_ridge[mi], sub, kernel, mean_density)
-        offsets.append(torch.as_tensor(np.asarray(offset, dtype=np.float32)))
     img = None if img is None else torch.as_tensor(img)
     core_mask = np.zeros(n, dtype=bool)
     core_mask[chunk.core_in_nodes] = True
@@ -418,7 +446,7 @@ def make_batch(
         sub_edges, sim = _sub_edges(sub, img, data.subspot_size)
     return SpotBatch(
         x=xs,
-        x_in=torch.as_tensor(np.concatenate(ins, axis=1), dtype=torch.float32),
+        x_in=torch.as_tensor(ins[0] if len(ins) == 1 else np.concatenate(ins, axis=1), dtype=torch.float32),
         edge_index=edge_index,
         batch=torch.as_tensor(batch_codes),
         sub_spot=torch.as_tensor(sub.spot_index),
@@ -430,6 +458,75 @@ def make_batch(
         sub_edges=sub_edges,
         sub_edge_sim=sim,
     )
+
+
+def subspot_offset(
+    data: SpotData,
+    norm: Normaliser,
+    mi: int,
+    x: np.ndarray,
+    sub: SubspotLayout,
+    nodes: np.ndarray,
+    kernel,
+    img: np.ndarray | None,
+    cols: slice | np.ndarray | None = None,
+) -> np.ndarray:
+    """Return the fixed offsets ``(m, len(cols))`` of modality ``mi`` at the sub-spots of a chunk, float32.
+
+    Each column depends on its feature alone (the spatial prior interpolates that feature's spot
+    densities; the image term applies that feature's ridge coefficients), so ``cols`` (None: all) gives
+    the same values as the same columns of all offsets, up to the float rounding of dense products.
+
+    Parameters
+    ----------
+    data, norm
+        The spots and the fitted normaliser.
+    mi
+        The modality.
+    x
+        ``(n, F)`` dense counts of the chunk's spots ``nodes``.
+    sub
+        The sub-spots of ``nodes``.
+    nodes
+        The chunk's spots (rows of ``data``).
+    kernel
+        :func:`kernel_matrix` from ``sub``'s centroids to the spots' centres.
+    img
+        ``(m, D)`` standardised image features of ``sub``, or None (no image term).
+    cols
+        Feature columns: a slice, an index array, or None for all.
+
+    """
+    spec = data.modalities[mi]
+    pick = (lambda a: a) if cols is None else (lambda a: np.asarray(a)[..., cols])  # noqa: E731
+    legacy = norm.offsets == "legacy" and img is not None and norm.image_ridge is not None
+    if legacy:  # soscope <= 0.1.0: the image ridge alone, negative densities floored
+        xm, ym, coef = norm.image_ridge[mi]
+        pred = pick(ym)[None, :] + (img - xm) @ pick(coef)
+        offset = (
+            np.log(np.maximum(pred, _FLOOR * pick(norm.density_mean[mi])[None, :] + 1e-8))
+            if spec.is_count
+            else pred
+        )
+    elif spec.is_count:
+        floor = _FLOOR * pick(norm.density_mean[mi]) + 1e-8
+        reference = None if norm.cross_reference is None else norm.cross_reference[mi]
+        if reference is None:
+            dens = spot_density(pick(x), sub, norm.area_unit)
+        else:  # a sparse modality: its densities as predicted from a deeper one
+            dens = np.maximum(reference_density(data, nodes, sub, norm, reference, cols), floor)
+        # the spatial prior: interpolation of neighbouring spots' densities
+        offset = np.log(np.asarray(kernel @ dens) + floor)
+    else:
+        offset = np.asarray(kernel @ pick(x))
+    beta = norm.image_weights[mi]
+    if not legacy and img is not None and norm.image_ridge is not None and beta > 0:
+        # the image evidence beyond the spatial prior, weighted by how well it predicted held-out spots
+        xm, ym, coef = norm.image_ridge[mi]
+        ridge = norm.image_ridge[mi] if cols is None else (xm, pick(ym), pick(coef))
+        mean_density = np.asarray(ridge[1], dtype=np.float64) if spec.is_count else None
+        offset = offset + beta * image_term(img, ridge, sub, kernel, mean_density)
+    return np.asarray(offset, dtype=np.float32)
 
 
 def _sub_edges(sub: SubspotLayout, img: torch.Tensor, size: float):

@@ -30,7 +30,7 @@ from ._data import Normaliser, SpotData, make_batch
 
 logger = logging.getLogger("soscope")
 
-#: results of one task: per modality a dict "enhanced"/"mean"/("std"/"q10"/"q90") → (core sub-spots,
+#: results of one task: per modality a dict "enhanced"/("mean")/("std"/"q10"/"q90") → (core sub-spots,
 #: features) float32
 ChunkResult = list[dict[str, np.ndarray]]
 #: a sink receives the layout rows of a chunk's core sub-spots and their results
@@ -76,8 +76,15 @@ def run_chunk(
     n_samples: int = 0,
     seed: int = 0,
     threads: int | None = None,
+    feature_block_size: int | None = None,
+    with_mean: bool = True,
 ) -> ChunkResult:
     """Run the network on a chunk payload (:func:`chunk_payload`); return its core spots' sub-spot results.
+
+    Features are computed ``feature_block_size`` at a time (default ``soscope.settings.feature_block_size``;
+    see :meth:`SoScopeModule.enhance`) and only the core sub-spots' rows are kept, so a chunk holds its
+    core × features results plus one block's intermediates. ``with_mean=False`` leaves out ``"mean"``
+    (not written back by :func:`soscope.enhance`: it would double the chunk's results).
 
     ``threads``: torch intra-op threads for this chunk on the CPU, set in the thread running it. MKL's float32
     matrix products sum in an order that depends on the thread count (measured: wide inputs, e.g. 2,000
@@ -88,18 +95,24 @@ def run_chunk(
     if threads is not None and device.type == "cpu":
         torch.set_num_threads(threads)
     chunk = Chunk(core=np.asarray(core, dtype=np.int64), nodes=np.arange(payload.n_spots, dtype=np.int64))
-    batch = make_batch(payload, chunk, norm, use_image_offset=module.config.use_image).to(device)
+    if feature_block_size is None:
+        feature_block_size = settings.feature_block_size
+    # offsets of a modality wider than a block are computed per block (the client's setting, on a worker)
+    batch = make_batch(
+        payload, chunk, norm, use_image_offset=module.config.use_image, feature_block_size=feature_block_size
+    ).to(device)
+    local_rows = torch.as_tensor(payload.layout.rows_of(chunk.core), device=device)
+    kw = dict(
+        n_samples=n_samples, feature_block_size=feature_block_size, rows=local_rows, with_mean=with_mean
+    )
     with torch.no_grad():
         if n_samples:
             with _SEED_LOCK, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed)  # per chunk: reproducible whatever the order tasks run in
-                res = module.enhance(batch, n_samples=n_samples)
+                res = module.enhance(batch, **kw)
         else:
-            res = module.enhance(batch, n_samples=n_samples)
-    local_rows = payload.layout.rows_of(chunk.core)
-    return [
-        {k: v[local_rows].cpu().numpy().astype(np.float32, copy=False) for k, v in r.items()} for r in res
-    ]
+            res = module.enhance(batch, **kw)
+    return [{k: v.cpu().numpy().astype(np.float32, copy=False) for k, v in r.items()} for r in res]
 
 
 def build_network(model: dict) -> tuple[SoScopeModule, torch.device, Normaliser]:
@@ -112,7 +125,14 @@ def build_network(model: dict) -> tuple[SoScopeModule, torch.device, Normaliser]
 
 
 def remote_chunk(
-    built: tuple, payload: SpotData, core: np.ndarray, n_samples: int, seed: int, threads: int
+    built: tuple,
+    payload: SpotData,
+    core: np.ndarray,
+    n_samples: int,
+    seed: int,
+    threads: int,
+    feature_block_size: int | None = None,
+    with_mean: bool = True,
 ) -> ChunkResult:
     """Run a chunk task on a worker; ``built`` is :func:`build_network`'s result, cached per worker.
 
@@ -120,7 +140,10 @@ def remote_chunk(
     of the run still computes would change that task's thread count mid-chunk.
     """
     module, dev, norm = built
-    return run_chunk(module, payload, core, norm, device=dev, n_samples=n_samples, seed=seed, threads=threads)
+    return run_chunk(
+        module, payload, core, norm, device=dev, n_samples=n_samples, seed=seed, threads=threads,
+        feature_block_size=feature_block_size, with_mean=with_mean,
+    )  # fmt: skip
 
 
 def local_workers(device: torch.device, n_chunks: int) -> int:
@@ -153,6 +176,7 @@ def run_inference(
     n_samples: int = 0,
     client: Any = None,
     progress: bool = False,
+    with_mean: bool = True,
 ) -> int:
     """Run the network on every chunk of ``data`` and pass each chunk's core results to ``sink``.
 
@@ -175,6 +199,11 @@ def run_inference(
         if any, else local threads).
     progress
         Show a progress bar over chunks.
+    with_mean
+        Also return ``"mean"``, the unconditioned model mean (False: ``"enhanced"`` and the draws' layers
+        only).
+
+    Features are computed ``soscope.settings.feature_block_size`` at a time (read once, here).
 
     Returns
     -------
@@ -192,16 +221,18 @@ def run_inference(
     # tasks share the cores: torch uses cores / workers threads in each, and cluster workers the same number
     # (on the CPU the thread count can change float32 sums in their last bits: see run_chunk)
     threads = max(1, threads_before // workers)
+    block = settings.feature_block_size
 
     def local(i: int) -> ChunkResult:
         payload, core = chunk_payload(data, chunks[i], adj)
         return run_chunk(
-            module, payload, core, norm, device=local_device, n_samples=n_samples, seed=i, threads=threads
-        )
+            module, payload, core, norm, device=local_device, n_samples=n_samples, seed=i, threads=threads,
+            feature_block_size=block, with_mean=with_mean,
+        )  # fmt: skip
 
     def arguments(i: int) -> tuple:
         payload, core = chunk_payload(data, chunks[i], adj)
-        return payload, core, n_samples, i, threads
+        return payload, core, n_samples, i, threads, block, with_mean
 
     shared = {
         "config": module.config,
@@ -228,14 +259,15 @@ def run_inference(
 
 
 def collect(
-    layout_rows: int, module_config: ModuleConfig, n_samples: int
+    layout_rows: int, module_config: ModuleConfig, n_samples: int, *, with_mean: bool = True
 ) -> tuple[list[dict[str, np.ndarray]], Sink]:
     """Return preallocated results (per modality, rows in layout order) and the sink filling them.
 
-    ``"enhanced"``, ``"mean"`` (and ``"std"``, ``"q10"``, ``"q90"`` with samples) are allocated up front;
-    any further result the network returns gets its array when its first chunk arrives.
+    ``"enhanced"``, ``"mean"`` (unless ``with_mean`` is False: then the network is asked for none, see
+    :func:`run_inference`) and ``"std"``, ``"q10"``, ``"q90"`` with samples are allocated up front; any
+    further result the network returns gets its array when its first chunk arrives.
     """
-    keys = ["enhanced", "mean"] + (["std", "q10", "q90"] if n_samples else [])
+    keys = ["enhanced"] + (["mean"] if with_mean else []) + (["std", "q10", "q90"] if n_samples else [])
     out = [
         {k: np.zeros((layout_rows, m.n_features), dtype=np.float32) for k in keys}
         for m in module_config.modalities
@@ -262,6 +294,7 @@ def predict(
     progress: bool = False,
     client=None,
     sink=None,
+    with_mean: bool = True,
 ) -> list[dict[str, np.ndarray]] | None:
     """Enhanced sub-spot profiles for every sub-spot of ``data`` (rows in layout order), per modality.
 
@@ -289,18 +322,22 @@ def predict(
         ``sink(rows, results)`` receives each chunk's core results as it completes (e.g. a
         :class:`soscope.io.BlockWriter` streaming them to zarr); ``None`` returns the results as in-memory
         arrays instead.
+    with_mean
+        Also compute ``"mean"`` (the unconditioned model mean); False halves the results' memory when
+        only ``"enhanced"`` is written.
 
     Returns
     -------
-    Per modality ``{"enhanced", "mean"[, "std", "q10", "q90"]}`` arrays, or None when a ``sink`` is given.
+    Per modality ``{"enhanced"[, "mean"][, "std", "q10", "q90"]}`` arrays, or None when a ``sink`` is given.
 
     """
     out = None
     if sink is None:
-        out, sink = collect(data.layout.n_subspots, module.config, n_samples)
+        out, sink = collect(data.layout.n_subspots, module.config, n_samples, with_mean=with_mean)
     run_inference(
         module, data, norm, sink, device=device,
         chunk_spots=settings.infer_chunk_spots if chunk_spots is None else chunk_spots,
         n_hops=receptive_hops(module.config), n_samples=n_samples, client=client, progress=progress,
+        with_mean=with_mean,
     )  # fmt: skip
     return out

@@ -11,7 +11,7 @@ from ._distributions import (
     spot_likelihood,
 )
 from ._layers import GraphAttention, ResidualBlock
-from ._soscope import N_TRAINED_BATCHES, ModalitySpec, ModuleConfig, SoScopeModule, SpotBatch
+from ._soscope import N_TRAINED_BATCHES, LazyColumns, ModalitySpec, ModuleConfig, SoScopeModule, SpotBatch
 
 __all__ = [
     "COUNT_LIKELIHOODS",
@@ -20,6 +20,7 @@ __all__ = [
     "CountPresence",
     "Gaussian",
     "GraphAttention",
+    "LazyColumns",
     "ModalitySpec",
     "ModuleConfig",
     "NegativeBinomial",

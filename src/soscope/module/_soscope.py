@@ -68,6 +68,47 @@ class ModalitySpec:
         return self.likelihood in COUNT_LIKELIHOODS
 
 
+class LazyColumns:
+    """A ``(rows, columns)`` matrix computed on demand, for the columns asked for (feature blocks).
+
+    Many features make sub-spot × feature arrays the largest of a batch (7 sub-spots per spot); a training
+    step scores a subset of the features and inference runs them a block at a time, so the offsets of a
+    wide modality are computed per request rather than held whole. ``compute(cols)`` returns the columns
+    ``cols`` (``None``: all; a slice; or an index array) as a float32 array-like; every column is computed
+    from its own inputs alone, so a block's values are those of the same columns of the whole matrix.
+
+    Parameters
+    ----------
+    compute
+        ``cols -> (rows, len(cols))`` array.
+    shape
+        ``(rows, columns)`` of the whole matrix.
+    device
+        Where the computed columns are put.
+
+    """
+
+    def __init__(self, compute, shape: tuple[int, int], device: torch.device | str = "cpu"):
+        self.compute, self.shape, self.device = compute, tuple(shape), device
+
+    def columns(self, cols: slice | torch.Tensor | None) -> torch.Tensor:
+        """Return the columns ``cols`` (``None``: all) as a float32 tensor on :attr:`device`."""
+        if isinstance(cols, torch.Tensor):
+            cols = cols.cpu().numpy()
+        return torch.as_tensor(self.compute(cols), dtype=torch.float32).to(self.device)
+
+    def to(self, device: torch.device | str) -> LazyColumns:
+        """Return the same matrix, its columns put on ``device``."""
+        return LazyColumns(self.compute, self.shape, device)
+
+
+def offset_columns(offset: torch.Tensor | LazyColumns, cols) -> torch.Tensor:
+    """Return the columns ``cols`` (``None``: all; a slice or index tensor) of a modality's offsets."""
+    if isinstance(offset, LazyColumns):
+        return offset.columns(cols)
+    return offset if cols is None else offset[:, cols]
+
+
 @dataclass
 class SpotBatch:
     """Tensors of a set of spots (a section, a chunk with its halo, or a minibatch) and their sub-spots.
@@ -83,10 +124,9 @@ class SpotBatch:
     sub_area: torch.Tensor  # (m,) polygon area relative to the mean footprint area
     sub_weight: torch.Tensor  # (m,) share of the polygon inside the parent's footprint
     sub_image: torch.Tensor | None = None  # (m, D) standardised image features
-    sub_offset: list[torch.Tensor] | None = (
-        None  # per modality (m, F_m) fixed offsets (linear image model, or
-    )
-    # neighbour interpolation without an image): log density for counts, value otherwise
+    # per modality (m, F_m) fixed offsets (linear image model, or neighbour interpolation without an image):
+    # log density for counts, value otherwise; a LazyColumns computes only the columns a step asks for
+    sub_offset: list[torch.Tensor | LazyColumns] | None = None
     loss_mask: torch.Tensor | None = None  # (n,) spots whose likelihood counts (core, training spots)
     val_mask: torch.Tensor | None = None  # (n,) held-out spots, scored (without gradient) for early stopping
     sub_edges: torch.Tensor | None = None  # (2, E') sub-spot neighbour edges for the image regulariser
@@ -282,7 +322,7 @@ class SoScopeModule(nn.Module):
             if h_all[mi] is not None:
                 logit = logit + h_all[mi]
             if batch.sub_offset is not None and batch.sub_offset[mi] is not None:
-                logit = logit + (batch.sub_offset[mi] if idx is None else batch.sub_offset[mi][:, idx])
+                logit = logit + offset_columns(batch.sub_offset[mi], idx)
             if spec.is_count:
                 log_rate = logit + torch.log(batch.sub_area)[:, None]
                 out.append(torch.exp(log_rate.clamp(max=30.0)))
@@ -438,9 +478,12 @@ class SoScopeModule(nn.Module):
         return reg
 
     # ----------------------------------------------------------------- outputs
-    def _centred_bias(self, batch: SpotBatch, mi: int) -> torch.Tensor:
-        """Return each sub-spot's batch bias relative to the mean over the trained batches, ``(m, F)``."""
-        bias = self.batch_bias[mi]
+    def _centred_bias(self, batch: SpotBatch, mi: int, cols=None) -> torch.Tensor:
+        """Return each sub-spot's batch bias relative to the mean over the trained batches, ``(m, F)``.
+
+        ``cols``: only these feature columns (a slice or index tensor; None: all).
+        """
+        bias = self.batch_bias[mi] if cols is None else self.batch_bias[mi][:, cols]
         centred = bias - bias[: self.n_reference_batches].mean(0, keepdim=True)
         return centred[batch.batch][batch.sub_spot]
 
@@ -458,14 +501,24 @@ class SoScopeModule(nn.Module):
         return out * torch.exp(-factor) if spec.is_count else out - factor
 
     def _expected_output(
-        self, spec: ModalitySpec, mi: int, batch: SpotBatch, v: torch.Tensor, x: torch.Tensor | None
+        self,
+        spec: ModalitySpec,
+        mi: int,
+        batch: SpotBatch,
+        v: torch.Tensor,
+        x: torch.Tensor | None,
+        cols=None,
     ) -> torch.Tensor:
-        """Return a modality's sub-spot output at decoded values ``v``: conditioned on ``x``, or the mean."""
+        """Return a modality's sub-spot output at decoded values ``v``: conditioned on ``x``, or the mean.
+
+        ``v`` and ``x`` hold the feature columns ``cols`` of the modality (None: all).
+        """
         w, sub = batch.sub_weight, batch.sub_spot
         if spec.likelihood == "bernoulli":
             return presence_probability(v, w, sub, x)
         if spec.is_count:
-            outside = (1 - torch.sigmoid(self.zi_logits[mi])) * v if spec.likelihood == "zinb" else v
+            zi_logits = _pick(self.zi_logits[mi], cols)
+            outside = (1 - torch.sigmoid(zi_logits)) * v if spec.likelihood == "zinb" else v
             return outside if x is None else condition_counts(v, w, sub, x, outside_mean=outside)
         return v if x is None else condition_gaussian(v, batch.sub_area, w, sub, x)
 
@@ -478,9 +531,15 @@ class SoScopeModule(nn.Module):
         x: torch.Tensor | None,
         factor: torch.Tensor | None,
         ranks: tuple[torch.Tensor, torch.Tensor],
+        cols=None,
     ) -> torch.Tensor:
-        """One posterior predictive draw of each sub-spot's counts (or value) given decoded values ``v``."""
+        """One posterior predictive draw of each sub-spot's counts (or value) given decoded values ``v``.
+
+        ``v``, ``x`` and ``factor`` hold the feature columns ``cols`` of the modality (None: all).
+        """
         w, sub = batch.sub_weight, batch.sub_spot
+        log_theta = _pick(self.log_theta[mi], cols)
+        zi_logits = _pick(self.zi_logits[mi], cols)
         if spec.likelihood == "bernoulli":
             p = self._to_common_scale(spec, presence_probability(v, w, sub, x), factor)
             return torch.bernoulli(p.clamp(0.0, 1.0))
@@ -492,7 +551,7 @@ class SoScopeModule(nn.Module):
                 if spec.likelihood != "poisson":  # NB parts vary around their rates: Dirichlet-multinomial
                     part = w[:, None] * v
                     theta_eff = (
-                        torch.exp(self.log_theta[mi])
+                        torch.exp(log_theta)
                         * spot_sum(part, sub, x.shape[0]) ** 2
                         / spot_sum(part * part, sub, x.shape[0]).clamp_min(1e-30)
                     )
@@ -502,11 +561,11 @@ class SoScopeModule(nn.Module):
             outside = sample_outside(
                 spec.likelihood,
                 outside_rate,
-                theta=torch.exp(self.log_theta[mi]),
-                zi_logits=self.zi_logits[mi],
+                theta=torch.exp(log_theta),
+                zi_logits=zi_logits,
             )
             return self._to_common_scale(spec, inside + outside, factor)
-        sigma = torch.exp(self.log_sigma[mi])
+        sigma = torch.exp(_pick(self.log_sigma[mi], cols))
         if x is None:
             draw = v + sigma * torch.randn_like(v)
         else:
@@ -521,6 +580,9 @@ class SoScopeModule(nn.Module):
         n_samples: int = 0,
         condition_on_observed: bool = True,
         remove_batch_bias: bool = True,
+        feature_block_size: int | None = None,
+        rows: torch.Tensor | None = None,
+        with_mean: bool = True,
     ) -> list[dict[str, torch.Tensor]]:
         """Enhanced sub-spot profiles per modality, given the observed spots.
 
@@ -554,36 +616,126 @@ class SoScopeModule(nn.Module):
 
         ``condition_on_observed=False`` gives the model mean as ``"enhanced"`` too (and unconditioned draws);
         ``remove_batch_bias`` puts every output on the common scale of the trained batches.
+
+        Every output of a feature depends on that feature's columns alone, so a modality wider than
+        ``feature_block_size`` is computed a block of features at a time (None: all at once): the
+        sub-spot × feature intermediates (decoded values, offsets, draws) are those of one block. The
+        results equal those of one block up to float rounding. The draws (``n_samples``) are not the
+        same numbers: each block after the first draws from a generator reseeded for it (from one number
+        drawn at the start), so the spread and quantiles of a feature depend on the block it falls in,
+        only in their Monte Carlo noise. ``rows``: return only these sub-spot rows (e.g. a chunk's core
+        sub-spots), so the full-width outputs hold those rows alone. ``with_mean=False`` leaves out
+        ``"mean"``.
         """
         mu, logvar = self.encode(batch)
-        values = self.subspot_values(batch, mu, with_batch_bias=True)
         mods = self.config.modalities
         obs = [batch.x[mi] if condition_on_observed else None for mi in range(len(mods))]
-        factors = [self._centred_bias(batch, mi) if remove_batch_bias else None for mi in range(len(mods))]
-        out = []
+        ranks = within_spot_rank(batch.sub_spot, batch.n_spots, batch.sub_weight) if n_samples > 0 else None
+        kw = dict(obs=obs, n_samples=n_samples, remove_batch_bias=remove_batch_bias)
+        kw.update(with_mean=with_mean, ranks=ranks)
+        if feature_block_size is None or all(m.n_features <= feature_block_size for m in mods):
+            out = self._enhance_columns(batch, mu, logvar, [None] * len(mods), **kw)
+            return out if rows is None else [{k: v[rows] for k, v in r.items()} for r in out]
+        n_rows = batch.sub_spot.shape[0] if rows is None else len(rows)
+        # one number from the caller's generator seeds every block's draws (reproducible per chunk seed)
+        base = int(torch.randint(0, 2**62, (1,))) if n_samples > 0 else 0
+        out: list[dict[str, torch.Tensor]] = [{} for _ in mods]
+        block_index = 0
         for mi, spec in enumerate(mods):
+            for start in range(0, spec.n_features, feature_block_size):
+                cols = slice(start, min(start + feature_block_size, spec.n_features))
+                if n_samples > 0:
+                    torch.manual_seed(base + block_index)
+                block_index += 1
+                features = [cols if j == mi else slice(0, 0) for j in range(len(mods))]
+                res = self._enhance_columns(batch, mu, logvar, features, **kw)[mi]
+                for key, value in res.items():
+                    if key not in out[mi]:
+                        out[mi][key] = torch.empty(
+                            (n_rows, spec.n_features), dtype=value.dtype, device=value.device
+                        )
+                    out[mi][key][:, cols] = value if rows is None else value[rows]
+        return out
+
+    def _enhance_columns(
+        self,
+        batch: SpotBatch,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        features: list,
+        *,
+        obs: list[torch.Tensor | None],
+        n_samples: int,
+        remove_batch_bias: bool,
+        with_mean: bool,
+        ranks: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Return the outputs of :meth:`enhance` for the columns ``features`` (per modality; None: all).
+
+        A modality given an empty slice is skipped (an empty dict).
+        """
+        mods = self.config.modalities
+        active = [_width(cols, m.n_features) > 0 for m, cols in zip(mods, features, strict=True)]
+        values = self.subspot_values(batch, mu, with_batch_bias=True, features=features)
+        x = [None if o is None else _pick_columns(o, cols) for o, cols in zip(obs, features, strict=True)]
+        out: list[dict[str, torch.Tensor]] = []
+        factors = []
+        for mi, spec in enumerate(mods):
+            cols = features[mi]
+            factors.append(self._centred_bias(batch, mi, cols) if remove_batch_bias and active[mi] else None)
+            if not active[mi]:
+                out.append({})
+                continue
             v = values[mi]
-            enhanced = self._expected_output(spec, mi, batch, v, obs[mi])
-            mean = self._expected_output(spec, mi, batch, v, None)
-            out.append(
-                {
-                    "enhanced": self._to_common_scale(spec, enhanced, factors[mi]),
-                    "mean": self._to_common_scale(spec, mean, factors[mi]),
-                }
-            )
+            res = {
+                "enhanced": self._to_common_scale(
+                    spec, self._expected_output(spec, mi, batch, v, x[mi], cols), factors[mi]
+                )
+            }
+            if with_mean:
+                res["mean"] = self._to_common_scale(
+                    spec, self._expected_output(spec, mi, batch, v, None, cols), factors[mi]
+                )
+            out.append(res)
         if n_samples > 0:
-            ranks = within_spot_rank(batch.sub_spot, batch.n_spots, batch.sub_weight)
             # preallocated: the draws are the largest tensors of inference
             draws = [
-                torch.empty((n_samples,) + r["mean"].shape, dtype=r["mean"].dtype, device=r["mean"].device)
+                torch.empty((n_samples,) + r["enhanced"].shape, dtype=r["enhanced"].dtype, device=mu.device)
+                if r
+                else None
                 for r in out
             ]
             for s in range(n_samples):
                 z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-                for mi, v in enumerate(self.subspot_values(batch, z, with_batch_bias=True)):
-                    draws[mi][s] = self._predictive_draw(mods[mi], mi, batch, v, obs[mi], factors[mi], ranks)
+                drawn = self.subspot_values(batch, z, with_batch_bias=True, features=features)
+                for mi, v in enumerate(drawn):
+                    if active[mi]:
+                        draws[mi][s] = self._predictive_draw(
+                            mods[mi], mi, batch, v, x[mi], factors[mi], ranks, features[mi]
+                        )
             for mi, d in enumerate(draws):
+                if d is None:
+                    continue
                 out[mi]["std"] = d.std(0) if n_samples > 1 else torch.zeros_like(d[0])
                 out[mi]["q10"] = quantile(d, 0.1)
                 out[mi]["q90"] = quantile(d, 0.9)
         return out
+
+
+def _pick(param: torch.Tensor, cols) -> torch.Tensor:
+    """Return a per-feature parameter ``(F,)`` restricted to the columns ``cols`` (None: all)."""
+    return param if cols is None else param[cols]
+
+
+def _pick_columns(t: torch.Tensor, cols) -> torch.Tensor:
+    """Return the columns ``cols`` (None: all) of a ``(rows, F)`` tensor."""
+    return t if cols is None else t[:, cols]
+
+
+def _width(cols, n_features: int) -> int:
+    """Return the number of columns selected by ``cols`` (None: all ``n_features``)."""
+    if cols is None:
+        return n_features
+    if isinstance(cols, slice):
+        return len(range(*cols.indices(n_features)))
+    return len(cols)
