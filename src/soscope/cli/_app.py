@@ -755,7 +755,9 @@ def demo(
     png_path = out / "example_enhanced.png"
     sdata.write(zarr_path, overwrite=True)
     features = _informative_features(adata, 3)
-    pl.enhanced(sdata, features, table=table, save=png_path)
+    # a PNG on disk, not an interactive figure: soscope's matplotlib path draws it in about a second, where
+    # spatialdata-plot (the interactive default) spends 10-15 s on its first render
+    pl.enhanced(sdata, features, table=table, save=png_path, backend="matplotlib")
 
     enh = [sdata.tables[n] for n in _soscope_tables(sdata, "soscope")]
     _echo(f"spots: {n_spots:,}")

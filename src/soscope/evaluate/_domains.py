@@ -204,6 +204,9 @@ def _cluster(
         # approximate, and with pynndescent >= 0.6 and scipy >= 1.15 scanpy < 1.12 fails on its sparse-array
         # output ("'csr_array' object has no attribute 'getnnz'")
         transformer="sklearn",
+        # Gaussian-kernel connectivities: the UMAP weights (scanpy's default) cost a 10-15 s numba compile in
+        # every fresh process, and leiden needs only a weighted kNN graph (tutorial 5 does the same)
+        method="gauss",
         random_state=seed,
     )
     sc.tl.leiden(a, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
