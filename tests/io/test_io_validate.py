@@ -257,3 +257,27 @@ def test_checks_never_densify_sparse(monkeypatch):
     zero_spots_mask(m)
     zero_variance_mask(m)
     del orig_toarray, orig_todense
+
+
+def test_choose_coordinate_system_given_only_global_or_error():
+    import geopandas as gpd
+    from shapely.geometry import Point
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    def shapes(*systems):
+        gdf = gpd.GeoDataFrame({"radius": [1.0]}, geometry=[Point(0, 0)])
+        return ShapesModel.parse(gdf, transformations={s: Identity() for s in systems})
+
+    from soscope.io import choose_coordinate_system
+
+    a, b = shapes("global", "aligned"), shapes("global", "aligned")
+    assert choose_coordinate_system({"a": a, "b": b}) == "global"  # ambiguous, "global" shared
+    assert choose_coordinate_system({"a": a, "b": b}, "aligned") == "aligned"
+    assert choose_coordinate_system({"a": shapes("A"), "b": shapes("A", "B")}) == "A"  # the only one shared
+    with pytest.raises(SoscopeInputError, match=r"coordinate_system='B' is not shared by \['a', 'b'\]"):
+        choose_coordinate_system({"a": shapes("A"), "b": shapes("A", "B")}, "B")
+    with pytest.raises(SoscopeInputError, match=r"share the coordinate systems \['x', 'y'\]; pass"):
+        choose_coordinate_system({"a": shapes("x", "y"), "b": shapes("x", "y")}, purpose="the maps")
+    with pytest.raises(SoscopeInputError, match="share no coordinate system, which pseudo-spots needs"):
+        choose_coordinate_system({"a": shapes("A"), "b": shapes("B")}, purpose="pseudo-spots")

@@ -19,7 +19,7 @@ from soscope._constants import SoscopeKeys
 
 from .._errors import SoscopeInputError
 from .._transforms import affine_xy
-from ..io import layer_names, table_annotation
+from ..io import choose_coordinate_system, layer_names, table_annotation
 
 if TYPE_CHECKING:  # pragma: no cover
     from spatialdata import SpatialData
@@ -70,28 +70,6 @@ def _element_centroids(element: Any, ids: pd.Index, name: str) -> np.ndarray:
             "instance key must match the points' index."
         )
     return xy.loc[ids].to_numpy(dtype=np.float64)
-
-
-def _common_cs(sdata: SpatialData, names: list[str], coordinate_system: str | None) -> str:
-    from spatialdata.transformations import get_transformation
-
-    systems = [set(get_transformation(sdata[n], get_all=True)) for n in names]
-    common = set.intersection(*systems)
-    if coordinate_system is not None:
-        if coordinate_system not in common:
-            raise SoscopeInputError(
-                f"Coordinate system {coordinate_system!r} is not shared by {names}; shared: {sorted(common)}."
-            )
-        return coordinate_system
-    if len(common) == 1:
-        return next(iter(common))
-    if "global" in common:
-        return "global"
-    raise SoscopeInputError(
-        f"Elements {names} share the coordinate systems {sorted(common)}; set `coordinate_system=` to one."
-        if common
-        else f"Elements {names} share no coordinate system; pseudo-spots need one common system."
-    )
 
 
 def pseudo_spots(
@@ -173,7 +151,9 @@ def pseudo_spots(
                 "With lattice='hex' set `spot_diameter` to a positive value no larger than `spacing` "
                 "(Visium: spot_diameter=55, spacing=100 in µm)."
             )
-    cs = _common_cs(sdata, regions + ([image] if image else []), coordinate_system)
+    cs = choose_coordinate_system(
+        {n: sdata[n] for n in regions + ([image] if image else [])}, coordinate_system, purpose="pseudo-spots"
+    )
 
     # centres of every table row in the coordinate system
     xy = np.empty((adata.n_obs, 2))

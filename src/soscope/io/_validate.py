@@ -585,6 +585,49 @@ def coordinate_systems_of(element: Any) -> list[str]:
     return list(get_transformation(element, get_all=True).keys())
 
 
+def choose_coordinate_system(
+    elements: Mapping[str, Any], coordinate_system: str | None = None, *, purpose: str = "soscope"
+) -> str:
+    """Return the coordinate system shared by ``elements`` that soscope works in.
+
+    The one given (it must be shared); else the only shared one; else ``"global"`` when shared; else an
+    error listing the shared systems (or saying there are none) and naming ``coordinate_system=``.
+
+    Parameters
+    ----------
+    elements
+        Element name → element (shapes, points, images).
+    coordinate_system
+        The user's choice, if any.
+    purpose
+        What needs the system, for the messages (e.g. ``"pseudo-spots"``).
+
+    """
+    names = list(elements)
+    sets = [set(coordinate_systems_of(e)) for e in elements.values()]
+    shared = sorted(set.intersection(*sets)) if sets else []
+    if coordinate_system is not None:
+        if coordinate_system not in shared:
+            raise SoscopeInputError(
+                f"coordinate_system={coordinate_system!r} is not shared by {_fmt_list(names)}; shared: "
+                f"{_fmt_list(shared)}. Pass one of those."
+            )
+        return coordinate_system
+    if len(shared) == 1:
+        return shared[0]
+    if "global" in shared:
+        return "global"
+    if shared:
+        raise SoscopeInputError(
+            f"{_fmt_list(names)} share the coordinate systems {_fmt_list(shared)}; pass `coordinate_system=` "
+            f"to choose the one for {purpose}."
+        )
+    raise SoscopeInputError(
+        f"{_fmt_list(names)} share no coordinate system, which {purpose} needs: register them in a common "
+        "one with `spatialdata.transformations.set_transformation`."
+    )
+
+
 def check_image_coordinate_system(sdata: Any, image: str, spots: Sequence[str] | str) -> list[str]:
     """Return the coordinate systems shared by ``image`` and every spots element; raise if none."""
     spots = [spots] if isinstance(spots, str) else list(spots)

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from soscope._constants import SoscopeKeys
 from soscope._errors import SoscopeInputError
 from soscope._names import slug
-from soscope.io import layer_names, match_instances, table_annotation
+from soscope.io import choose_coordinate_system, layer_names, match_instances, table_annotation
 from soscope.pl._utils import (
     affine_xy,
     as_list,
@@ -275,26 +275,6 @@ def _table_map(
         instance_of=inst[rows],
         columns=[str(adata.var_names[i]) for i in feat_idx],
     )
-
-
-def _coordinate_system(sdata: Any, elements: Sequence[Any], coordinate_system: str | None) -> str:
-    from spatialdata.transformations import get_transformation
-
-    sets = [set(get_transformation(e, get_all=True)) for e in elements]
-    shared = set.intersection(*sets) if sets else set()
-    if coordinate_system is not None:
-        if coordinate_system not in shared:
-            raise SoscopeInputError(
-                f"coordinate_system='{coordinate_system}' is not shared by the plotted shapes "
-                f"(shared: {_fmt(sorted(shared))}); pass one of those."
-            )
-        return coordinate_system
-    if not shared:
-        raise SoscopeInputError(
-            "The spots and the enhanced sub-spots share no coordinate system: register them with "
-            "`sd.transformations.set_transformation`, or pass `coordinate_system=`."
-        )
-    return "global" if "global" in shared else sorted(shared)[0]
 
 
 # --------------------------------------------------------------------------------------------- image
@@ -698,7 +678,7 @@ def enhanced(
             "(they may have been left out as constant or empty)."
         )
 
-    elements = [sdata.shapes[s] for s in spot_names + sub_names]
+    elements = {s: sdata.shapes[s] for s in spot_names + sub_names}
     truth_regions: list[str] = []
     feat_truth: list[int] = []
     if truth is not None:
@@ -709,8 +689,8 @@ def enhanced(
             )
         truth_regions = [r for r in _attrs(sdata, truth)[0] if r in sdata.shapes]
         feat_truth = _resolve_features(names, list(sdata.tables[truth].var_names), truth)
-        elements += [sdata.shapes[r] for r in truth_regions]
-    cs = _coordinate_system(sdata, elements, coordinate_system)
+        elements.update({r: sdata.shapes[r] for r in truth_regions})
+    cs = choose_coordinate_system(elements, coordinate_system, purpose="the maps")
 
     spot_map = _table_map(sdata, tname, feat_in, cs, regions=spot_names, layer=layer, per_area=per_area)
     enh_maps: dict[str, _Map] = {}
