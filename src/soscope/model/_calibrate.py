@@ -22,8 +22,7 @@ import torch
 
 from .._settings import settings
 from ..module import N_TRAINED_BATCHES, SoScopeModule
-from ..tiling import plan_chunks
-from ._core import receptive_hops
+from ._core import spot_chunks
 from ._data import Normaliser, SpotData, make_batch
 
 logger = logging.getLogger("soscope")
@@ -106,13 +105,7 @@ def fit_batch_bias(
     sums_x = [np.zeros((len(labels), m.n_features)) for m in cfg.modalities]
     sums_mu = [np.zeros((len(labels), m.n_features)) for m in cfg.modalities]
     n_spots = np.zeros(len(labels))
-    chunks = plan_chunks(
-        data.centres,
-        data.edge_index,
-        sections=data.sections,
-        chunk_spots=chunk_spots,
-        n_hops=receptive_hops(cfg),
-    )
+    chunks = spot_chunks(data, cfg, chunk_spots)
     for chunk in chunks:
         core = chunk.core[is_member[chunk.core]]
         if len(core) == 0:

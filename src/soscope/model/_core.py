@@ -39,6 +39,17 @@ def receptive_hops(config: ModuleConfig) -> int:
     return max(config.n_graph_layers if config.use_graph else 0, 2)
 
 
+def spot_chunks(data: SpotData, config: ModuleConfig, chunk_spots: int) -> list:
+    """Plan chunks of ``chunk_spots`` spots over ``data``, each with the halo ``config``'s network reads."""
+    return plan_chunks(
+        data.centres,
+        data.edge_index,
+        sections=data.sections,
+        chunk_spots=chunk_spots,
+        n_hops=receptive_hops(config),
+    )
+
+
 def default_epochs(n_spots: int, chunk_spots: int | None = None) -> int:
     """Epochs giving ~600 optimizer steps, between 20 and 200 (early stopping usually ends sooner).
 
@@ -141,13 +152,7 @@ def build_batches(
     device: torch.device | str = "cpu",
 ) -> tuple[list, ChunkBatches]:
     """Plan chunks over ``data``; return them and their (lazily built) minibatches."""
-    chunks = plan_chunks(
-        data.centres,
-        data.edge_index,
-        sections=data.sections,
-        chunk_spots=chunk_spots,
-        n_hops=receptive_hops(config),
-    )
+    chunks = spot_chunks(data, config, chunk_spots)
     return chunks, ChunkBatches(
         data, norm, config, chunks, loss_spots=loss_spots, held_out=held_out, device=device
     )
@@ -184,13 +189,7 @@ def fit(
 def latent(module: SoScopeModule, data: SpotData, norm: Normaliser, *, device: torch.device) -> np.ndarray:
     """Posterior mean latent ``(N, n_latent)`` of every spot."""
     module.to(device).eval()
-    chunks = plan_chunks(
-        data.centres,
-        data.edge_index,
-        sections=data.sections,
-        chunk_spots=settings.infer_chunk_spots,
-        n_hops=receptive_hops(module.config),
-    )
+    chunks = spot_chunks(data, module.config, settings.infer_chunk_spots)
     adj = adjacency(data.edge_index, data.n_spots)
     z = np.zeros((data.n_spots, module.config.n_latent), dtype=np.float32)
     for chunk in chunks:
