@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 
 def pytest_configure(config) -> None:  # noqa: D103 - pytest hook
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
@@ -14,3 +16,17 @@ def pytest_configure(config) -> None:  # noqa: D103 - pytest hook
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run torch on one thread for a module (fastest for tiny networks), then restore the setting.
+
+    The directories of tiny-tensor tests (tests/module, tests/train) use it for every module.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

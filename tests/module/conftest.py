@@ -8,9 +8,6 @@ torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run torch on one thread for this module, then restore the previous setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
+    """Every module here runs torch on one thread (tests/conftest.py)."""
     yield
-    torch.set_num_threads(before)

@@ -16,12 +16,9 @@ MODEL_ARGS = dict(table="table", image=False, n_hidden=16, n_latent=4, device="c
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run torch on one thread for this module (fastest for tiny networks), then restore the setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
+    """Every module here runs torch on one thread (tests/conftest.py)."""
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
