@@ -187,6 +187,50 @@ def test_channel_chosen_by_name():
         segment_nuclei(img, microns_per_pixel=UM_PER_PX, channel="Hoechst", channel_names=["a", "b"])
 
 
+def test_several_planes_are_projected():
+    """``channel=[...]`` finds the nuclei of every plane; one plane finds only its own.
+
+    Two z-planes each hold half of the nuclei, in different intensity units (the second ×1000 with an
+    offset): only per-plane normalisation before the maximum lets both halves be found.
+    """
+    da = pytest.importorskip("dask.array")
+    rng = np.random.default_rng(5)
+    shape = (320, 320)
+    radius = DIAMETER_UM / 2 / UM_PER_PX
+    centres = random_centres(rng, 40, shape, 9.0 / UM_PER_PX)
+    half_a, half_b = centres[::2], centres[1::2]
+    img = np.stack(
+        [disc_image(rng, half_a, shape, radius), 500.0 + 1000.0 * disc_image(rng, half_b, shape, radius)]
+    )
+    names = ["dapi_z0", "dapi_z1"]
+    kw = {"microns_per_pixel": UM_PER_PX, "nucleus_diameter_um": DIAMETER_UM, "channel_names": names}
+
+    both = segment_nuclei(img, channel=names, **kw)
+    assert both.attrs["detector"]["channel"] == names
+    precision, recall = precision_recall(both, centres)
+    assert recall >= 0.9 and precision >= 0.9, (precision, recall)
+    pd.testing.assert_frame_equal(both, segment_nuclei(img, channel=[0, 1], **kw))  # indices = names
+
+    for plane, own in ((0, half_a), (1, half_b)):
+        one = segment_nuclei(img, channel=plane, **kw)
+        assert precision_recall(one, own)[1] >= 0.9  # its own half …
+        assert precision_recall(one, centres)[1] <= 0.6  # … and not the other
+
+    # the projection is tiled like a single channel: same nuclei, same labels
+    whole, labels_whole = segment_nuclei(img, channel=[0, 1], return_labels=True, **kw)
+    tiled, labels_tiled = segment_nuclei(
+        da.from_array(img, chunks=(2, 110, 110)), channel=[0, 1], return_labels=True, **kw
+    )
+    assert tiled.attrs["detector"]["tiles"] > 1
+    pd.testing.assert_frame_equal(whole, tiled)
+    np.testing.assert_array_equal(labels_whole, np.asarray(labels_tiled))
+
+    with pytest.raises(ValueError, match="twice"):
+        segment_nuclei(img, channel=[0, "dapi_z0"], **kw)
+    with pytest.raises(ValueError, match="out of range"):
+        segment_nuclei(img, channel=[0, 2], **kw)
+
+
 def test_he_by_colour_deconvolution():
     """H&E (hed2rgb, channels last, uint8) is recognised automatically; nuclei are found on haematoxylin."""
     from skimage.color import hed2rgb

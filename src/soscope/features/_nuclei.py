@@ -2,11 +2,13 @@
 
 The detector is classical scikit-image, every size given in µm and converted with the image's µm per pixel:
 
-1. the nuclear signal — a fluorescence channel (``channel=``, else chosen by name, else the first) or, on
-   H&E, the haematoxylin channel of ``skimage.color.rgb2hed`` colour deconvolution; an image finer than
-   needed at nucleus scale (``working_pixels_per_diameter``) is block-averaged by an integer factor first;
+1. the nuclear signal — a fluorescence channel (``channel=``, else chosen by name, else the first), or
+   several (``channel=[...]``: z-planes or stains of the nuclei, each percentile-normalised, then their
+   pixel-wise maximum — a nucleus seen in any plane is seen), or, on H&E, the haematoxylin channel of
+   ``skimage.color.rgb2hed`` colour deconvolution; an image finer than needed at nucleus scale
+   (``working_pixels_per_diameter``) is block-averaged by an integer factor first;
 2. per-image percentile normalisation (the percentiles are taken once on the whole image, so a tile sees
-   the same scale as the whole);
+   the same scale as the whole; several planes: each by its own percentiles, before their maximum);
 3. seeds: maxima of the scale-normalised Laplacian of Gaussian at the nucleus radius, at least
    ``min_distance_um`` apart — the blob filter ignores smooth background glow and splits touching nuclei;
 4. extent: seeded watershed of the smoothed signal inside a foreground mask (smoothed signal above a local
@@ -16,9 +18,9 @@ The detector is classical scikit-image, every size given in µm and converted wi
 Tiling: each tile (a dask array's chunks, or ``tile_size``) is read with a halo of at least two nucleus
 diameters — more than every filter's reach — and segmented as one dask task; it keeps only the nuclei whose
 centroid lies in its core, so a nucleus cut by a tile edge is counted once and the result equals the untiled
-one (tested). Choices tuned on the shared CosMx and MERFISH images with one parameter set:
-``benchmarks/nuclei.py``. Labels are made unique across tiles without a
-second pass: a nucleus's label is derived from the pixel of its centroid.
+one (tested). Choices tuned on the shared CosMx and MERFISH images (the MERFISH DAPI of its two z-planes
+projected with ``channel=[...]``) with one parameter set: ``benchmarks/nuclei.py``. Labels are made unique
+across tiles without a second pass: a nucleus's label is derived from the pixel of its centroid.
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ class NucleusDetector:
         A pixel is foreground when the smoothed signal exceeds the local background by this much (normalised
         intensity, 0–1) — a local threshold robust to glow and uneven illumination.
     otsu_factor
-        ... and exceeds this multiple of the image's Otsu threshold (a global floor against empty background).
+        ... and exceeds this multiple of the image's Otsu threshold (a global floor against empty background;
+        low, so that dim nuclei in an image dominated by bright ones still pass — the local test does the
+        separating).
     min_area_frac, max_area_frac
         Objects with area outside ``[min, max] × π (diameter / 2)²`` are dropped.
     percentiles
@@ -100,9 +104,9 @@ class NucleusDetector:
     smoothing_um: float | None = None
     min_distance_um: float | None = None
     background_um: float | None = None
-    seed_threshold: float = 0.03
+    seed_threshold: float = 0.02
     mask_threshold: float = 0.02
-    otsu_factor: float = 0.5
+    otsu_factor: float = 0.3
     min_area_frac: float = 0.1
     max_area_frac: float = 6.0
     percentiles: tuple[float, float] = (1.0, 99.8)
@@ -170,6 +174,20 @@ def nuclear_channel(channel_names: Sequence[str] | None, channel: int | str | No
             if _NUCLEAR_NAME.search(str(name)):
                 return i
     return 0
+
+
+def _nuclear_channels(
+    channel_names: Sequence[str] | None, channel: int | str | Sequence[int | str] | None
+) -> list[int]:
+    """Return the indices of the nuclear channel(s): one, or every entry of a list/tuple ``channel``."""
+    if isinstance(channel, (list, tuple)):
+        if not channel:
+            raise ValueError("channel is an empty list.")
+        out = [nuclear_channel(channel_names, c) for c in channel]
+        if len(set(out)) < len(out):
+            raise ValueError(f"channel lists a channel twice: {channel!r}.")
+        return out
+    return [nuclear_channel(channel_names, channel)]
 
 
 def _as_cyx(image, channel_names, channel_axis):
@@ -281,9 +299,19 @@ def _tile_task(
     he: bool,
     want_labels: bool,
     factor: int,
+    planes: tuple[tuple[float, float], ...] | None = None,
 ):
-    """Segment a padded tile; keep the nuclei whose centroid lies in its core; give them global labels."""
-    signal = _haematoxylin(block) if he else np.asarray(block)
+    """Segment a padded tile; keep the nuclei whose centroid lies in its core; give them global labels.
+
+    ``planes``: the (low, high) percentiles of each plane of a ``(K, Y, X)`` block of several nuclear
+    channels, whose normalised maximum is the signal (``stats`` then refer to that 0–1 projection).
+    """
+    if he:
+        signal = _haematoxylin(block)
+    elif planes is not None:
+        signal = _project(np.asarray(block), planes)
+    else:
+        signal = np.asarray(block)
     lo, hi, otsu = stats
     shape = signal.shape
     if factor > 1:
@@ -317,22 +345,41 @@ def _tile_task(
     return table.loc[own].drop(columns="local").reset_index(drop=True), core_labels
 
 
-def _image_stats(signal_sample: np.ndarray, percentiles: tuple[float, float], otsu_factor: float):
-    """Percentiles and the Otsu floor (on the normalised scale) from a subsample of the nuclear signal."""
+def _percentile_range(sample: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """Return the intensities mapped to 0 and 1 (a flat image gets a range of 1)."""
+    lo, hi = np.percentile(sample, percentiles)
+    return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def _project(planes_block: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Pixel-wise maximum of the planes ``(K, Y, X)``, each first normalised to 0–1 by its ``(lo, hi)``."""
+    out = None
+    for plane, (lo, hi) in zip(planes_block, ranges, strict=True):
+        norm = np.clip((plane.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+        out = norm if out is None else np.maximum(out, norm)
+    return out
+
+
+def _otsu_floor(norm: np.ndarray, otsu_factor: float) -> float:
+    """``otsu_factor`` × the Otsu threshold of a normalised (0–1) sample (0.5 for a flat one)."""
     from skimage.filters import threshold_otsu
 
-    lo, hi = np.percentile(signal_sample, percentiles)
-    hi = hi if hi > lo else lo + 1.0
-    norm = np.clip((signal_sample - lo) / (hi - lo), 0.0, 1.0)
     otsu = float(threshold_otsu(norm)) if norm.max() > norm.min() else 0.5
-    return float(lo), float(hi), otsu_factor * otsu
+    return otsu_factor * otsu
+
+
+def _image_stats(signal_sample: np.ndarray, percentiles: tuple[float, float], otsu_factor: float):
+    """Percentiles and the Otsu floor (on the normalised scale) from a subsample of the nuclear signal."""
+    lo, hi = _percentile_range(signal_sample, percentiles)
+    norm = np.clip((signal_sample - lo) / (hi - lo), 0.0, 1.0)
+    return lo, hi, _otsu_floor(norm, otsu_factor)
 
 
 def segment_nuclei(
     image,
     *,
     microns_per_pixel: float,
-    channel: int | str | None = None,
+    channel: int | str | Sequence[int | str] | None = None,
     channel_names: Sequence[str] | None = None,
     channel_axis: int | None = None,
     stain: str = "auto",
@@ -353,6 +400,10 @@ def segment_nuclei(
         Pixel size in µm: every size of the detector is given in µm and converted with it.
     channel
         Nuclear channel (index or name) of a fluorescence image; ``None``: by name (DAPI, Hoechst…), else 0.
+        A list or tuple of several (e.g. the DAPI of several z-planes, ``["dapi_z0", "dapi_z1"]`` or
+        ``[0, 1]``): each is normalised by its own percentiles (``detector.percentiles``) and nuclei are
+        detected on their pixel-wise maximum, so a nucleus in focus in any plane is found once (the
+        normalised projection is not rescaled again; its Otsu floor is its own).
     channel_names
         Names of the channels when ``image`` carries none.
     channel_axis
@@ -378,7 +429,8 @@ def segment_nuclei(
     to place them in a coordinate system); ``area_px``, ``area_um2``; ``eccentricity``; ``mean_intensity``
     (of the normalised nuclear signal, 0–1) — sorted by row then column; with ``return_labels``,
     ``(table, labels)``.
-    ``table.attrs["detector"]`` records the parameters, the stain and the channel used.
+    ``table.attrs["detector"]`` records the parameters, the stain and the channel used (a list when
+    several were projected).
 
     """
     import dask
@@ -397,19 +449,31 @@ def segment_nuclei(
     he = stain == "he" or (
         stain == "auto" and channel is None and not named_nuclear and _is_brightfield(cyx, stride)
     )
+    planes: tuple[tuple[float, float], ...] | None = None
     if he:
         if cyx.shape[0] < 3:
             raise ValueError("stain='he' needs an RGB image (3 channels).")
+        if isinstance(channel, (list, tuple)):
+            raise ValueError("stain='he' takes no list of channels.")
         src = cyx[:3]
         sample = _haematoxylin(np.asarray(src[:, ::stride, ::stride]))
         chosen = None
+        stats = _image_stats(sample, det.percentiles, det.otsu_factor)
     else:
-        chosen = nuclear_channel(names, channel)
-        if not 0 <= chosen < cyx.shape[0]:
-            raise ValueError(f"channel {chosen} out of range for an image with {cyx.shape[0]} channels.")
-        src = cyx[chosen]
-        sample = np.asarray(src[::stride, ::stride], dtype=np.float32)
-    stats = _image_stats(sample, det.percentiles, det.otsu_factor)
+        chosen = _nuclear_channels(names, channel)
+        for c in chosen:
+            if not 0 <= c < cyx.shape[0]:
+                raise ValueError(f"channel {c} out of range for an image with {cyx.shape[0]} channels.")
+        if len(chosen) == 1:
+            src = cyx[chosen[0]]
+            sample = np.asarray(src[::stride, ::stride], dtype=np.float32)
+            stats = _image_stats(sample, det.percentiles, det.otsu_factor)
+        else:
+            # several nuclear planes: each normalised by its own percentiles, then their maximum (0–1)
+            src = cyx[chosen]
+            samples = np.asarray(src[:, ::stride, ::stride], dtype=np.float32)
+            planes = tuple(_percentile_range(p, det.percentiles) for p in samples)
+            stats = (0.0, 1.0, _otsu_floor(_project(samples, planes), det.otsu_factor))
     factor = det.factor(microns_per_pixel)
     px = det.in_pixels(microns_per_pixel * factor) | {
         "seed_threshold": det.seed_threshold,
@@ -439,7 +503,7 @@ def segment_nuclei(
             block = src[..., py0:py1, px0:px1]  # a dask slice is computed by the task, one tile at a time
             tasks.append(
                 dask.delayed(_tile_task)(
-                    block, (py0, px0), (y0, y1, x0, x1), w, stats, px, he, return_labels, factor
+                    block, (py0, px0), (y0, y1, x0, x1), w, stats, px, he, return_labels, factor, planes
                 )
             )
     results = dask.compute(*tasks) if len(tasks) > 1 else [_compute_one(tasks[0])]
@@ -456,7 +520,7 @@ def segment_nuclei(
     table.attrs["detector"] = asdict(det) | {
         "microns_per_pixel": float(microns_per_pixel),
         "stain": "he" if he else "fluorescence",
-        "channel": None if chosen is None else (names[chosen] if names is not None else int(chosen)),
+        "channel": _channel_record(chosen, names),
         "halo_px": halo,
         "tiles": len(tasks),
         "downsampling": factor,
@@ -468,6 +532,14 @@ def segment_nuclei(
         rows.append([results[i * len(xchunks) + j][1] for j in range(len(xchunks))])
     labels = np.block(rows) if len(tasks) == 1 else da.block([[da.from_array(b) for b in r] for r in rows])
     return table, labels
+
+
+def _channel_record(chosen: list[int] | None, names: list[str] | None):
+    """Return the channel(s) used, by name when known: one value, or a list for several planes."""
+    if chosen is None:
+        return None
+    used = [names[c] if names is not None else int(c) for c in chosen]
+    return used[0] if len(used) == 1 else used
 
 
 def _compute_one(task):
