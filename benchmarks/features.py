@@ -117,11 +117,12 @@ def stage_features(args) -> dict:
     base_gb = peak_rss_gb()
     t0, c0, load0 = time.perf_counter(), cpu_s(), load_now()
     sdata = sd.read_zarr(store)
-    soscope.enhance(sdata, seed=args.seed, progress=False)
+    soscope.enhance(sdata, seed=args.seed, progress=False, dtype=args.dtype)
     elapsed, cpu = time.perf_counter() - t0, cpu_s() - c0
     out = store / "tables" / "table_soscope"
     return {
         "workload": "features",
+        "dtype": args.dtype,
         "spots": args.spots,
         "features": args.n_features,
         "nnz_per_spot": round(nnz, 1),
@@ -132,7 +133,13 @@ def stage_features(args) -> dict:
         "peak_gb": round(peak_rss_gb(), 2),
         "peak_before_enhance_gb": round(base_gb, 2),
         "output_gb": round(folder_gb(out), 3),
+        "gb_per_1M_subspots_1k_features": per_million(folder_gb(out), sdata.tables["table_soscope"].shape),
     }
+
+
+def per_million(gb: float, shape: tuple[int, int]) -> float:
+    """Size on disk (GB) per 1,000,000 sub-spots × 1,000 features of an enhanced table of ``shape``."""
+    return round(gb / (shape[0] / 1e6 * shape[1] / 1e3), 3)
 
 
 def stage_slide(args) -> dict:
@@ -152,10 +159,16 @@ def stage_slide(args) -> dict:
     t0, c0, load0 = time.perf_counter(), cpu_s(), load_now()
     sdata = sd.read_zarr(store)
     epochs = None if args.slide_epochs is None else int(args.slide_epochs)
-    soscope.enhance(sdata, table="table", subspots="hex7", seed=args.seed, progress=False, epochs=epochs)
+    soscope.enhance(
+        sdata, table="table", subspots="hex7", seed=args.seed, progress=False, epochs=epochs, dtype=args.dtype
+    )
     elapsed, cpu = time.perf_counter() - t0, cpu_s() - c0
+    history = sdata.tables["table_soscope"].uns["soscope"]["history"]
+    out = store / "tables" / "table_soscope"
     return {
         "workload": "slide (image)" + ("" if epochs is None else f", {epochs} epoch(s)"),
+        "dtype": args.dtype,
+        "epochs_run": len(history.get("epoch", [])),
         "spots": args.spots,
         "features": args.n_features,
         "nnz_per_spot": "dense",
@@ -165,7 +178,8 @@ def stage_slide(args) -> dict:
         "load": f"{load0}→{load_now()}",
         "peak_gb": round(peak_rss_gb(), 2),
         "peak_before_enhance_gb": round(base_gb, 2),
-        "output_gb": round(folder_gb(store / "tables" / "table_soscope"), 3),
+        "output_gb": round(folder_gb(out), 3),
+        "gb_per_1M_subspots_1k_features": per_million(folder_gb(out), (7 * args.spots, args.n_features)),
     }
 
 
@@ -174,7 +188,7 @@ def run_child(stage: str, args, **extra) -> dict:
     sys.path.insert(0, str(HERE))
     from scale import run_sampled
 
-    cmd = [sys.executable, __file__, "--stage", stage, "--seed", str(args.seed)]
+    cmd = [sys.executable, __file__, "--stage", stage, "--seed", str(args.seed), "--dtype", args.dtype]
     for k, v in extra.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
     out, peak = run_sampled(cmd, f"stage {stage}")
@@ -209,8 +223,9 @@ def main() -> None:
     parser.add_argument("--slide", action="store_true", help="also 200,000 spots x 2,000 features, image")
     parser.add_argument("--slide-spots", type=int, default=200_000)
     parser.add_argument(
-        "--slide-epochs", type=int, help="train the slide this many epochs (default: soscope's: 20 at 200k)"
+        "--slide-epochs", type=int, help="train the slide this many epochs (default: soscope's: 3 at 200k)"
     )
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="enhanced values")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "features.md")
     parser.add_argument("--stage", choices=["features", "slide"], help=argparse.SUPPRESS)
@@ -237,8 +252,9 @@ def main() -> None:
             print(json.dumps(res), flush=True)
             rows.append(res)
     cols = [
-        "workload", "spots", "features", "nnz_per_spot", "subspots", "enhance_s", "cpu_s", "load", "peak_gb",
-        "sampled_peak_gb", "peak_before_enhance_gb", "output_gb",
+        "workload", "dtype", "spots", "features", "nnz_per_spot", "subspots", "epochs_run", "enhance_s",
+        "cpu_s", "load", "peak_gb", "sampled_peak_gb", "peak_before_enhance_gb", "output_gb",
+        "gb_per_1M_subspots_1k_features",
     ]  # fmt: skip
     lines = [
         f"\n## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (seed {args.seed})\n",

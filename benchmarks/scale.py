@@ -223,7 +223,8 @@ def stage_run(args) -> dict:
     from soscope._transforms import affine_xy
     from soscope.geometry import subspot_size
     from soscope.model import _core
-    from soscope.model._apply import enhance_and_write, will_stream
+    from soscope.model._apply import enhance_and_write
+    from soscope.model._plan import plan_output
     from soscope.model._setup import _to_cs, concat_layouts
     from soscope.tiling import plan_chunks
 
@@ -236,7 +237,7 @@ def stage_run(args) -> dict:
     res["setup_peak_gb"] = peak_rss_gb()
     data = prepared.data
     res["subspots"] = int(data.layout.n_subspots)
-    res["streamed"] = bool(will_stream(sdata, data, 0))
+    res["streamed"] = plan_output(sdata, prepared, log=False).stream
     t0 = time.perf_counter()
     enhance_and_write(
         sdata, prepared, model.module, model.normaliser, uns=model._uns(), key_added="soscope",

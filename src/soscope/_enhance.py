@@ -36,6 +36,8 @@ def enhance(
     inplace: bool = True,
     overwrite: bool = False,
     n_samples: int = 0,
+    features: str | list[str] | None = "all",
+    dtype: str = "float32",
     client=None,
     **model_kwargs,
 ):
@@ -89,6 +91,13 @@ def enhance(
     n_samples
         When > 0, add ``layers["std"]``, ``layers["q10"]`` and ``layers["q90"]``: the posterior
         predictive spread and 10 % / 90 % quantiles of each sub-spot's counts, from this many draws.
+    features
+        The features to enhance: ``"all"`` (default), a list of feature names, or the name of a boolean
+        ``var`` column such as ``"highly_variable"``. The model trains on every feature of the table
+        either way (its latent needs them); only the requested ones are computed and written.
+    dtype
+        ``"float32"`` (default) or ``"float16"``: the enhanced values written, half the size on disk and
+        in memory with about three significant digits (values up to 65,504). See :doc:`/scale`.
     client
         A ``dask.distributed`` client to run inference on (default: the active one, if any, else local
         threads; see :doc:`/scale`).
@@ -101,6 +110,7 @@ def enhance(
 
     """
     from .model import SoScope
+    from .model._plan import plan_output
 
     if model is not None:
         given = dict(
@@ -135,10 +145,15 @@ def enhance(
             progress=progress, **selection, **model_kwargs,
         )  # fmt: skip
         _check_output_names_early(sdata, m.prepared, key_added, overwrite)
+        # bad features= / dtype=, or outputs that cannot fit in memory, fail before training
+        plan_output(
+            sdata, m.prepared, features=features, dtype=dtype, n_samples=n_samples, inplace=inplace, log=False
+        )
         m.train(epochs=epochs, **({} if batch_size is None else {"batch_size": int(batch_size)}))
         return m.enhance(
-            key_added=key_added, n_samples=n_samples, overwrite=overwrite, inplace=inplace, client=client
-        )
+            key_added=key_added, n_samples=n_samples, overwrite=overwrite, inplace=inplace, client=client,
+            features=features, dtype=dtype,
+        )  # fmt: skip
     if isinstance(model, (str, Path)):
         model = SoScope.load(model, device=device, progress=progress)
     if not isinstance(model, SoScope):
@@ -152,6 +167,8 @@ def enhance(
         overwrite=overwrite,
         inplace=inplace,
         client=client,
+        features=features,
+        dtype=dtype,
         # the element choices for this data; batch_key names new batches, calibrated on this data
         **{k: v for k, v in {**selection, "batch_key": batch_key}.items() if v is not None},
     )

@@ -44,6 +44,17 @@ def _count(name: str) -> Callable[[Any], int]:
     return _integer(name, 0, "an integer >= 0")
 
 
+def _optional_bytes(name: str) -> Callable[[Any], int | None]:
+    check = _integer(
+        name, 1, "None or a positive number of bytes", f"; e.g. soscope.settings.{name} = 4 * 2**30"
+    )
+
+    def check_optional(value: Any) -> int | None:
+        return None if value is None else check(value)
+
+    return check_optional
+
+
 def _device(value: Any) -> str:
     text = str(value)
     if text != "auto":
@@ -91,6 +102,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "stream_block_bytes": _positive_int("stream_block_bytes"),
     "max_shapes_in_memory": _count("max_shapes_in_memory"),
     "shapes_rows_per_group": _positive_int("shapes_rows_per_group"),
+    "memory_limit": _optional_bytes("memory_limit"),
 }
 
 
@@ -151,6 +163,11 @@ class Settings:
         (2,000,000, about 2 GB as shapely objects); beyond, they are only written to the store.
     shapes_rows_per_group
         Polygons per parquet row group of streamed sub-spot shapes (262,144).
+    memory_limit
+        Bytes that enhancing may hold at once (None, the default: half of the memory available when a call
+        starts, read with psutil). Inference tasks hold fewer spots when many features would not fit
+        otherwise (the plan is logged once per call), and work that cannot fit even in tasks of 32 spots
+        is refused before training starts, with what to change.
 
     """
 
@@ -167,6 +184,7 @@ class Settings:
     stream_block_bytes: int = 16 * _MiB
     max_shapes_in_memory: int = 2_000_000
     shapes_rows_per_group: int = 1 << 18
+    memory_limit: int | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name not in _VALIDATORS:

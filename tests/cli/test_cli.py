@@ -74,7 +74,7 @@ def _one_line_error(proc: subprocess.CompletedProcess) -> str:
         (("enhance",), ["--subspots", "--likelihood", "--key-added", "--epochs", "--device", "--seed",
                         "--overwrite", "--model", "--no-progress", "--layer"]),
         (("train",), ["--output", "--sections", "--epochs"]),
-        (("apply",), ["MODEL_DIR", "STORE", "--key-added"]),
+        (("apply",), ["MODEL_DIR", "STORE", "--key-added", "--features", "--dtype"]),
         (("evaluate",), ["--key-added", "--truth", "--out"]),
         (("demo",), ["--out", "--epochs"]),
     ],
@@ -246,6 +246,26 @@ def test_train_then_apply(stores, store_a, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     _assert_enhanced(b)
+
+    # --features (repeatable) and --dtype: only those features, written as float16
+    proc = subprocess.run(
+        [script(), "apply", str(model), str(b), "--table", "table", "--device", "cpu", "--no-progress",
+         "--key-added", "sel", "--features", "gene_7", "--features", "gene_1", "--dtype", "float16"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    import numpy as np
+    import spatialdata as sd
+
+    enhanced = sd.read_zarr(b)
+    selected, full = enhanced.tables["table_sel"], enhanced.tables["table_soscope"]
+    assert list(selected.var_names) == ["gene_1", "gene_7"]
+    assert np.asarray(selected.X).dtype == np.float16
+    np.testing.assert_array_equal(
+        np.asarray(selected.X), np.asarray(full[:, ["gene_1", "gene_7"]].X).astype(np.float16)
+    )
+    error = _one_line_error(run("apply", model, b, "--table", "table", "--features", "nope", "--no-progress"))
+    assert "features='nope'" in error
 
 
 def test_demo_writes_store_and_figure(tmp_path):

@@ -314,6 +314,25 @@ ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Sho
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace existing elements of the same names.")
 ]
+EnhanceFeaturesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--features",
+        help="Features to enhance (repeatable): names, or one boolean var column such as highly_variable "
+        "(default: all). The model trains on every feature either way.",
+    ),
+]
+DtypeOpt = Annotated[
+    str,
+    typer.Option("--dtype", help="float32 | float16: the enhanced values written (float16: half the size)."),
+]
+
+
+def _features(values: list[str] | None) -> str | list[str]:
+    """Return ``features=`` from the repeatable --features: "all", one name or column, or several names."""
+    if not values:
+        return "all"
+    return values[0] if len(values) == 1 else list(values)
 
 
 def _version_callback(value: bool) -> None:
@@ -442,6 +461,8 @@ def enhance(
         ),
     ] = None,
     progress: ProgressOpt = True,
+    features: EnhanceFeaturesOpt = None,
+    dtype: DtypeOpt = "float32",
 ) -> None:
     """Enhance one store in place: writes shapes <spots>_<key> and table <table>_<key> into it."""
     if model is not None and not model.exists():
@@ -460,6 +481,8 @@ def enhance(
         seed=seed,
         progress=progress,
         overwrite=overwrite,
+        features=_features(features),
+        dtype=dtype,
     )
     if model is not None:
         kw["model"] = str(model)
@@ -559,6 +582,8 @@ def apply(
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
     progress: ProgressOpt = True,
+    features: EnhanceFeaturesOpt = None,
+    dtype: DtypeOpt = "float32",
 ) -> None:
     """Enhance stores with a trained model (no training): writes <spots>_<key>, <table>_<key> into each."""
     if not model.exists():
@@ -574,6 +599,8 @@ def apply(
         device=device,
         progress=progress,
         overwrite=overwrite,
+        features=_features(features),
+        dtype=dtype,
     )
     for store in stores:
         sdata = _open(store)

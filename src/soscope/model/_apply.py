@@ -7,14 +7,12 @@ chunk by chunk into the store (:class:`soscope.io.BlockWriter`). Inference itsel
 from __future__ import annotations
 
 import logging
-from numbers import Integral
 from typing import Any
 
 import numpy as np
 import torch
 
 from .._constants import SoscopeLayers
-from .._errors import SoscopeInputError
 from .._memory import release_free_memory
 from .._settings import settings
 from ..io import (
@@ -26,29 +24,13 @@ from ..io import (
     write_shapes_parquet,
 )
 from ..module import SoScopeModule
-from ._data import Normaliser, SpotData
+from ._core import resolve_device
+from ._data import Normaliser
 from ._output import output_names, parent_ids, results_to_elements, subspot_columns, subspot_shapes
-from ._predict import ChunkResult, predict
+from ._plan import plan_output
+from ._predict import ChunkResult, local_workers, predict
 
 logger = logging.getLogger("soscope")
-
-
-def output_bytes(data: SpotData, n_samples: int) -> int:
-    """Bytes of the enhanced tables' ``X`` (and ``std``, ``q10``, ``q90`` layers) as float32."""
-    return data.layout.n_subspots * sum(m.n_features for m in data.modalities) * 4 * (4 if n_samples else 1)
-
-
-def will_stream(sdata, data: SpotData, n_samples: int, *, inplace: bool = True) -> bool:
-    """Whether :func:`enhance_and_write` streams by default (``stream=None``) for these data.
-
-    It does when writing in place into a SpatialData backed by a local zarr store and the outputs reach
-    ``soscope.settings.stream_min_bytes``.
-    """
-    return (
-        inplace
-        and local_store_path(sdata) is not None
-        and output_bytes(data, n_samples) >= settings.stream_min_bytes
-    )
 
 
 def enhance_and_write(
@@ -67,17 +49,22 @@ def enhance_and_write(
     progress: bool = False,
     stream: bool | None = None,
     chunk_spots: int | None = None,
+    features: Any = None,
+    dtype: str = "float32",
 ):
     """Run inference on ``prepared`` and write the sub-spot shapes and enhanced tables into ``sdata``.
 
+    What is computed and in tasks of what size is decided first (:func:`~soscope.model._plan.plan_output`:
+    ``features``, ``dtype``, ``chunk_spots`` within ``soscope.settings.memory_limit``).
     Small outputs are computed in memory and written with :func:`~soscope.io.write_results`. Outputs of
     ``soscope.settings.stream_min_bytes`` or more on a SpatialData backed by a local zarr store
-    (``stream=None``, see :func:`will_stream`), or with ``stream=True``, are streamed: the tables are staged
+    (``stream=None``), or with ``stream=True``, are streamed: the tables are staged
     without ``X``, and each chunk's results are written into the staged zarr arrays as its task completes
     (:class:`~soscope.io.BlockWriter`); the elements move into place only when all chunks are written, so an
     interrupted run leaves no partial results under the final names. The two paths give identical stores.
 
-    ``chunk_spots``: core spots per inference task (default ``soscope.settings.infer_chunk_spots``).
+    ``chunk_spots``: core spots per inference task (default ``soscope.settings.infer_chunk_spots``, fewer
+    when many features would not fit the memory limit).
 
     Returns
     -------
@@ -85,36 +72,30 @@ def enhance_and_write(
 
     """
     data = prepared.data
-    if chunk_spots is None:
-        chunk_spots = settings.infer_chunk_spots  # read once: both paths below use the same chunks
-    elif isinstance(chunk_spots, bool) or not isinstance(chunk_spots, Integral) or chunk_spots < 1:
-        raise SoscopeInputError(
-            f"chunk_spots must be a positive whole number of spots per inference task, got {chunk_spots!r} "
-            "(leave it out for soscope.settings.infer_chunk_spots)."
+    plan = plan_output(
+        sdata, prepared, features=features, dtype=dtype, n_samples=n_samples, chunk_spots=chunk_spots,
+        inplace=inplace, stream=stream, workers=local_workers(resolve_device(device), data.n_spots),
+    )  # fmt: skip
+    uns = {**uns, "output": plan.as_uns()}
+    run = dict(
+        device=device, n_samples=n_samples, progress=progress, client=client, chunk_spots=plan.chunk_spots,
+        with_mean=False,  # not written back: it would double the results held in memory
+        features=plan.features, dtype=plan.dtype,
+    )  # fmt: skip
+    if not plan.stream:
+        preds = predict(module, data, norm, **run)
+        shapes, tables = results_to_elements(
+            sdata, prepared, preds, key_added=key_added, uns=uns, features=plan.features
         )
-    if stream is None:
-        stream = will_stream(sdata, data, n_samples, inplace=inplace)
-    if not stream:
-        preds = predict(
-            module,
-            data,
-            norm,
-            device=device,
-            n_samples=n_samples,
-            progress=progress,
-            client=client,
-            chunk_spots=chunk_spots,
-            with_mean=False,  # not written back: it would double the results held in memory
-        )
-        shapes, tables = results_to_elements(sdata, prepared, preds, key_added=key_added, uns=uns)
         fill = staged_shapes = None
     else:
         skeleton = [{"enhanced": None} for _ in data.modalities]
         # shapes: a one-row stand-in is staged by spatialdata, then its parquet is written in row groups
         # straight from the polygons' vertex arrays
         staged_shapes, tables = results_to_elements(
-            sdata, prepared, skeleton, key_added=key_added, uns=uns, stand_in_shapes=True
-        )
+            sdata, prepared, skeleton, key_added=key_added, uns=uns, stand_in_shapes=True,
+            features=plan.features,
+        )  # fmt: skip
         shape_of, table_of = output_names(prepared, key_added)
         n_polygons = sum(prepared.layouts[name].n_subspots for name in shape_of)
         rows_per_group = settings.shapes_rows_per_group
@@ -143,14 +124,20 @@ def enhance_and_write(
                 )
             release_free_memory()  # the shapely objects and WKB of the row groups, before inference
             arrays = {}
-            for mi, spec in enumerate(data.modalities):
+            for mi, (spec, width) in enumerate(zip(data.modalities, plan.widths, strict=True)):
+                if width == 0:
+                    continue  # no feature of this modality is enhanced: its table is not written
                 group = staged / "tables" / table_of[spec.name]
-                shape = (data.layout.n_subspots, spec.n_features)
-                rows = stream_block_rows(spec.n_features)
-                arrays[f"{mi}/enhanced"] = create_dense_array(group, "X", shape, block_rows=rows)
-                for layer in (SoscopeLayers.STD, SoscopeLayers.Q10, SoscopeLayers.Q90) if n_samples else ():
-                    arrays[f"{mi}/{layer}"] = create_dense_array(
-                        group, f"layers/{layer}", shape, block_rows=rows
+                shape = (data.layout.n_subspots, width)
+                rows = stream_block_rows(width)
+                for key, name in [("enhanced", "X")] + [
+                    (layer, f"layers/{layer}")
+                    for layer in (
+                        (SoscopeLayers.STD, SoscopeLayers.Q10, SoscopeLayers.Q90) if n_samples else ()
+                    )
+                ]:
+                    arrays[f"{mi}/{key}"] = create_dense_array(
+                        group, name, shape, block_rows=rows, dtype=plan.dtype
                     )
 
             def route(res: ChunkResult) -> dict[str, np.ndarray]:
@@ -159,10 +146,7 @@ def enhance_and_write(
                 }
 
             writer = BlockWriter(arrays, route)
-            predict(
-                module, data, norm, device=device, n_samples=n_samples, progress=progress, client=client,
-                chunk_spots=chunk_spots, sink=writer, with_mean=False,
-            )  # fmt: skip
+            predict(module, data, norm, sink=writer, **run)
             writer.close()
 
     if not inplace:

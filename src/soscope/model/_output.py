@@ -80,10 +80,12 @@ def results_to_elements(
     key_added: str,
     uns: dict,
     stand_in_shapes: bool = False,
+    features: list[np.ndarray | None] | None = None,
 ):
     """Sub-spot shapes (one per spots element, see :func:`subspot_shapes`) and enhanced tables.
 
-    One table per modality, parsed and linked to the shapes.
+    One table per modality, parsed and linked to the shapes. ``features``: per modality the enhanced
+    feature columns (None: all), the ``var`` rows of its table; a modality with none gets no table.
     """
     from spatialdata.models import TableModel
 
@@ -120,14 +122,15 @@ def results_to_elements(
     # prediction rows follow the concatenated layout, which is element by element like obs
     src_var = sdata.tables[sel.table].var
     tables = {}
-    for spec, pred in zip(data.modalities, predictions, strict=True):
+    for mi, (spec, pred) in enumerate(zip(data.modalities, predictions, strict=True)):
+        cols = None if features is None else features[mi]
+        if cols is not None and len(cols) == 0:
+            continue  # no feature of this modality was asked for
         mask = prepared.modality_masks[spec.name]
         var = src_var.iloc[np.flatnonzero(mask)].copy()
-        var = (
-            var.loc[data.feature_names[[m.name for m in data.modalities].index(spec.name)]]
-            if len(var)
-            else var
-        )
+        var = var.loc[data.feature_names[mi]] if len(var) else var
+        if cols is not None:
+            var = var.iloc[cols]
         adata = ad.AnnData(X=pred["enhanced"], obs=obs.copy() if len(data.modalities) > 1 else obs, var=var)
         # posterior predictive spread and 10 % / 90 % quantiles of each sub-spot's counts (n_samples > 0)
         for layer in (SoscopeLayers.STD, SoscopeLayers.Q10, SoscopeLayers.Q90):

@@ -33,6 +33,8 @@ logger = logging.getLogger("soscope")
 #: results of one task: per modality a dict "enhanced"/("mean")/("std"/"q10"/"q90") → (core sub-spots,
 #: features) float32
 ChunkResult = list[dict[str, np.ndarray]]
+#: per modality, the sorted feature columns to compute (None: all features of that modality); None: all
+FeatureSelection = list[np.ndarray | None] | None
 #: a sink receives the layout rows of a chunk's core sub-spots and their results
 Sink = Callable[[np.ndarray, ChunkResult], None]
 
@@ -78,13 +80,17 @@ def run_chunk(
     threads: int | None = None,
     feature_block_size: int | None = None,
     with_mean: bool = True,
+    features: FeatureSelection = None,
+    dtype: np.dtype | str = np.float32,
 ) -> ChunkResult:
     """Run the network on a chunk payload (:func:`chunk_payload`); return its core spots' sub-spot results.
 
     Features are computed ``feature_block_size`` at a time (default ``soscope.settings.feature_block_size``;
     see :meth:`SoScopeModule.enhance`) and only the core sub-spots' rows are kept, so a chunk holds its
     core × features results plus one block's intermediates. ``with_mean=False`` leaves out ``"mean"``
-    (not written back by :func:`soscope.enhance`: it would double the chunk's results).
+    (not written back by :func:`soscope.enhance`: it would double the chunk's results). ``features``: per
+    modality the sorted feature columns to compute (None: all); ``dtype``: the
+    results' float dtype (float32, or float16 for compact outputs).
 
     ``threads``: torch intra-op threads for this chunk on the CPU, set in the thread running it. MKL's float32
     matrix products sum in an order that depends on the thread count (measured: wide inputs, e.g. 2,000
@@ -103,8 +109,11 @@ def run_chunk(
     ).to(device)
     local_rows = torch.as_tensor(payload.layout.rows_of(chunk.core), device=device)
     kw = dict(
-        n_samples=n_samples, feature_block_size=feature_block_size, rows=local_rows, with_mean=with_mean
-    )
+        n_samples=n_samples, feature_block_size=feature_block_size, rows=local_rows, with_mean=with_mean,
+        features=None if features is None else [
+            None if c is None else torch.as_tensor(c, dtype=torch.long, device=device) for c in features
+        ],
+    )  # fmt: skip
     with torch.no_grad():
         if n_samples:
             with _SEED_LOCK, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -112,7 +121,7 @@ def run_chunk(
                 res = module.enhance(batch, **kw)
         else:
             res = module.enhance(batch, **kw)
-    return [{k: v.cpu().numpy().astype(np.float32, copy=False) for k, v in r.items()} for r in res]
+    return [{k: v.cpu().numpy().astype(dtype, copy=False) for k, v in r.items()} for r in res]
 
 
 def build_network(model: dict) -> tuple[SoScopeModule, torch.device, Normaliser]:
@@ -133,6 +142,8 @@ def remote_chunk(
     threads: int,
     feature_block_size: int | None = None,
     with_mean: bool = True,
+    features: FeatureSelection = None,
+    dtype: str = "float32",
 ) -> ChunkResult:
     """Run a chunk task on a worker; ``built`` is :func:`build_network`'s result, cached per worker.
 
@@ -142,7 +153,7 @@ def remote_chunk(
     module, dev, norm = built
     return run_chunk(
         module, payload, core, norm, device=dev, n_samples=n_samples, seed=seed, threads=threads,
-        feature_block_size=feature_block_size, with_mean=with_mean,
+        feature_block_size=feature_block_size, with_mean=with_mean, features=features, dtype=dtype,
     )  # fmt: skip
 
 
@@ -177,6 +188,8 @@ def run_inference(
     client: Any = None,
     progress: bool = False,
     with_mean: bool = True,
+    features: FeatureSelection = None,
+    dtype: np.dtype | str = np.float32,
 ) -> int:
     """Run the network on every chunk of ``data`` and pass each chunk's core results to ``sink``.
 
@@ -202,6 +215,8 @@ def run_inference(
     with_mean
         Also return ``"mean"``, the unconditioned model mean (False: ``"enhanced"`` and the draws' layers
         only).
+    features, dtype
+        Per modality the sorted feature columns to compute (None: all), and the results' float dtype.
 
     Features are computed ``soscope.settings.feature_block_size`` at a time (read once, here).
 
@@ -227,12 +242,12 @@ def run_inference(
         payload, core = chunk_payload(data, chunks[i], adj)
         return run_chunk(
             module, payload, core, norm, device=local_device, n_samples=n_samples, seed=i, threads=threads,
-            feature_block_size=block, with_mean=with_mean,
+            feature_block_size=block, with_mean=with_mean, features=features, dtype=dtype,
         )  # fmt: skip
 
     def arguments(i: int) -> tuple:
         payload, core = chunk_payload(data, chunks[i], adj)
-        return payload, core, n_samples, i, threads, block, with_mean
+        return payload, core, n_samples, i, threads, block, with_mean, features, np.dtype(dtype).name
 
     shared = {
         "config": module.config,
@@ -259,25 +274,33 @@ def run_inference(
 
 
 def collect(
-    layout_rows: int, module_config: ModuleConfig, n_samples: int, *, with_mean: bool = True
+    layout_rows: int,
+    module_config: ModuleConfig,
+    n_samples: int,
+    *,
+    with_mean: bool = True,
+    features: FeatureSelection = None,
+    dtype: np.dtype | str = np.float32,
 ) -> tuple[list[dict[str, np.ndarray]], Sink]:
     """Return preallocated results (per modality, rows in layout order) and the sink filling them.
 
     ``"enhanced"``, ``"mean"`` (unless ``with_mean`` is False: then the network is asked for none, see
-    :func:`run_inference`) and ``"std"``, ``"q10"``, ``"q90"`` with samples are allocated up front; any
-    further result the network returns gets its array when its first chunk arrives.
+    :func:`run_inference`) and ``"std"``, ``"q10"``, ``"q90"`` with samples are allocated up front, of
+    ``dtype`` with the columns ``features`` (per modality; None: all); any further result the network
+    returns gets its array when its first chunk arrives.
     """
     keys = ["enhanced"] + (["mean"] if with_mean else []) + (["std", "q10", "q90"] if n_samples else [])
-    out = [
-        {k: np.zeros((layout_rows, m.n_features), dtype=np.float32) for k in keys}
-        for m in module_config.modalities
+    widths = [
+        m.n_features if features is None or features[mi] is None else len(features[mi])
+        for mi, m in enumerate(module_config.modalities)
     ]
+    out = [{k: np.zeros((layout_rows, w), dtype=dtype) for k in keys} for w in widths]
 
     def sink(rows: np.ndarray, res: ChunkResult) -> None:
         for mi, r in enumerate(res):
             for key, arr in r.items():
                 if key not in out[mi]:
-                    out[mi][key] = np.zeros((layout_rows, arr.shape[1]), dtype=np.float32)
+                    out[mi][key] = np.zeros((layout_rows, arr.shape[1]), dtype=dtype)
                 out[mi][key][rows] = arr
 
     return out, sink
@@ -295,6 +318,8 @@ def predict(
     client=None,
     sink=None,
     with_mean: bool = True,
+    features: FeatureSelection = None,
+    dtype: np.dtype | str = np.float32,
 ) -> list[dict[str, np.ndarray]] | None:
     """Enhanced sub-spot profiles for every sub-spot of ``data`` (rows in layout order), per modality.
 
@@ -325,6 +350,10 @@ def predict(
     with_mean
         Also compute ``"mean"`` (the unconditioned model mean); False halves the results' memory when
         only ``"enhanced"`` is written.
+    features
+        Per modality the sorted feature columns to compute (None: all): the results hold these columns.
+    dtype
+        Float dtype of the results (float32; float16 halves them).
 
     Returns
     -------
@@ -333,11 +362,14 @@ def predict(
     """
     out = None
     if sink is None:
-        out, sink = collect(data.layout.n_subspots, module.config, n_samples, with_mean=with_mean)
+        out, sink = collect(
+            data.layout.n_subspots, module.config, n_samples, with_mean=with_mean, features=features,
+            dtype=dtype,
+        )  # fmt: skip
     run_inference(
         module, data, norm, sink, device=device,
         chunk_spots=settings.infer_chunk_spots if chunk_spots is None else chunk_spots,
         n_hops=receptive_hops(module.config), n_samples=n_samples, client=client, progress=progress,
-        with_mean=with_mean,
+        with_mean=with_mean, features=features, dtype=dtype,
     )  # fmt: skip
     return out

@@ -374,6 +374,8 @@ class SoScope:
         inplace: bool = True,
         client=None,
         chunk_spots: int | None = None,
+        features: str | list[str] | None = "all",
+        dtype: str = "float32",
         **selection,
     ):
         """Enhance spots to sub-spots and write the results into the SpatialData.
@@ -397,8 +399,14 @@ class SoScope:
             local threads). Large outputs are streamed to the zarr store chunk by chunk.
         chunk_spots
             Spots per inference task (plus their halo), default ``soscope.settings.infer_chunk_spots``
-            (2048). Smaller chunks bound memory more tightly and give more tasks to spread over workers;
-            the results do not depend on it.
+            (2048), fewer when many features would not fit ``soscope.settings.memory_limit``. Smaller
+            chunks bound memory more tightly and give more tasks to spread over workers; the results do not
+            depend on it.
+        features
+            ``"all"`` (default), a list of feature names, or a boolean ``var`` column's name (e.g.
+            ``"highly_variable"``): the features computed and written.
+        dtype
+            ``"float32"`` (default) or ``"float16"`` (half the size, about three significant digits).
         **selection
             Element choices for new data (``table=``, ``spots=``, ``image=``, ``sections=`` ...).
 
@@ -426,7 +434,7 @@ class SoScope:
             sdata, prepared, self.module, self.normaliser, uns=self._uns(), key_added=key_added,
             device=self.device_request, n_samples=n_samples, overwrite=overwrite,
             inplace=inplace, client=client, chunk_spots=chunk_spots,
-            progress=self.progress,
+            progress=self.progress, features=features, dtype=dtype,
         )  # fmt: skip
 
     def get_latent(self, sdata=None, **selection) -> np.ndarray:

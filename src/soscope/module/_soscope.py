@@ -583,6 +583,7 @@ class SoScopeModule(nn.Module):
         feature_block_size: int | None = None,
         rows: torch.Tensor | None = None,
         with_mean: bool = True,
+        features: list[torch.Tensor | None] | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         """Enhanced sub-spot profiles per modality, given the observed spots.
 
@@ -625,7 +626,8 @@ class SoScopeModule(nn.Module):
         drawn at the start), so the spread and quantiles of a feature depend on the block it falls in,
         only in their Monte Carlo noise. ``rows``: return only these sub-spot rows (e.g. a chunk's core
         sub-spots), so the full-width outputs hold those rows alone. ``with_mean=False`` leaves out
-        ``"mean"``.
+        ``"mean"``. ``features``: per modality, the feature columns to compute (a sorted index tensor; None:
+        all), so outputs are ``(rows, len(features[m]))``; a modality given no columns returns an empty dict.
         """
         mu, logvar = self.encode(batch)
         mods = self.config.modalities
@@ -633,28 +635,29 @@ class SoScopeModule(nn.Module):
         ranks = within_spot_rank(batch.sub_spot, batch.n_spots, batch.sub_weight) if n_samples > 0 else None
         kw = dict(obs=obs, n_samples=n_samples, remove_batch_bias=remove_batch_bias)
         kw.update(with_mean=with_mean, ranks=ranks)
-        if feature_block_size is None or all(m.n_features <= feature_block_size for m in mods):
-            out = self._enhance_columns(batch, mu, logvar, [None] * len(mods), **kw)
+        selected = [None] * len(mods) if features is None else list(features)
+        widths = [_width(cols, m.n_features) for m, cols in zip(mods, selected, strict=True)]
+        if feature_block_size is None or all(w <= feature_block_size for w in widths):
+            out = self._enhance_columns(batch, mu, logvar, selected, **kw)
             return out if rows is None else [{k: v[rows] for k, v in r.items()} for r in out]
         n_rows = batch.sub_spot.shape[0] if rows is None else len(rows)
         # one number from the caller's generator seeds every block's draws (reproducible per chunk seed)
         base = int(torch.randint(0, 2**62, (1,))) if n_samples > 0 else 0
         out: list[dict[str, torch.Tensor]] = [{} for _ in mods]
         block_index = 0
-        for mi, spec in enumerate(mods):
-            for start in range(0, spec.n_features, feature_block_size):
-                cols = slice(start, min(start + feature_block_size, spec.n_features))
+        for mi, width in enumerate(widths):
+            for start in range(0, width, feature_block_size):
+                positions = slice(start, min(start + feature_block_size, width))
+                cols = positions if selected[mi] is None else selected[mi][positions]
                 if n_samples > 0:
                     torch.manual_seed(base + block_index)
                 block_index += 1
-                features = [cols if j == mi else slice(0, 0) for j in range(len(mods))]
-                res = self._enhance_columns(batch, mu, logvar, features, **kw)[mi]
+                columns = [cols if j == mi else slice(0, 0) for j in range(len(mods))]
+                res = self._enhance_columns(batch, mu, logvar, columns, **kw)[mi]
                 for key, value in res.items():
                     if key not in out[mi]:
-                        out[mi][key] = torch.empty(
-                            (n_rows, spec.n_features), dtype=value.dtype, device=value.device
-                        )
-                    out[mi][key][:, cols] = value if rows is None else value[rows]
+                        out[mi][key] = torch.empty((n_rows, width), dtype=value.dtype, device=value.device)
+                    out[mi][key][:, positions] = value if rows is None else value[rows]
         return out
 
     def _enhance_columns(
