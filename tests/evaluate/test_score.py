@@ -8,7 +8,7 @@ from spatialdata.models import TableModel
 
 from soscope._errors import SoscopeInputError
 from soscope.datasets import synthetic
-from soscope.evaluate import BASELINES, score, score_arrays
+from soscope.evaluate import BASELINES, ORACLES, score, score_arrays
 
 
 def _add_enhanced(sd, values, key="soscope", spots="spots"):
@@ -39,7 +39,7 @@ def sd():
 def test_oracle_beats_baselines(sd):
     per_feature, summ = score(sd, features="informative")
     assert len(per_feature) == int(sd["table"].var["informative"].sum())
-    assert summ["methods"] == ["soscope", *BASELINES]
+    assert summ["methods"] == ["soscope", *BASELINES, *ORACLES]
     for m in ("pearson", "spearman", "rmse", "ssim"):
         assert f"{m}_soscope" in per_feature.columns
     means = summ["mean"]

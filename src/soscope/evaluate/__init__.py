@@ -1,6 +1,7 @@
 """Evaluation: pseudo-spots with sub-spot truth, metrics, naive baselines, scoring, domains and markers."""
 
 from soscope.evaluate._baselines import (
+    count_oracle,
     even_split,
     gaussian_interpolation,
     image_regression,
@@ -17,13 +18,15 @@ from soscope.evaluate._metrics import (
     summary,
 )
 from soscope.evaluate._pseudo import pseudo_spots
-from soscope.evaluate._score import BASELINES, score, score_arrays
+from soscope.evaluate._score import BASELINES, ORACLES, score, score_arrays
 
 __all__ = [
     "BASELINES",
     "DOMAIN_METHODS",
+    "ORACLES",
     "TRUTH_K_RANGE",
     "cluster_truth",
+    "count_oracle",
     "domains",
     "even_split",
     "gaussian_interpolation",

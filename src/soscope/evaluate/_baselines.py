@@ -19,6 +19,7 @@ from ..model import fit_footprint_ridge, footprint_design, positive
 from ._metrics import dense_2d
 
 __all__ = [
+    "count_oracle",
     "even_split",
     "fit_footprint_ridge",
     "footprint_design",
@@ -187,6 +188,48 @@ def interpolation_split(
     counts = _counts(spot_counts, layout)
     dens = _interpolated_density(counts, spot_centres, layout, sigma, truncate)
     return _split_observed(counts, dens, layout)
+
+
+def count_oracle(spot_counts, subspot_cells, layout: SubspotLayout) -> np.ndarray:
+    """ORACLE (uses the truth): each spot's observed counts split in proportion to its sub-spots' true cells.
+
+    Not a method one can run on real data: ``subspot_cells`` is the true number of cells whose centre lies
+    in each sub-spot polygon (e.g. ``obs["n_cells"]`` of the truth table of
+    :func:`soscope.evaluate.pseudo_spots` or :func:`soscope.datasets.synthetic`). It shows how far knowing
+    where the cells are takes a split of the observed counts — a ceiling for cell-count-driven methods
+    (e.g. nuclei from the image), not for soscope in general.
+
+    Sub-spot ``k`` of spot ``i`` gets ``x_i * n_k / sum_j w_j n_j`` (``n`` the cells, ``w`` the footprint
+    weight; as :func:`interpolation_split` with the density ``n_k / a_k``); the footprint's counts are
+    conserved. A spot with no cell inside its footprint is split evenly (:func:`even_split`).
+
+    Parameters
+    ----------
+    spot_counts
+        ``(N, F)`` spot counts in layout order.
+    subspot_cells
+        ``(M,)`` non-negative number of cells per sub-spot, in layout order.
+    layout
+        The sub-spots.
+
+    Returns
+    -------
+    ``(M, F)`` float32 expected counts.
+
+    """
+    counts = _counts(spot_counts, layout)
+    n = np.asarray(subspot_cells, dtype=np.float64).ravel()
+    if n.shape != (layout.n_subspots,):
+        raise SoscopeInputError(
+            f"`subspot_cells` must hold one number per sub-spot ({layout.n_subspots}); got shape "
+            f"{np.shape(subspot_cells)}."
+        )
+    if not np.all(np.isfinite(n)) or np.any(n < 0):
+        raise SoscopeInputError("`subspot_cells` must be finite and non-negative (cell counts).")
+    dens = np.divide(n, layout.area, out=np.zeros_like(n), where=layout.area > 0)
+    return _split_observed(
+        counts, np.broadcast_to(dens[:, None], (layout.n_subspots, counts.shape[1])), layout
+    )
 
 
 def _loo_alpha(x: np.ndarray, y: np.ndarray, alphas) -> float:

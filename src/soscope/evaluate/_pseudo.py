@@ -72,6 +72,21 @@ def _element_centroids(element: Any, ids: pd.Index, name: str) -> np.ndarray:
     return xy.loc[ids].to_numpy(dtype=np.float64)
 
 
+def _cell_centres(sdata: SpatialData, name: str, cs: str) -> np.ndarray:
+    """``(n, 2)`` centres of every member of the shapes or points element ``name``, in system ``cs``."""
+    import geopandas as gpd
+
+    element = sdata[name]
+    if isinstance(element, gpd.GeoDataFrame):
+        ids = pd.Index(element.index)
+    else:
+        df = element.compute() if hasattr(element, "compute") else element
+        ids = pd.Index(df.index)
+    local = _element_centroids(element, ids, name)
+    a = affine_xy(element, cs)
+    return local @ a[:2, :2].T + a[:2, 2]
+
+
 def pseudo_spots(
     sdata: SpatialData,
     *,
@@ -84,6 +99,7 @@ def pseudo_spots(
     image: str | None = None,
     layer: str | None = None,
     min_cells: int = 1,
+    cells: str | None = None,
 ) -> SpatialData:
     """Coarse pseudo-spots with sub-spot truth from high-resolution data.
 
@@ -113,7 +129,13 @@ def pseudo_spots(
     layer
         Layer of the table holding counts (default ``X``).
     min_cells
-        Pseudo-spots with fewer cells than this in their footprint are dropped (default: empty ones).
+        Pseudo-spots with fewer cells than this in their footprint are dropped (default: empty ones). It
+        counts the table's rows (bins when the table holds bins), also when ``cells`` is given.
+    cells
+        A shapes (or points) element of ``sdata`` whose members are the cells, for tables whose rows are
+        not cells (e.g. transcripts binned in small squares): ``obs["n_cells"]`` of the spot and truth
+        tables then counts that element's centres (centroids) in each footprint and sub-spot polygon, and
+        ``obs["n_units"]`` the table's rows. Default: the table's rows are the cells.
 
     Returns
     -------
@@ -122,8 +144,9 @@ def pseudo_spots(
     centre lies in the footprint; obs ``spot_id``, ``region``, ``n_cells``, ``array_row``, ``array_col``;
     ``var`` of the input; ``uns["pseudo_spots"]``), ``"spots_truth_subspots"`` (sub-spot polygons, columns
     ``spot_id``, ``subspot``) and ``"truth"`` (summed counts of the cells whose centre lies in each
-    sub-spot polygon; obs ``subspot_id``, ``spot_id``, ``subspot``, ``n_cells``, ``footprint_weight``;
-    ``uns["subspots"]``), plus ``"image"`` when asked.
+    sub-spot polygon; obs ``subspot_id``, ``spot_id``, ``subspot``, ``n_cells`` (the cells whose centre
+    lies in the polygon: what :func:`soscope.evaluate.count_oracle` splits by), ``footprint_weight``;
+    ``uns["subspots"]``), plus ``"image"`` when asked. With ``cells`` both tables also have obs ``n_units``.
 
     """
     import anndata as ad
@@ -151,8 +174,12 @@ def pseudo_spots(
                 "With lattice='hex' set `spot_diameter` to a positive value no larger than `spacing` "
                 "(Visium: spot_diameter=55, spacing=100 in µm)."
             )
+    if cells is not None and cells not in sdata:
+        raise SoscopeInputError(f"No element named {cells!r} (`cells=`) in the SpatialData.")
     cs = choose_coordinate_system(
-        {n: sdata[n] for n in regions + ([image] if image else [])}, coordinate_system, purpose="pseudo-spots"
+        {n: sdata[n] for n in regions + ([image] if image else []) + ([cells] if cells else [])},
+        coordinate_system,
+        purpose="pseudo-spots",
     )
 
     # centres of every table row in the coordinate system
@@ -181,20 +208,35 @@ def pseudo_spots(
         n_col = int(np.ceil((hi[0] - lo[0]) / spacing)) + 2
         rr, cc = np.divmod(np.arange(n_row * n_col), n_col)
         centres = np.column_stack([lo[0] + cc * spacing + (rr % 2) * spacing / 2, lo[1] + rr * dy])
-        dist, nearest = cKDTree(centres).query(xy[finite])
-        in_foot = dist <= spot_diameter / 2
-        cell_spot = np.full(adata.n_obs, -1, dtype=np.int64)
-        cell_spot[np.flatnonzero(finite)[in_foot]] = nearest[in_foot]
+        tree = cKDTree(centres)
+
+        def spot_of(pts: np.ndarray) -> np.ndarray:
+            """Lattice index of the footprint holding each (finite) point, -1 outside every footprint."""
+            dist, nearest = tree.query(pts)
+            return np.where(dist <= spot_diameter / 2, nearest, -1).astype(np.int64)
+
     else:
         n_col = int(np.floor((hi[0] - lo[0]) / spacing)) + 1
         n_row = int(np.floor((hi[1] - lo[1]) / spacing)) + 1
+        lo_data = lo
         lo = lo - (np.array([n_col, n_row]) * spacing - (hi - lo)) / 2  # centre the grid on the data
         rr, cc = np.divmod(np.arange(n_row * n_col), n_col)
         centres = np.column_stack([lo[0] + (cc + 0.5) * spacing, lo[1] + (rr + 0.5) * spacing])
-        ij = np.floor((xy[finite] - lo) / spacing).astype(np.int64)
-        ij = np.minimum(ij, [n_col - 1, n_row - 1])
-        cell_spot = np.full(adata.n_obs, -1, dtype=np.int64)
-        cell_spot[finite] = ij[:, 1] * n_col + ij[:, 0]
+
+        def spot_of(pts: np.ndarray) -> np.ndarray:
+            """Lattice index of the square holding each (finite) point, -1 outside the grid.
+
+            The grid covers the table's centres (the extent ``lo .. hi``), so only other points (cells)
+            can fall outside it.
+            """
+            ij = np.floor((pts - lo) / spacing).astype(np.int64)
+            inside = ((pts >= lo) & (pts <= lo + np.array([n_col, n_row]) * spacing)).all(axis=1)
+            inside |= ((pts >= lo_data) & (pts <= hi)).all(axis=1)
+            ij = np.clip(ij, 0, [n_col - 1, n_row - 1])
+            return np.where(inside, ij[:, 1] * n_col + ij[:, 0], -1).astype(np.int64)
+
+    cell_spot = np.full(adata.n_obs, -1, dtype=np.int64)
+    cell_spot[finite] = spot_of(xy[finite])
     n_in = np.bincount(cell_spot[cell_spot >= 0], minlength=len(centres))
     keep = np.flatnonzero(n_in >= max(min_cells, 1))
     if len(keep) == 0:
@@ -226,15 +268,35 @@ def pseudo_spots(
     # aggregation matrices (sparse; a cell counts once)
     rows = np.flatnonzero(cs_spot >= 0)
     a_spot = sp.csr_matrix((np.ones(len(rows)), (cs_spot[rows], rows)), shape=(n_spots, adata.n_obs))
+    sub_tree = shapely.STRtree(layout.geometry)
+
+    def subspot_of(pts: np.ndarray, own_spot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(point, sub-spot)`` pairs of the points whose centre lies in a sub-spot polygon."""
+        ci, si = sub_tree.query(shapely.points(pts), predicate="intersects")
+        # a centre on a shared border goes to one sub-spot: one of its own spot's when it has one
+        other = layout.spot_index[si] != own_spot[ci]
+        order = np.lexsort((si, other, ci))
+        ci, si = ci[order], si[order]
+        ci, first = np.unique(ci, return_index=True)
+        return ci, si[first]
+
     fin = np.flatnonzero(finite)
-    ci, si = shapely.STRtree(layout.geometry).query(shapely.points(xy[fin]), predicate="intersects")
-    # a centre on a shared border goes to one sub-spot: one of its own spot's when it has one
-    other = layout.spot_index[si] != cs_spot[fin[ci]]
-    order = np.lexsort((si, other, ci))
-    ci, si = ci[order], si[order]
-    ci, first = np.unique(ci, return_index=True)
-    si = si[first]
+    ci, si = subspot_of(xy[fin], cs_spot[fin])
     a_sub = sp.csr_matrix((np.ones(len(ci)), (si, fin[ci])), shape=(m, adata.n_obs))
+    n_units_spot = np.asarray(a_spot.sum(axis=1)).ravel().astype(np.int64)
+    n_units_sub = np.asarray(a_sub.sum(axis=1)).ravel().astype(np.int64)
+    if cells is None:
+        n_cells_spot, n_cells_sub = n_units_spot, n_units_sub
+    else:
+        cxy = _cell_centres(sdata, cells, cs)
+        cxy = cxy[np.isfinite(cxy).all(axis=1)]
+        c_spot = spot_of(cxy) if len(cxy) else np.zeros(0, dtype=np.int64)
+        c_spot = np.where(c_spot >= 0, new_id[np.maximum(c_spot, 0)], -1)
+        n_cells_spot = np.bincount(c_spot[c_spot >= 0], minlength=n_spots).astype(np.int64)
+        n_cells_sub = np.zeros(m, dtype=np.int64)
+        if len(cxy):
+            _, c_si = subspot_of(cxy, c_spot)
+            n_cells_sub = np.bincount(c_si, minlength=m).astype(np.int64)
     spot_x = (a_spot @ counts).tocsr()
     sub_x = (a_sub @ counts).tocsr()
     if np.issubdtype(counts.dtype, np.integer) or (counts.nnz == 0 or np.all(np.mod(counts.data, 1) == 0)):
@@ -247,12 +309,14 @@ def pseudo_spots(
         {
             "spot_id": np.arange(n_spots, dtype=np.int64),
             "region": pd.Categorical(["spots"] * n_spots),
-            "n_cells": np.asarray(a_spot.sum(axis=1)).ravel().astype(np.int64),
+            "n_cells": n_cells_spot,
             "array_row": gdf["array_row"].to_numpy(),
             "array_col": gdf["array_col"].to_numpy(),
         },
         index=pd.Index([f"spot_{i}" for i in range(n_spots)]),
     )
+    if cells is not None:
+        obs["n_units"] = n_units_spot
     params = {
         "source_table": tname,
         "spot_diameter": float(spot_diameter) if spot_diameter else float(spacing),
@@ -262,6 +326,7 @@ def pseudo_spots(
         "coordinate_system": cs,
         "layer": layer or "X",
         "min_cells": int(min_cells),
+        "cells": cells,
     }
     tab = ad.AnnData(X=spot_x, obs=obs, var=var)
     tab.obsm["spatial"] = c_keep
@@ -275,11 +340,13 @@ def pseudo_spots(
             "region": pd.Categorical(["spots_truth_subspots"] * m),
             "spot_id": spot_ids,
             "subspot": layout.subspot.astype(np.int64),
-            "n_cells": np.asarray(a_sub.sum(axis=1)).ravel().astype(np.int64),
+            "n_cells": n_cells_sub,
             "footprint_weight": layout.footprint_weight,
         },
         index=pd.Index([f"subspot_{i}" for i in range(m)]),
     )
+    if cells is not None:
+        tobs["n_units"] = n_units_sub
     truth = ad.AnnData(X=sub_x, obs=tobs, var=var.copy())
     truth.uns[SoscopeKeys.TRUTH] = True  # reference truth: soscope never picks it as input
     truth.uns["subspots"] = {"scheme": scheme, "spots": ["spots"], "spacing": float(spacing)}

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from .._errors import SoscopeInputError
 from ..io import layer_names, table_annotation
 from ._baselines import (
+    count_oracle,
     even_split,
     gaussian_interpolation,
     image_regression,
@@ -24,7 +25,7 @@ from ._metrics import pearson_per_feature, rmse_normalised, spearman_per_feature
 if TYPE_CHECKING:  # pragma: no cover
     from spatialdata import SpatialData
 
-__all__ = ["score", "score_arrays", "BASELINES"]
+__all__ = ["score", "score_arrays", "BASELINES", "ORACLES"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ BASELINES = (
     "image_regression",
     "image_ridge_split",
 )
+#: reference methods that use the truth (not baselines: nothing one could run on real data); :func:`score`
+#: computes them with ``baselines=True`` when the truth has what they need
+ORACLES = ("count_oracle",)
 
 
 def score_arrays(
@@ -182,6 +186,7 @@ def score(
     coordinate_system: str | None = None,
     ssim: bool = True,
     rmse_method: str = "log1p",
+    cell_counts: str = "n_cells",
 ) -> tuple[pd.DataFrame, dict]:
     """Score an enhancement and naive baselines against the sub-spot truth.
 
@@ -204,8 +209,8 @@ def score(
         Features to score: ``None`` (all shared by the tables), a list of names, or the name of a boolean
         ``var`` column (e.g. ``"informative"``).
     baselines
-        ``True`` (all of :data:`BASELINES` that apply; ``image_regression`` and ``image_ridge_split`` need
-        an image), ``False``, or
+        ``True`` (all of :data:`BASELINES` and :data:`ORACLES` that apply; ``image_regression`` and
+        ``image_ridge_split`` need an image, ``count_oracle`` the truth's cell counts), ``False``, or
         a list of names.
     layer
         Layer of ``table`` with the spot counts (default ``X``). The enhanced and truth tables use ``X``.
@@ -218,17 +223,23 @@ def score(
         Compute SSIM of rasterised sub-spot maps (the slowest metric).
     rmse_method
         See :func:`soscope.evaluate.rmse_normalised`.
+    cell_counts
+        obs column of the truth table with the true number of cells per sub-spot, for the ORACLE
+        ``count_oracle`` (:func:`soscope.evaluate.count_oracle`: the observed counts split by the true
+        cells; it uses the truth, so it is a ceiling to read beside the baselines, not one of them). When
+        the column is missing the oracle is skipped.
 
     Returns
     -------
     per_feature
         One row per feature; columns ``"<metric>_<method>"`` for metrics ``pearson``, ``spearman``,
         ``rmse`` (lower is better), ``ssim`` and methods ``soscope`` (the enhanced table, whatever its
-        ``key_added``) and each baseline; plus ``truth_mean``.
+        ``key_added``), each baseline and the oracle ``count_oracle`` (uses the truth); plus ``truth_mean``.
     summary
         :func:`soscope.evaluate.summary` of ``per_feature`` (means, medians, and under ``"beats"`` the share
         of features where soscope beats each baseline), plus ``n_subspots`` (matched rows), ``features``
-        count, ``methods`` and ``skipped`` (baselines that could not run, with the reason).
+        count, ``methods``, ``oracles`` (the methods among them that use the truth) and ``skipped``
+        (baselines that could not run, with the reason).
 
     Notes
     -----
@@ -251,14 +262,14 @@ def score(
     if layer is not None and layer not in t_spots.layers:
         raise SoscopeInputError(f"Table {table!r} has no layer {layer!r}; layers: {layer_names(t_spots)}.")
     if baselines is True:
-        wanted = list(BASELINES)
+        wanted = list(BASELINES) + list(ORACLES)
     elif baselines is False or baselines is None:
         wanted = []
     else:
         wanted = list(baselines)
-        bad = [b for b in wanted if b not in BASELINES]
+        bad = [b for b in wanted if b not in BASELINES + ORACLES]
         if bad:
-            raise SoscopeInputError(f"Unknown baseline(s) {bad}; choose from {list(BASELINES)}.")
+            raise SoscopeInputError(f"Unknown baseline(s) {bad}; choose from {list(BASELINES + ORACLES)}.")
     if t_enh is None and not wanted:
         raise SoscopeInputError("Nothing to score: no enhanced table (key_added=None) and no baselines.")
 
@@ -295,6 +306,13 @@ def score(
 
     keys_parts, cent_parts, preds = [], [], {b: [] for b in wanted}
     skipped: dict[str, str] = {}
+    true_cells = None
+    if "count_oracle" in wanted:
+        if cell_counts in t_truth.obs.columns:
+            true_cells = pd.to_numeric(t_truth.obs[cell_counts], errors="coerce").to_numpy(dtype=np.float64)
+            true_cells = np.where(np.isfinite(true_cells) & (true_cells >= 0), true_cells, 0.0)
+        else:
+            skipped["count_oracle"] = f"the truth table {truth!r} has no obs column {cell_counts!r} (cells)"
     x_offset = 0.0
     for r in regions:
         rows = annotation.rows_of(t_spots, r)
@@ -329,6 +347,13 @@ def score(
             preds["gaussian_interpolation"].append(gaussian_interpolation(counts, spot_centres(gsub), layout))
         if "interpolation_split" in wanted:
             preds["interpolation_split"].append(interpolation_split(counts, spot_centres(gsub), layout))
+        if "count_oracle" in wanted:
+            if true_cells is None:
+                preds["count_oracle"].append(None)
+            else:  # sub-spots missing from the truth hold no (known) cell
+                pos = truth_keys.get_indexer(keys_parts[-1])
+                n = np.where(pos >= 0, true_cells[np.maximum(pos, 0)], 0.0)
+                preds["count_oracle"].append(count_oracle(counts, n, layout))
         image_baselines = [b for b in ("image_regression", "image_ridge_split") if b in wanted]
         if image_baselines:
             img = _image_for(sdata, image, r, len(regions))
@@ -394,10 +419,14 @@ def score(
             "n_subspots": int(len(truth_rows)),
             "n_truth_subspots": int(t_truth.n_obs),
             "methods": list(frames),
+            "oracles": [m for m in frames if m in ORACLES],
             "skipped": skipped,
         }
     )
     if skipped:
         for k, v in skipped.items():
-            logger.warning("baseline %s skipped: %s", k, v)
+            if k in ORACLES and baselines is True:  # not asked for by name: nothing to warn about
+                logger.info("oracle %s skipped: %s", k, v)
+            else:
+                logger.warning("baseline %s skipped: %s", k, v)
     return per_feature, summ
