@@ -109,8 +109,7 @@ def enhance(
     The SpatialData with the results (``sdata`` itself when ``inplace``).
 
     """
-    from .model import SoScope
-    from .model._plan import plan_output
+    from .model import SoScope, plan_output
 
     if model is not None:
         given = dict(

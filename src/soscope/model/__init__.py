@@ -2,6 +2,15 @@
 
 from ._evidence import fit_footprint_ridge, footprint_design, positive
 from ._output import output_names
+from ._plan import OutputPlan, plan_output
 from ._soscope import SoScope
 
-__all__ = ["SoScope", "fit_footprint_ridge", "footprint_design", "output_names", "positive"]
+__all__ = [
+    "OutputPlan",
+    "SoScope",
+    "fit_footprint_ridge",
+    "footprint_design",
+    "output_names",
+    "plan_output",
+    "positive",
+]
