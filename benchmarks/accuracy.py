@@ -103,8 +103,8 @@ NOTES = """\
   density − log of the same interpolation of the ridge's spot predictions); β and the ridge penalty α are
   chosen per modality by 5-fold cross-validation over spots (held-out Poisson deviance relative to the
   interpolation alone: "CV score", < 1 when the image helps). β = 0 makes soscope the no-image model.
-  soscope's default is still `image_evidence="legacy"` (the image ridge alone, α = 1e-4, floored: no
-  image weight, none chosen); `--offsets weighted` runs the weighted evidence.
+  This is soscope's default (`image_evidence="weighted"`); `--offsets legacy` runs soscope 0.1's offsets
+  (the image ridge alone, α = 1e-4, floored: no image weight, none chosen).
 - Tissue domains: the synthetic truth domains are `obs["cell_type"]` of the truth table (each sub-spot's
   dominant simulated cell type). The real cases have no annotation: their truth domains are
   `soscope.evaluate.cluster_truth` of the true sub-spot profiles over the scored features (normalise to

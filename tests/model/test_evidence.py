@@ -150,9 +150,11 @@ def test_informative_image_gets_a_weight_and_beats_no_image():
     assert acc["img"] > acc["noimg"] + 0.05, acc
 
 
-def test_legacy_offsets_are_the_default_and_unchanged():
+def test_weighted_is_the_default_and_legacy_offsets_are_unchanged():
     data = prepare(make_sdata(k=7, image=True), SelectionRequest(table="table"), progress=False).data
-    norm = Normaliser.fit(data)
+    default = Normaliser.fit(data)
+    assert default.offsets == "weighted" and default.evidence is not None
+    norm = Normaliser.fit(data, offsets="legacy")
     assert norm.offsets == "legacy" and norm.evidence is None and norm.image_informative
     every = np.arange(data.n_spots)
     batch = make_batch(data, Chunk(core=every, nodes=every), norm)

@@ -3,7 +3,7 @@
 A new section differs from the training sections by its library size and feature-wise capture bias. The
 network (encoder, image head, offsets) is kept frozen; each new batch gets its own row of the per-batch
 feature bias ``b_batch`` (and the mean of the trained batch embeddings), fitted in closed form on the new
-section's spots:
+section's spots (its spatial prior first brought to the common scale: :attr:`Normaliser.batch_scale`):
 
 * counts: ``b_g = log((Σ_i x_ig + ½) / (Σ_i μ_ig + ½))``, the maximum-likelihood multiplicative factor of
   Poisson-like observations (``μ`` the model's spot means with ``b = 0``; the ½ keeps absent features finite);
@@ -23,7 +23,7 @@ import torch
 from .._settings import settings
 from ..module import N_TRAINED_BATCHES, SoScopeModule
 from ._core import spot_chunks
-from ._data import Normaliser, SpotData, make_batch
+from ._data import Normaliser, SpotData, batch_scale_rows, make_batch
 
 logger = logging.getLogger("soscope")
 
@@ -64,6 +64,14 @@ def calibrate_new_batches(
             torch.cat([p.data[:n_old], p.data.new_zeros(len(new), p.shape[1])])
         )
     norm.batch_codes.update(codes)
+    # the new batches' spatial prior on the common scale (their capture bias is then fitted below)
+    neutral = [
+        np.full((n_old, m.n_features), 1.0 if m.is_count else 0.0, dtype=np.float32) for m in data.modalities
+    ]
+    old = norm.batch_scale if norm.batch_scale is not None else neutral
+    norm.batch_scale = [
+        np.vstack([rows, added]) for rows, added in zip(old, batch_scale_rows(data, norm, new), strict=True)
+    ]
     cfg.n_batches = n_old + len(new)
     cfg.extra[N_TRAINED_BATCHES] = n_ref
 

@@ -87,6 +87,11 @@ class Normaliser:
     # per modality None or (source modalities, mean, components, beta): a sparse count modality's neighbour
     # densities predicted from a deeper modality of the same spots (cross-omics reference)
     cross_reference: list | None = None
+    # per modality (batches, F) float32, rows in batch-code order: what brings a batch's spot densities to the
+    # common scale (factors for counts, shifts for values) before the spatial prior interpolates them, so
+    # the offsets carry no capture bias and the network's per-batch bias learns it (then removed from the
+    # outputs). None: one batch, nothing to bring together. New batches get their rows at calibration.
+    batch_scale: list[np.ndarray] | None = None
 
     @classmethod
     def fit(
@@ -124,6 +129,8 @@ class Normaliser:
         norm.offsets = _evidence.OFFSETS if offsets is None else offsets
         if norm.offsets not in ("weighted", "legacy"):
             raise ValueError(f"image_evidence must be 'weighted' or 'legacy', not {norm.offsets!r}")
+        if len(labels) > 1:
+            norm.batch_scale = batch_scale_rows(data, norm, labels)
         if norm.offsets == "legacy":
             if data.image_features is not None:
                 norm.image_ridge = _fit_image_ridge(data, norm, _evidence.LEGACY_ALPHA)
@@ -154,6 +161,45 @@ class Normaliser:
         """Standardised image features, missing values at the mean, clipped to ±8."""
         f = (features - self.image_mean) / self.image_std
         return np.nan_to_num(f, nan=0.0).clip(-8, 8).astype(np.float32)
+
+
+def batch_scale_rows(data: SpotData, norm: Normaliser, labels: list[str]) -> list[np.ndarray]:
+    """Per modality ``(len(labels), F)``: what brings each batch's spot values to the normaliser's scale.
+
+    Counts: ``density_mean / batch mean density`` per feature (1 where the batch has none of a feature);
+    values: ``mean - batch mean``. The batch means are taken over the spots of ``data`` in each batch.
+    """
+    batches = np.asarray(data.batches)
+    out = []
+    for mi, spec in enumerate(data.modalities):
+        x = data.counts[mi]
+        y = spot_density(x, data.layout, norm.area_unit) if spec.is_count else x
+        rows = np.zeros((len(labels), x.shape[1]), dtype=np.float64)
+        for j, label in enumerate(labels):
+            member = batches == label
+            mean_b = np.asarray(y[member].mean(0)).ravel() if member.any() else norm.density_mean[mi]
+            if spec.is_count:
+                rows[j] = np.where(mean_b > 0, norm.density_mean[mi] / np.maximum(mean_b, 1e-30), 1.0)
+            else:
+                rows[j] = norm.density_mean[mi] - mean_b
+        out.append(rows.astype(np.float32))
+    return out
+
+
+def _batch_scale_of(
+    norm: Normaliser, mi: int, batches: np.ndarray, pick, is_count: bool
+) -> np.ndarray | None:
+    """``(n, F)`` rows of :attr:`Normaliser.batch_scale` for spots of ``batches`` (None: nothing to apply).
+
+    A batch the normaliser does not know (not calibrated) is left as it is.
+    """
+    if norm.batch_scale is None:
+        return None
+    table = pick(norm.batch_scale[mi])
+    codes = np.array([norm.batch_codes.get(b, -1) for b in np.asarray(batches)], dtype=np.int64)
+    known = (codes >= 0) & (codes < table.shape[0])
+    neutral = 1.0 if is_count else 0.0
+    return np.where(known[:, None], table[np.maximum(codes, 0)], neutral)
 
 
 def spot_density(x, layout: SubspotLayout, area_unit: float):
@@ -515,10 +561,14 @@ def subspot_offset(
             dens = spot_density(pick(x), sub, norm.area_unit)
         else:  # a sparse modality: its densities as predicted from a deeper one
             dens = np.maximum(reference_density(data, nodes, sub, norm, reference, cols), floor)
+        scale = _batch_scale_of(norm, mi, data.batches[nodes], pick, True)
+        if scale is not None:  # on the common scale: each batch's capture bias is the network's to learn
+            dens = dens * scale
         # the spatial prior: interpolation of neighbouring spots' densities
         offset = np.log(np.asarray(kernel @ dens) + floor)
     else:
-        offset = np.asarray(kernel @ pick(x))
+        scale = _batch_scale_of(norm, mi, data.batches[nodes], pick, False)
+        offset = np.asarray(kernel @ (pick(x) if scale is None else pick(x) + scale))
     beta = norm.image_weights[mi]
     if not legacy and img is not None and norm.image_ridge is not None and beta > 0:
         # the image evidence beyond the spatial prior, weighted by how well it predicted held-out spots

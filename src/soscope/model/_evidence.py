@@ -52,7 +52,7 @@ KERNEL_SIGMA = 0.45
 #: it): ``"weighted"`` (the spatial prior plus the image evidence weighted by cross-validation, this module)
 #: or ``"legacy"`` (the image ridge alone, penalty 1e-4, negative densities floored at 5 % of the mean, as
 #: soscope <= 0.1.0). Saved with each model.
-OFFSETS = "legacy"
+OFFSETS = "weighted"
 #: the legacy ridge penalty
 LEGACY_ALPHA = 1e-4
 

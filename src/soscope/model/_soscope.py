@@ -93,14 +93,12 @@ class SoScope:
         Ablations: no image (sub-spots start from the interpolation of neighbouring spots); no graph
         (spot-only encoder).
     image_evidence
-        How the image enters the sub-spot offsets: ``"legacy"`` (default, as soscope 0.1: a ridge of spot
-        densities on image features alone, penalty 1e-4, negative densities floored) or ``"weighted"`` (the
-        interpolation of neighbouring spots plus the image's evidence beyond it, weighted per modality by
-        cross-validation over spots, so an image that does not predict held-out spots is left out; the
-        weights are in ``uns["soscope"]["image_evidence"]``). ``"weighted"`` is better on the real image case
-        of the accuracy report but does not yet remove a per-section capture bias (its offsets interpolate
-        the observed densities, bias included), so it is not the default yet. See
-        :mod:`soscope.model._evidence`.
+        How the image enters the sub-spot offsets: ``"weighted"`` (default: the interpolation of
+        neighbouring spots, on the common scale of the batches, plus the image's evidence beyond it,
+        weighted per modality by cross-validation over spots, so an image that does not predict held-out
+        spots is left out; the weights are in ``uns["soscope"]["image_evidence"]``) or ``"legacy"`` (as
+        soscope 0.1: a ridge of spot densities on image features alone, penalty 1e-4, negative densities
+        floored; kept to reproduce earlier results). See :mod:`soscope.model._evidence`.
     n_latent, n_hidden, n_graph_layers
         Network sizes.
     seed
@@ -130,7 +128,7 @@ class SoScope:
         image_features: Any = "morphology",
         use_image: bool = True,
         use_graph: bool = True,
-        image_evidence: str = "legacy",
+        image_evidence: str = "weighted",
         n_latent: int = 16,
         n_hidden: int = 128,
         n_graph_layers: int = 2,
@@ -534,6 +532,7 @@ class SoScope:
                 else [[] if r is None else [torch.as_tensor(a) for a in r] for r in n.cross_reference],
                 "evidence": evidence_to_payload(n.evidence),
                 "offsets": n.offsets,
+                "batch_scale": None if n.batch_scale is None else [torch.as_tensor(a) for a in n.batch_scale],
             },
         }
         tmp = target.with_suffix(".tmp")
@@ -629,7 +628,7 @@ def _state_from_data(
     n_graph_layers: int,
     use_graph: bool,
     use_image: bool,
-    image_evidence: str = "legacy",
+    image_evidence: str = "weighted",
 ) -> _ModelState:
     """Build the state of a fresh model on ``prepared``: normalisation fitted on it, network sized to it."""
     data = prepared.data
@@ -681,6 +680,7 @@ def _normaliser_from_payload(nm: dict) -> Normaliser:
         evidence=evidence_from_payload(nm.get("evidence")),
         # files from before the weighted evidence: an image ridge without weights is the legacy offset
         offsets=nm.get("offsets", "legacy" if nm.get("image_ridge") is not None else "weighted"),
+        batch_scale=None if nm.get("batch_scale") is None else [t.numpy() for t in nm["batch_scale"]],
     )
 
 
