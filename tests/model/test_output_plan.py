@@ -186,3 +186,33 @@ def test_default_epochs_cap_the_steps_of_large_sections():
         epochs = default_epochs(n)
         assert epochs < 20
         assert epochs * steps_per_epoch >= 2000 > (epochs - 1) * steps_per_epoch
+
+
+def test_features_across_modalities_write_only_the_tables_asked_for():
+    """Names select within each modality; a modality none of whose features is named gets no table."""
+    import anndata as ad
+    import scipy.sparse as sp
+    from spatialdata.models import TableModel
+
+    sdata = soscope.datasets.synthetic(n_spots=60, n_features=12, k=7, image=False, seed=2)
+    spots = sdata.tables["table"]
+    var = spots.var.copy()
+    var["feature_types"] = np.where(np.arange(12) < 6, "protein", "rna")
+    table = ad.AnnData(X=sp.csr_matrix(spots.X), obs=spots.obs.copy(), var=var)
+    del sdata.tables["table"]
+    sdata.tables["joint"] = TableModel.parse(
+        table, region="spots", region_key="region", instance_key="spot_id"
+    )
+    with torch.random.fork_rng():
+        model = soscope.SoScope(sdata, **{**MODEL_ARGS, "table": "joint"})
+        model.train(epochs=1)
+    full = model.enhance(inplace=False, key_added="all")
+    names = list(var.index)
+    only_rna = model.enhance(inplace=False, key_added="r", features=[names[8], names[7]])
+    assert "joint_r_rna" in only_rna.tables and "joint_r_protein" not in only_rna.tables
+    got = only_rna.tables["joint_r_rna"]
+    assert list(got.var_names) == [names[7], names[8]]
+    np.testing.assert_array_equal(got.X, full.tables["joint_all_rna"][:, [names[7], names[8]]].X)
+    both = model.enhance(inplace=False, key_added="b", features=[names[1], names[10]])
+    assert list(both.tables["joint_b_protein"].var_names) == [names[1]]
+    assert list(both.tables["joint_b_rna"].var_names) == [names[10]]
