@@ -118,6 +118,10 @@ def footprint_design(subspot_features: np.ndarray, layout: SubspotLayout) -> np.
     return np.asarray(agg @ z) / np.maximum(layout.footprint_area, 1e-300)[:, None]
 
 
+#: columns of a dense target multiplied at once by the ridge (bounds its float64 temporaries)
+_RIDGE_COLUMNS = 256
+
+
 def _ridge_from_design(x: np.ndarray, y, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     xm = x.mean(axis=0)
     xc = x - xm
@@ -127,9 +131,14 @@ def _ridge_from_design(x: np.ndarray, y, alpha: float) -> tuple[np.ndarray, np.n
         ym = np.asarray(y.mean(axis=0), dtype=np.float64).ravel()
         xty = np.asarray((y.T @ xc).T, dtype=np.float64)
     else:
-        y = np.asarray(y, dtype=np.float64)
-        ym = y.mean(axis=0)
-        xty = xc.T @ (y - ym)
+        # the same identity on a dense Y, a block of columns at a time in float64: neither a centred nor a
+        # float64 copy of a whole-transcriptome Y (200,000 spots x 2,000 features: 3.2 GB each)
+        y = np.asarray(y)
+        ym = y.mean(axis=0, dtype=np.float64)
+        xty = np.empty((x.shape[1], y.shape[1]))
+        for start in range(0, y.shape[1], _RIDGE_COLUMNS):
+            cols = slice(start, start + _RIDGE_COLUMNS)
+            xty[:, cols] = xc.T @ np.asarray(y[:, cols], dtype=np.float64)
     gram = xc.T @ xc / n + alpha * np.eye(x.shape[1])
     beta = np.linalg.solve(gram, xty / n)
     return xm, ym, beta
