@@ -1,8 +1,9 @@
 """Training length on a large-ish section: accuracy against truth at ~1,000, ~2,000 and ~4,000 steps.
 
-soscope's default number of epochs (:func:`soscope.model._core.default_epochs`) aims at ~600 optimizer steps
-but never goes below 20 epochs, so a large section trains far longer than a small one (a 200,000-spot slide:
-20 epochs x 782 steps = 15,640 steps). This benchmark asks whether those extra steps buy accuracy: it builds
+soscope's default number of epochs (:func:`soscope.model._core.default_epochs`) aimed at ~600 optimizer
+steps but never went below 20 epochs, so a large section trained far longer than a small one (a 200,000-spot
+slide: 20 epochs x 782 steps = 15,640 steps). This benchmark asks whether those extra steps buy accuracy (its
+results led to the default now: no more epochs than reach 1,500 steps on large sections): it builds
 ``soscope.datasets.synthetic(n_spots=N, n_features=200)`` (H&E-like image, Visium-like hex7 sub-spots, true
 sub-spot counts), runs ``soscope.enhance`` with the number of epochs that gives about each target number of
 optimizer steps (``steps / ceil(N / 256)`` epochs, rounded), and with soscope's default epochs
