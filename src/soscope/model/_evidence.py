@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
+from .._settings import settings
 from ..geometry import SubspotLayout
 
 logger = logging.getLogger("soscope")
@@ -271,6 +272,19 @@ def _deviance(y: np.ndarray, mu: np.ndarray, is_count: bool) -> np.ndarray:
     return 2.0 * (term - (y - mu)).sum(0)
 
 
+def _dense_columns(m, cols: np.ndarray) -> np.ndarray:
+    """Return ``m[:, cols]`` in float64, a sparse ``m`` densified a block of rows at a time.
+
+    Blocks of ``soscope.settings.dense_block_rows`` rows: a sparse table is never densified whole.
+    """
+    out = np.empty((m.shape[0], len(cols)))
+    step = settings.dense_block_rows
+    for start in range(0, m.shape[0], step):
+        part = m[start : start + step][:, cols]
+        out[start : start + step] = part.toarray() if sp.issparse(part) else part
+    return out
+
+
 def select_weights(
     target,
     prior,
@@ -337,9 +351,8 @@ def select_weights(
     if len(cols) == 0:
         out.reason = "no feature with counts: image weight 0"
         return out
-    dense = lambda m: np.asarray(m.toarray() if sp.issparse(m) else m, dtype=np.float64)  # noqa: E731
-    y = dense(target[:, cols])
-    p = dense(prior[:, cols])
+    y = _dense_columns(target, cols)
+    p = _dense_columns(prior, cols)
     fl = None if floor is None else np.asarray(floor, dtype=np.float64)[cols]
     fold = _folds(n, N_FOLDS, rng)
     scored = np.zeros(n, dtype=bool)
@@ -365,13 +378,16 @@ def select_weights(
             if is_count:
                 lp = np.log(positive(pred, ym))
                 # the image's spot-scale contrast: the held-out spot relative to the training spots around it
-                g = lp[held] - np.log(np.maximum(np.asarray(kern @ np.exp(lp)), 1e-300))
+                # a held-out spot without training spots around it (isolated, or the last of its section)
+                # has no contrast to score: 0, not the log of 0
+                around = np.asarray(kern @ np.exp(lp))
+                g = np.where(around > 0, lp[held] - np.log(np.maximum(around, 1e-300)), 0.0)
                 base = np.log(interp + fl) + np.log(area[held])[:, None]
             else:
                 g = pred[held] - np.asarray(kern @ pred)
                 base = interp
             for b, beta in enumerate(betas):
-                mu = np.exp(base + beta * g) if is_count else base + beta * g
+                mu = np.exp(np.minimum(base + beta * g, 700.0)) if is_count else base + beta * g
                 dev[a, b] += _deviance(obs, mu, is_count)
     null = dev[:, [betas.index(0.0)] if 0.0 in betas else [0], :]
     ok = null[0, 0] > 0
