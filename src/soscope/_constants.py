@@ -27,6 +27,10 @@ class SoscopeKeys:
     SECTION = "section"
     #: ``obsm`` key of cell-type abundances (spot and sub-spot tables)
     CELL_TYPE_ABUNDANCE = "cell_type_abundance"
+    #: ``obsm`` key of each segmented cell's type probabilities (``subspots="cells:..."`` with a reference)
+    CELL_TYPE_PROBABILITY = "cell_type_probability"
+    #: ``obs`` column of each segmented cell's most likely type
+    CELL_TYPE = "cell_type"
 
 
 class SoscopeLayers:

@@ -10,7 +10,10 @@ from ._errors import SoscopeInputError
 
 #: arguments of :func:`enhance` that only shape training, with their defaults: given with a trained
 #: ``model=`` they would have no effect, so they are refused rather than silently dropped
-_TRAINING_ONLY = {"subspots": "auto", "likelihood": "auto", "epochs": None, "batch_size": None, "seed": 0}
+_TRAINING_ONLY = {
+    "subspots": "auto", "likelihood": "auto", "epochs": None, "batch_size": None, "seed": 0,
+    "reference": None, "cell_type_key": "cell_type",
+}  # fmt: skip
 
 
 def enhance(
@@ -38,6 +41,8 @@ def enhance(
     n_samples: int = 0,
     features: str | list[str] | None = "all",
     dtype: str = "float32",
+    reference: Any = None,
+    cell_type_key: str = "cell_type",
     client=None,
     **model_kwargs,
 ):
@@ -98,6 +103,12 @@ def enhance(
     dtype
         ``"float32"`` (default) or ``"float16"``: the enhanced values written, half the size on disk and
         in memory with about three significant digits (values up to 65,504). See :doc:`/scale`.
+    reference, cell_type_key
+        A paired single-cell reference (AnnData of single cells or per-type profiles, the name of a table
+        of ``sdata``, or an ``.h5ad`` path) and its ``obs`` column of cell types; see
+        :class:`~soscope.SoScope`. Adds ``obsm["cell_type_abundance"]`` to the enhanced table and writes a
+        spot table ``f"{table}_{key_added}_spots"`` with each spot's abundances (type names in
+        ``uns["soscope"]["reference"]["cell_types"]``). A trained ``model=`` brings its own reference.
     client
         A ``dask.distributed`` client to run inference on (default: the active one, if any, else local
         threads; see :doc:`/scale`).
@@ -113,9 +124,13 @@ def enhance(
 
     if model is not None:
         given = dict(
-            subspots=subspots, likelihood=likelihood, epochs=epochs, batch_size=batch_size, seed=seed
-        )
-        ignored = [k for k, v in given.items() if v != _TRAINING_ONLY[k]] + list(model_kwargs)
+            subspots=subspots, likelihood=likelihood, epochs=epochs, batch_size=batch_size, seed=seed,
+            reference=reference, cell_type_key=cell_type_key,
+        )  # fmt: skip
+        # `is not` / `!=` on plain values; an AnnData reference is "given" whenever it is not None
+        ignored = [
+            k for k, v in given.items() if (v is not None if k == "reference" else v != _TRAINING_ONLY[k])
+        ] + list(model_kwargs)
         if ignored:
             raise SoscopeInputError(
                 f"{', '.join(f'`{k}=`' for k in ignored)} only apply when training, but model= is a trained "
@@ -141,9 +156,9 @@ def enhance(
     if model is None:
         m = SoScope(
             sdata, subspots=subspots, likelihood=likelihood, batch_key=batch_key, seed=seed, device=device,
-            progress=progress, **selection, **model_kwargs,
+            progress=progress, reference=reference, cell_type_key=cell_type_key, **selection, **model_kwargs,
         )  # fmt: skip
-        _check_output_names_early(sdata, m.prepared, key_added, overwrite)
+        _check_output_names_early(sdata, m.prepared, key_added, overwrite, m.normaliser.reference is not None)
         # bad features= / dtype=, or outputs that cannot fit in memory, fail before training
         plan_output(
             sdata, m.prepared, features=features, dtype=dtype, n_samples=n_samples, inplace=inplace, log=False
@@ -173,14 +188,20 @@ def enhance(
     )
 
 
-def _check_output_names_early(sdata, prepared, key_added: str, overwrite: bool) -> None:
+def _check_output_names_early(
+    sdata, prepared, key_added: str, overwrite: bool, with_spot_table: bool = False
+) -> None:
     """Refuse colliding output names before training rather than after (the write checks them again)."""
     from .io import check_writable
-    from .model import output_names
+    from .model import output_names, spot_table_name
 
     shapes, tables = output_names(prepared, key_added)
+    spot_tables = [spot_table_name(prepared, key_added)] if with_spot_table else []
     check_writable(
         sdata,
-        {**dict.fromkeys(shapes.values(), "shapes"), **dict.fromkeys(tables.values(), "tables")},
+        {
+            **dict.fromkeys(shapes.values(), "shapes"),
+            **dict.fromkeys([*tables.values(), *spot_tables], "tables"),
+        },
         overwrite,
     )

@@ -327,6 +327,29 @@ DtypeOpt = Annotated[
     typer.Option("--dtype", help="float32 | float16: the enhanced values written (float16: half the size)."),
 ]
 
+ReferenceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--reference",
+        help="Single-cell reference: an .h5ad file (single cells or per-type profiles) or the name of a "
+        "table in the store. Saved with the model: `apply` needs none.",
+    ),
+]
+CellTypeKeyOpt = Annotated[
+    str, typer.Option("--cell-type-key", help="obs column of the reference holding the cell types.")
+]
+
+
+def _reference_kwargs(reference: str | None, cell_type_key: str) -> dict:
+    """Return ``reference=`` / ``cell_type_key=`` for the API (a missing .h5ad fails before any read)."""
+    if reference is None:
+        if cell_type_key != "cell_type":
+            _fail("--cell-type-key names a column of the reference: pass --reference too.")
+        return {}
+    if reference.endswith(".h5ad") and not Path(reference).exists():
+        _fail(f"No reference file at '{reference}': pass an existing .h5ad or a table name of the store.")
+    return {"reference": reference, "cell_type_key": cell_type_key}
+
 
 def _features(values: list[str] | None) -> str | list[str]:
     """Return ``features=`` from the repeatable --features: "all", one name or column, or several names."""
@@ -387,6 +410,13 @@ def _element_lines(sdata: Any) -> list[str]:
     for name, adata in sdata.tables.items():
         regions = ", ".join(_regions(adata)) or "-"
         mark = " [soscope output]" if SoscopeKeys.UNS in adata.uns else ""
+        reference = adata.uns.get(SoscopeKeys.UNS, {}).get("reference", {}) if mark else {}
+        if len(reference):  # enhanced with a single-cell reference: its types and its weight
+            types = list(reference.get("cell_types", []))
+            mark = (
+                f" [soscope output; reference: {len(types)} cell types ({', '.join(map(str, types[:5]))}"
+                f"{' ...' if len(types) > 5 else ''}), weight {float(reference.get('weight', 0)):g}]"
+            )
         names = layer_names(adata)  # not adata.layers.keys(): it yields None (X) from anndata 0.13 on
         layers = f"; layers: {', '.join(names)}" if names else ""
         lines.append(
@@ -463,6 +493,8 @@ def enhance(
     progress: ProgressOpt = True,
     features: EnhanceFeaturesOpt = None,
     dtype: DtypeOpt = "float32",
+    reference: ReferenceOpt = None,
+    cell_type_key: CellTypeKeyOpt = "cell_type",
 ) -> None:
     """Enhance one store in place: writes shapes <spots>_<key> and table <table>_<key> into it."""
     if model is not None and not model.exists():
@@ -483,6 +515,7 @@ def enhance(
         overwrite=overwrite,
         features=_features(features),
         dtype=dtype,
+        **_reference_kwargs(reference, cell_type_key),
     )
     if model is not None:
         kw["model"] = str(model)
@@ -525,6 +558,8 @@ def train(
     seed: SeedOpt = 0,
     overwrite: OverwriteOpt = False,
     progress: ProgressOpt = True,
+    reference: ReferenceOpt = None,
+    cell_type_key: CellTypeKeyOpt = "cell_type",
 ) -> None:
     """Train a model on one or more stores and save it (apply it later with `soscope apply`)."""
     if output.exists() and any(output.iterdir()) and not overwrite:
@@ -535,7 +570,9 @@ def train(
     import soscope
 
     setup = _selection_kwargs(table, spots, image, no_image, layer, coordinate_system, sections, section_key)
-    setup.update(subspots=subspots, likelihood=_likelihood(likelihood))
+    setup.update(
+        subspots=subspots, likelihood=_likelihood(likelihood), **_reference_kwargs(reference, cell_type_key)
+    )
     extra = {"device": device, "seed": seed, "batch_size": batch_size, "progress": progress}
     extra = {k: v for k, v in extra.items() if v is not None}
     init_kw, rest = _accepted(soscope.SoScope, {**setup, **extra})

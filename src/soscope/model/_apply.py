@@ -26,7 +26,16 @@ from ..io import (
 from ..module import SoScopeModule
 from ._core import resolve_device
 from ._data import Normaliser
-from ._output import output_names, parent_ids, results_to_elements, subspot_columns, subspot_shapes
+from ._evidence import kernel_matrix
+from ._output import (
+    output_names,
+    parent_ids,
+    results_to_elements,
+    spot_table,
+    spot_table_name,
+    subspot_columns,
+    subspot_shapes,
+)
 from ._plan import plan_output
 from ._predict import ChunkResult, local_workers, predict
 
@@ -77,6 +86,7 @@ def enhance_and_write(
         inplace=inplace, stream=stream, workers=local_workers(resolve_device(device), data.n_spots),
     )  # fmt: skip
     uns = {**uns, "output": plan.as_uns()}
+    cell_types = subspot_cell_types(data, norm, module)
     run = dict(
         device=device, n_samples=n_samples, progress=progress, client=client, chunk_spots=plan.chunk_spots,
         with_mean=False,  # not written back: it would double the results held in memory
@@ -85,8 +95,9 @@ def enhance_and_write(
     if not plan.stream:
         preds = predict(module, data, norm, **run)
         shapes, tables = results_to_elements(
-            sdata, prepared, preds, key_added=key_added, uns=uns, features=plan.features
-        )
+            sdata, prepared, preds, key_added=key_added, uns=uns, features=plan.features,
+            cell_types=cell_types,
+        )  # fmt: skip
         fill = staged_shapes = None
     else:
         skeleton = [{"enhanced": None} for _ in data.modalities]
@@ -94,7 +105,7 @@ def enhance_and_write(
         # straight from the polygons' vertex arrays
         staged_shapes, tables = results_to_elements(
             sdata, prepared, skeleton, key_added=key_added, uns=uns, stand_in_shapes=True,
-            features=plan.features,
+            features=plan.features, cell_types=cell_types,
         )  # fmt: skip
         shape_of, table_of = output_names(prepared, key_added)
         n_polygons = sum(prepared.layouts[name].n_subspots for name in shape_of)
@@ -149,6 +160,10 @@ def enhance_and_write(
             predict(module, data, norm, sink=writer, **run)
             writer.close()
 
+    if cell_types is not None:  # each spot's type abundances, beside its sub-spots'
+        tables[spot_table_name(prepared, key_added)] = spot_table(
+            sdata, prepared, data.cell_type_abundance, uns=uns
+        )
     if not inplace:
         import spatialdata as sd
 
@@ -161,3 +176,26 @@ def enhance_and_write(
     )
     release_free_memory()
     return sdata
+
+
+def subspot_cell_types(data, norm: Normaliser, module: SoScopeModule) -> tuple[np.ndarray, list[str]] | None:
+    """``((M, T) sub-spot type abundances, type names)`` with a single-cell reference, else None.
+
+    The same placement of each spot's types as the offsets use (neighbours' type densities and, when the
+    network uses the image, the image's weighted evidence on types); linear in sub-spots (a sparse kernel).
+    """
+    from ._reference import subspot_abundance
+
+    fit = norm.reference
+    if fit is None or data.cell_type_abundance is None:
+        return None
+    layout = data.layout
+    img = None
+    if module.use_image and data.image_features is not None and norm.image_mean is not None:
+        img = norm.standardise_image(data.image_features)
+    kernel = kernel_matrix(data.centres, layout.centroid, data.spacing)
+    n_kt = subspot_abundance(
+        fit, data.cell_type_abundance, layout, data.centres, data.spacing, norm.area_unit, img=img,
+        kernel=kernel,
+    )  # fmt: skip
+    return n_kt, list(fit.reference.cell_types)

@@ -23,6 +23,14 @@ from ._evidence import (
     kernel_matrix,
     select_weights,
 )
+from ._reference import (
+    SMOOTHNESS,
+    CellTypeReference,
+    ReferenceFit,
+    fit_reference,
+    reference_log_density,
+    subspot_abundance,
+)
 
 logger = logging.getLogger("soscope")
 
@@ -50,6 +58,9 @@ class SpotData:
     # sqrt(median spot area) of the whole layout: fixes the tolerances of the sub-spot graph, which each
     # training minibatch finds among its own sub-spots (the image regulariser); None: no sub-spot graph
     subspot_size: float | None = None
+    # (N, T) each spot's cell-type abundance (counts owed to each type of the model's single-cell reference,
+    # soscope.model._reference); None without a reference
+    cell_type_abundance: np.ndarray | None = None
 
     @property
     def n_spots(self) -> int:
@@ -92,15 +103,24 @@ class Normaliser:
     # the offsets carry no capture bias and the network's per-batch bias learns it (then removed from the
     # outputs). None: one batch, nothing to bring together. New batches get their rows at calibration.
     batch_scale: list[np.ndarray] | None = None
+    # the single-cell reference: type profiles, platform effect and the weight of its type-aware densities
+    # in the offsets (soscope.model._reference); None without a reference
+    reference: ReferenceFit | None = None
 
     @classmethod
     def fit(
-        cls, data: SpotData, batch_labels: list[str] | None = None, offsets: str | None = None
+        cls,
+        data: SpotData,
+        batch_labels: list[str] | None = None,
+        offsets: str | None = None,
+        reference: CellTypeReference | None = None,
+        reference_smoothness: float = SMOOTHNESS,
     ) -> Normaliser:
         """Fit the statistics on ``data`` (all its spots).
 
         ``offsets``: ``"weighted"`` or ``"legacy"`` (see :data:`soscope.model._evidence.OFFSETS`, the
-        default).
+        default). ``reference``: a single-cell reference; its deconvolution of ``data``'s spots is stored in
+        ``data.cell_type_abundance`` (see :func:`soscope.model._reference.fit_reference`).
         """
         footprint = data.layout.footprint_area
         area_unit = float(np.mean(footprint))
@@ -132,6 +152,8 @@ class Normaliser:
         if len(labels) > 1:
             norm.batch_scale = batch_scale_rows(data, norm, labels)
         if norm.offsets == "legacy":
+            if reference is not None:
+                raise ValueError("a single-cell reference needs image_evidence='weighted' (the default)")
             if data.image_features is not None:
                 norm.image_ridge = _fit_image_ridge(data, norm, _evidence.LEGACY_ALPHA)
             else:
@@ -141,6 +163,10 @@ class Normaliser:
         norm.cross_reference = _fit_cross_reference(data, norm)
         if data.image_features is not None:
             norm.image_ridge, norm.evidence = _fit_image_evidence(data, norm)
+        if reference is not None:
+            norm.reference, data.cell_type_abundance = fit_reference(
+                data, norm, reference, smoothness=reference_smoothness
+            )
         return norm
 
     @property
@@ -566,6 +592,10 @@ def subspot_offset(
             dens = dens * scale
         # the spatial prior: interpolation of neighbouring spots' densities
         offset = np.log(np.asarray(kernel @ dens) + floor)
+        ref = norm.reference
+        if ref is not None and ref.modality == mi and ref.weight > 0 and data.cell_type_abundance is not None:
+            # joined by the single-cell reference's type-aware densities, weighted by cross-validation
+            offset = _with_reference(offset, data, norm, nodes, sub, kernel, img, cols, scale)
     else:
         scale = _batch_scale_of(norm, mi, data.batches[nodes], pick, False)
         offset = np.asarray(kernel @ (pick(x) if scale is None else pick(x) + scale))
@@ -577,6 +607,42 @@ def subspot_offset(
         mean_density = np.asarray(ridge[1], dtype=np.float64) if spec.is_count else None
         offset = offset + beta * image_term(img, ridge, sub, kernel, mean_density)
     return np.asarray(offset, dtype=np.float32)
+
+
+def _with_reference(
+    offset: np.ndarray,
+    data: SpotData,
+    norm: Normaliser,
+    nodes: np.ndarray,
+    sub: SubspotLayout,
+    kernel,
+    img: np.ndarray | None,
+    cols,
+    scale: np.ndarray | None,
+) -> np.ndarray:
+    """``offset`` with its columns shared with the reference mixed with the reference's log densities.
+
+    ``(1 - lambda) * spatial prior + lambda * log(sum_t n_kt P_tg rho_g / a_k)`` on the batches' common
+    scale; columns the reference lacks keep the spatial prior alone.
+    """
+    ref = norm.reference
+    n_features = data.modalities[ref.modality].n_features
+    shared_pos = np.full(n_features, -1, dtype=np.int64)
+    shared_pos[ref.data_columns] = np.arange(len(ref.data_columns))
+    picked = shared_pos if cols is None else shared_pos[cols]
+    mask = picked >= 0
+    if not mask.any():
+        return offset
+    n_kt = subspot_abundance(
+        ref, data.cell_type_abundance[nodes], sub, data.centres[nodes], data.spacing, norm.area_unit,
+        img=img, kernel=kernel,
+    )  # fmt: skip
+    log_ref = reference_log_density(ref, n_kt, sub, norm.area_unit, picked[mask])
+    if scale is not None:
+        log_ref = log_ref + np.log(np.maximum(scale[sub.spot_index][:, mask], 1e-30))
+    out = np.array(offset, dtype=np.float64)
+    out[:, mask] = (1.0 - ref.weight) * out[:, mask] + ref.weight * log_ref
+    return out
 
 
 def _sub_edges(sub: SubspotLayout, img: torch.Tensor, size: float):

@@ -47,6 +47,63 @@ def output_names(prepared: Prepared, key_added: str) -> tuple[dict[str, str], di
     return shapes, tables
 
 
+def spot_table_name(prepared: Prepared, key_added: str) -> str:
+    """Name of the spot-level table written with a single-cell reference (each spot's type abundances)."""
+    return f"{prepared.selection.table}_{key_added}_spots"
+
+
+def cell_type_outputs(abundance: np.ndarray, cell_types: list[str], cells: bool) -> tuple[dict, pd.DataFrame]:
+    """``obsm`` entries and ``obs`` columns of a table given each row's ``(n, T)`` type abundance.
+
+    ``obsm["cell_type_abundance"]`` always; for segmented cells (``cells=True``) also each cell's type
+    probabilities ``obsm["cell_type_probability"]`` and its most likely type ``obs["cell_type"]``.
+    """
+    a = np.asarray(abundance, dtype=np.float32)
+    obsm = {SoscopeKeys.CELL_TYPE_ABUNDANCE: a}
+    obs = pd.DataFrame(index=pd.RangeIndex(len(a)))
+    if cells:
+        total = a.sum(1, keepdims=True)
+        prob = np.where(total > 0, a / np.maximum(total, 1e-30), 1.0 / a.shape[1]).astype(np.float32)
+        obsm[SoscopeKeys.CELL_TYPE_PROBABILITY] = prob
+        obs[SoscopeKeys.CELL_TYPE] = pd.Categorical.from_codes(prob.argmax(1), categories=list(cell_types))
+    return obsm, obs
+
+
+def _instance_ids(ids: np.ndarray) -> np.ndarray:
+    """Instance ids as integers or strings (spatialdata's instance keys; selections hold them as objects)."""
+    index = pd.Index(ids)
+    if index.inferred_type == "integer":
+        return index.astype(np.int64).to_numpy()
+    return index.astype(str).to_numpy()
+
+
+def spot_table(sdata, prepared: Prepared, abundance: np.ndarray, *, uns: dict):
+    """Return the spot-level table: a row per spot, annotating the spots element(s), type abundances."""
+    from spatialdata.models import TableModel
+
+    sel = prepared.selection
+    parts = []
+    for name in sel.spots:
+        positions = sel.spots_of(name)
+        parts.append(
+            pd.DataFrame(
+                {
+                    REGION_KEY: pd.Categorical([name] * len(positions), categories=list(sel.spots)),
+                    INSTANCE_KEY: _instance_ids(np.asarray(sel.instance_ids)[positions]),
+                    SoscopeKeys.SECTION: np.asarray(prepared.data.sections)[positions],
+                    "_row": positions,
+                }
+            )
+        )
+    obs = pd.concat(parts, ignore_index=True)
+    rows = obs.pop("_row").to_numpy()
+    obs[SoscopeKeys.SECTION] = obs[SoscopeKeys.SECTION].astype(str).astype("category")
+    obs.index = obs.index.astype(str)
+    adata = ad.AnnData(obs=obs, uns={SoscopeKeys.UNS: uns})
+    adata.obsm[SoscopeKeys.CELL_TYPE_ABUNDANCE] = np.asarray(abundance, dtype=np.float32)[rows]
+    return TableModel.parse(adata, region=list(sel.spots), region_key=REGION_KEY, instance_key=INSTANCE_KEY)
+
+
 def subspot_shapes(
     sdata, prepared: Prepared, *, key_added: str, stand_in: bool = False
 ) -> dict[str, gpd.GeoDataFrame]:
@@ -81,11 +138,14 @@ def results_to_elements(
     uns: dict,
     stand_in_shapes: bool = False,
     features: list[np.ndarray | None] | None = None,
+    cell_types: tuple[np.ndarray, list[str]] | None = None,
 ):
     """Sub-spot shapes (one per spots element, see :func:`subspot_shapes`) and enhanced tables.
 
     One table per modality, parsed and linked to the shapes. ``features``: per modality the enhanced
     feature columns (None: all), the ``var`` rows of its table; a modality with none gets no table.
+    ``cell_types``: ``(abundance (M, T), type names)`` of the sub-spots (a single-cell reference; see
+    :func:`cell_type_outputs`).
     """
     from spatialdata.models import TableModel
 
@@ -119,6 +179,11 @@ def results_to_elements(
     # one set of categories over the elements
     obs[SoscopeKeys.SECTION] = obs[SoscopeKeys.SECTION].astype("category")
     obs.index = obs.index.astype(str)
+    obsm = {}
+    if cell_types is not None:
+        obsm, type_obs = cell_type_outputs(*cell_types, cells=prepared.scheme.startswith("cells"))
+        for col in type_obs.columns:
+            obs[col] = type_obs[col].to_numpy()
     # prediction rows follow the concatenated layout, which is element by element like obs
     src_var = sdata.tables[sel.table].var
     tables = {}
@@ -132,6 +197,8 @@ def results_to_elements(
         if cols is not None:
             var = var.iloc[cols]
         adata = ad.AnnData(X=pred["enhanced"], obs=obs.copy() if len(data.modalities) > 1 else obs, var=var)
+        for key, value in obsm.items():
+            adata.obsm[key] = value
         # posterior predictive spread and 10 % / 90 % quantiles of each sub-spot's counts (n_samples > 0)
         for layer in (SoscopeLayers.STD, SoscopeLayers.Q10, SoscopeLayers.Q90):
             if layer in pred:

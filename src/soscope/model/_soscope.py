@@ -27,6 +27,14 @@ from ._calibrate import calibrate_new_batches, fit_batch_bias
 from ._core import default_epochs, fit, latent, resolve_device
 from ._data import Normaliser, n_encoder_inputs
 from ._evidence import evidence_from_payload, evidence_to_payload, evidence_uns
+from ._reference import (
+    SMOOTHNESS,
+    CellTypeReference,
+    ReferenceFit,
+    describe_reference,
+    resolve_reference,
+    spot_abundance,
+)
 from ._setup import Prepared, prepare
 
 logger = logging.getLogger("soscope")
@@ -99,6 +107,18 @@ class SoScope:
         spots is left out; the weights are in ``uns["soscope"]["image_evidence"]``) or ``"legacy"`` (as
         soscope 0.1: a ridge of spot densities on image features alone, penalty 1e-4, negative densities
         floored; kept to reproduce earlier results). See :mod:`soscope.model._evidence`.
+    reference, cell_type_key
+        A paired single-cell reference: an AnnData of single cells or of per-type profiles (non-negative,
+        raw or normalised; matched to the features by name) with the cell types in ``obs[cell_type_key]``,
+        the name of such a table in ``sdata``, or a path to an ``.h5ad`` file. Each spot is deconvolved
+        into type abundances (with a per-feature platform effect and a spatial smoothness prior) and each
+        type is placed inside the spot by its neighbours and the image; the resulting type-aware densities
+        join the spatial prior with a weight chosen by cross-validation over spots (0 when the reference
+        does not predict held-out spots). Outputs gain ``obsm["cell_type_abundance"]``. The profiles are
+        saved with the model: applying it to new sections needs no reference. See
+        :mod:`soscope.model._reference`.
+    reference_smoothness
+        Strength of the deconvolution's spatial smoothness prior (0: none).
     n_latent, n_hidden, n_graph_layers
         Network sizes.
     seed
@@ -129,6 +149,9 @@ class SoScope:
         use_image: bool = True,
         use_graph: bool = True,
         image_evidence: str = "weighted",
+        reference: Any = None,
+        cell_type_key: str = "cell_type",
+        reference_smoothness: float = SMOOTHNESS,
         n_latent: int = 16,
         n_hidden: int = 128,
         n_graph_layers: int = 2,
@@ -144,6 +167,9 @@ class SoScope:
             "batch_key": batch_key, "modality_key": modality_key, "coordinate_system": coordinate_system,
             "image_features": image_features,
             "use_image": use_image, "use_graph": use_graph, "image_evidence": image_evidence,
+            # the reference itself is saved as the fitted profiles (normaliser.reference), not as given
+            "reference": describe_reference(reference), "cell_type_key": cell_type_key,
+            "reference_smoothness": reference_smoothness,
             "n_latent": n_latent, "n_hidden": n_hidden,
             "n_graph_layers": n_graph_layers, "seed": seed, "device": device, "progress": progress,
         }  # fmt: skip
@@ -165,6 +191,7 @@ class SoScope:
 
                 sdata = combine(sdata)
             self.sdata = sdata
+            resolved = resolve_reference(reference, sdata, cell_type_key)
             self.prepared = prepare(
                 sdata, self.selection, subspots=subspots, likelihood=likelihood,
                 image_features=image_features, use_image=use_image, progress=progress,
@@ -172,6 +199,7 @@ class SoScope:
             state = _state_from_data(
                 self.prepared, n_latent=n_latent, n_hidden=n_hidden, n_graph_layers=n_graph_layers,
                 use_graph=use_graph, use_image=use_image, image_evidence=image_evidence,
+                reference=resolved, reference_smoothness=reference_smoothness,
             )  # fmt: skip
         self.normaliser = state.normaliser
         self.feature_names = state.feature_names
@@ -319,6 +347,8 @@ class SoScope:
         )  # fmt: skip
         self._align_features(prepared)
         calibrate_new_batches(self.module, prepared.data, self.normaliser, device=self.device)
+        if self.normaliser.reference is not None:  # the new spots' cell types, with the saved profiles
+            prepared.data.cell_type_abundance = spot_abundance(prepared.data, self.normaliser.reference)
         return prepared
 
     def _align_features(self, prepared: Prepared) -> None:
@@ -461,6 +491,7 @@ class SoScope:
             "image_evidence": evidence_uns(
                 self.normaliser.evidence, [m.name for m in self.module.config.modalities]
             ),
+            "reference": {} if self.normaliser.reference is None else self.normaliser.reference.as_uns(),
         }
 
     # ------------------------------------------------------------------ persistence
@@ -533,6 +564,7 @@ class SoScope:
                 "evidence": evidence_to_payload(n.evidence),
                 "offsets": n.offsets,
                 "batch_scale": None if n.batch_scale is None else [torch.as_tensor(a) for a in n.batch_scale],
+                "reference": None if n.reference is None else n.reference.to_payload(),
             },
         }
         tmp = target.with_suffix(".tmp")
@@ -629,10 +661,14 @@ def _state_from_data(
     use_graph: bool,
     use_image: bool,
     image_evidence: str = "weighted",
+    reference: CellTypeReference | None = None,
+    reference_smoothness: float = SMOOTHNESS,
 ) -> _ModelState:
     """Build the state of a fresh model on ``prepared``: normalisation fitted on it, network sized to it."""
     data = prepared.data
-    normaliser = Normaliser.fit(data, offsets=image_evidence)
+    normaliser = Normaliser.fit(
+        data, offsets=image_evidence, reference=reference, reference_smoothness=reference_smoothness
+    )
     config = ModuleConfig(
         modalities=data.modalities,
         n_input=n_encoder_inputs(data.modalities),
@@ -681,6 +717,7 @@ def _normaliser_from_payload(nm: dict) -> Normaliser:
         # files from before the weighted evidence: an image ridge without weights is the legacy offset
         offsets=nm.get("offsets", "legacy" if nm.get("image_ridge") is not None else "weighted"),
         batch_scale=None if nm.get("batch_scale") is None else [t.numpy() for t in nm["batch_scale"]],
+        reference=ReferenceFit.from_payload(nm.get("reference")),
     )
 
 

@@ -1,0 +1,204 @@
+"""A single-cell reference: deconvolution, type-aware outputs, errors writing nothing, save and apply."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import spatialdata as sd
+from model_helpers import one_thread
+from store_helpers import tree_digest
+
+import soscope
+from soscope._errors import SoscopeInputError
+from soscope.model import CellTypeReference, deconvolve
+
+ARGS = dict(table="table", n_hidden=32, n_latent=8, device="cpu", progress=False, seed=0)
+
+
+def _reference_from_truth(sdata, key: str = "cell_type") -> ad.AnnData:
+    """Single cells stand-in: the truth sub-spots with their dominant type (the synthetic's cell types)."""
+    tru = sdata.tables["truth"]
+    x = tru.X.toarray() if sp.issparse(tru.X) else np.asarray(tru.X)
+    return ad.AnnData(
+        X=x.astype(np.float32),
+        obs={key: tru.obs["cell_type"].astype(str).to_numpy()},
+        var=tru.var[[]].copy(),
+    )
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return soscope.datasets.synthetic(n_spots=200, n_features=60, seed=3)
+
+
+@pytest.fixture(scope="module")
+def enhanced(sample):
+    with one_thread():
+        model = soscope.SoScope(sample, reference=_reference_from_truth(sample), **ARGS)
+        model.train(epochs=3)
+        out = model.enhance(inplace=False)
+    return model, out
+
+
+# ------------------------------------------------------------------------------------------ deconvolution
+def _planted(n_spots=400, n_types=4, n_genes=80, depth=2000.0, seed=0):
+    rng = np.random.default_rng(seed)
+    profiles = rng.dirichlet(np.full(n_genes, 0.3), size=n_types)
+    fractions = rng.dirichlet(np.full(n_types, 0.5), size=n_spots)
+    platform = np.exp(rng.normal(0, 0.4, n_genes))
+    platform /= np.exp(np.log(platform).mean())
+    w = fractions * depth
+    counts = rng.poisson(w @ (profiles * platform)).astype(np.float64)
+    return counts, profiles, platform, fractions
+
+
+def test_deconvolution_recovers_planted_abundances_and_platform():
+    counts, profiles, platform, fractions = _planted()
+    w, rho = deconvolve(counts, profiles, smoothness=0.0)
+    est = w / w.sum(1, keepdims=True)
+    per_type = [np.corrcoef(est[:, t], fractions[:, t])[0, 1] for t in range(fractions.shape[1])]
+    assert min(per_type) > 0.95
+    assert np.corrcoef(np.log(rho), np.log(platform))[0, 1] > 0.9
+    # the spot's counts are explained: the fitted expected counts sum to about its counts
+    np.testing.assert_allclose((w @ (profiles * rho)).sum(1), counts.sum(1), rtol=0.02)
+    # sparse counts give the same answer (never densified)
+    w_sparse, rho_sparse = deconvolve(sp.csr_matrix(counts), profiles, smoothness=0.0)
+    np.testing.assert_allclose(w_sparse, w, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(rho_sparse, rho, rtol=1e-6)
+
+
+def test_smoothness_helps_shallow_neighbouring_spots():
+    """On a lattice of shallow spots whose type mix varies slowly, the spatial prior lowers the error."""
+    rng = np.random.default_rng(1)
+    side, n_types, n_genes = 20, 3, 60
+    yy, xx = np.mgrid[0:side, 0:side]
+    logits = np.stack([xx / side * 3, yy / side * 3, np.ones_like(xx, dtype=float)], -1).reshape(-1, n_types)
+    fractions = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    profiles = rng.dirichlet(np.full(n_genes, 0.3), size=n_types)
+    counts = rng.poisson(fractions * 30.0 @ profiles).astype(np.float64)
+    idx = np.arange(side * side).reshape(side, side)
+    right = np.c_[idx[:, :-1].ravel(), idx[:, 1:].ravel()]
+    down = np.c_[idx[:-1].ravel(), idx[1:].ravel()]
+    pairs = np.vstack([right, down])
+    adj = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(side**2, side**2))
+    adj = (adj + adj.T).tocsr()
+
+    def error(smoothness):
+        w, _ = deconvolve(counts, profiles, adj, smoothness=smoothness, platform=np.ones(n_genes))
+        return np.abs(w / w.sum(1, keepdims=True) - fractions).mean()
+
+    assert error(10.0) < 0.8 * error(0.0)
+
+
+# ------------------------------------------------------------------------------------------ the reference
+def test_reference_from_profiles_and_cells_agree():
+    rng = np.random.default_rng(0)
+    x = rng.poisson(5, size=(30, 10)).astype(np.float32)
+    types = np.repeat(["a", "b", "c"], 10)
+    cells = CellTypeReference.from_anndata(ad.AnnData(X=x, obs={"t": types}), "t")
+    sums = np.stack([x[types == t].sum(0) for t in "abc"])
+    profiles = CellTypeReference.from_anndata(ad.AnnData(X=sums, obs={"t": list("abc")}), "t")
+    np.testing.assert_allclose(cells.profiles, profiles.profiles, rtol=1e-6)
+    np.testing.assert_allclose(cells.profiles.sum(1), 1.0)
+    assert cells.cell_types == ["a", "b", "c"] and cells.n_cells.tolist() == [10, 10, 10]
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def test_outputs_hold_type_abundances(sample, enhanced):
+    model, out = enhanced
+    fit = model.normaliser.reference
+    types = fit.reference.cell_types
+    tab = out.tables["table_soscope"]
+    spots = out.tables["table_soscope_spots"]
+    n_kt = tab.obsm["cell_type_abundance"]
+    assert n_kt.shape == (tab.n_obs, len(types)) and np.all(n_kt >= 0)
+    assert list(tab.uns["soscope"]["reference"]["cell_types"]) == types
+    assert spots.n_obs == sample.tables["table"].n_obs
+    w = spots.obsm["cell_type_abundance"]
+    # a spot's types are placed inside it: the footprint share of its sub-spots' abundances is the spot's
+    inside = np.zeros_like(w)
+    rows = spots.obs["instance_id"].astype(str).to_numpy()
+    pos = {r: i for i, r in enumerate(rows)}
+    spot_of = np.array([pos[s] for s in tab.obs["spot_id"].astype(str)])
+    np.add.at(inside, spot_of, n_kt * tab.obs["footprint_weight"].to_numpy()[:, None])
+    np.testing.assert_allclose(inside, w, rtol=1e-4, atol=1e-3)
+    # the spot table annotates the spots element and validates
+    from spatialdata.models import TableModel
+
+    TableModel().validate(spots)
+
+
+def test_subspot_types_follow_the_truth(sample, enhanced):
+    """Sub-spot type fractions correlate with the truth's (image + reference; the synthetic's cell types)."""
+    _, out = enhanced
+    tab = out.tables["table_soscope"]
+    tru = sample.tables["truth"]
+    assert (tab.obs["spot_id"].astype(str).to_numpy() == tru.obs["spot_id"].astype(str).to_numpy()).all()
+    n_kt = tab.obsm["cell_type_abundance"]
+    est = n_kt / np.maximum(n_kt.sum(1, keepdims=True), 1e-12)
+    truth = np.asarray(tru.obsm["cell_type_fractions"])
+    per_type = [np.corrcoef(est[:, t], truth[:, t])[0, 1] for t in range(truth.shape[1])]
+    assert np.mean(per_type) >= 0.5
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def _bad(kind, sample):
+    ref = _reference_from_truth(sample)
+    if kind == "no shared features":
+        ref.var_names = [f"other_{i}" for i in range(ref.n_vars)]
+        return ref, "cell_type", "shares 0 features"
+    if kind == "missing key":
+        return ref, "celltype", "no obs column 'celltype'"
+    if kind == "one type":
+        ref.obs["cell_type"] = "only"
+        return ref, "cell_type", "at least 2 types"
+    if kind == "negative":
+        ref.X[0, 0] = -1.0
+        return ref, "cell_type", "negative values"
+    if kind == "nan":
+        ref.X[0, 0] = np.nan
+        return ref, "cell_type", "NaN"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["no shared features", "missing key", "one type", "negative", "nan"])
+def test_bad_reference_is_refused_and_writes_nothing(sample, tmp_path, kind):
+    path = tmp_path / "s.zarr"
+    sd.SpatialData(shapes=dict(sample.shapes), tables={"table": sample.tables["table"]}).write(path)
+    store = sd.read_zarr(path)
+    before = tree_digest(path)
+    ref, key, message = _bad(kind, sample)
+    with pytest.raises(SoscopeInputError, match=message):
+        soscope.enhance(store, reference=ref, cell_type_key=key, epochs=1, progress=False, device="cpu")
+    assert tree_digest(path) == before
+
+
+def test_reference_with_a_trained_model_is_refused(sample, enhanced):
+    model, _ = enhanced
+    with pytest.raises(SoscopeInputError, match="reference"):
+        soscope.enhance(sample, model=model, reference=_reference_from_truth(sample), inplace=False)
+
+
+# ------------------------------------------------------------------------------------------ save / apply
+def test_saved_model_applies_its_reference_to_a_new_section(tmp_path):
+    study = soscope.datasets.synthetic(n_spots=150, n_features=60, n_sections=2, seed=5)
+    ref = _reference_from_truth(study)
+    with one_thread():
+        model = soscope.SoScope(study, sections=["spots_A"], reference=ref, **ARGS)
+        model.train(epochs=2)
+        direct = model.enhance(study, sections=["spots_B"], inplace=False)
+        model.save(tmp_path / "m")
+        loaded = soscope.SoScope.load(tmp_path / "m", progress=False)
+        applied = loaded.enhance(study, sections=["spots_B"], inplace=False)
+    a, b = direct.tables["table_soscope"], applied.tables["table_soscope"]
+    np.testing.assert_allclose(np.asarray(b.X), np.asarray(a.X), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b.obsm["cell_type_abundance"], a.obsm["cell_type_abundance"], rtol=1e-5)
+    assert b.obsm["cell_type_abundance"].sum() > 0
+    assert b.uns["soscope"]["reference"]["weight"] == model.normaliser.reference.weight
+    types = model.normaliser.reference.reference.cell_types
+    assert list(b.uns["soscope"]["reference"]["cell_types"]) == types
+    # the section's own spots were deconvolved with the saved profiles and platform effect
+    n_b = int((study.tables["table"].obs["region"] == "spots_B").sum())
+    assert applied.tables["table_soscope_spots"].n_obs == n_b
