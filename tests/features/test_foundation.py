@@ -366,3 +366,67 @@ def test_resolution_mismatch_is_logged(caplog):
     with caplog.at_level(logging.WARNING, logger="soscope.features"):
         _fm(um_per_pixel=0.25, tile_um=64.0, input_size=16)
     assert "training resolution" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------- with the model
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train a small SoScope with a FoundationModel and save it; also return the user's extractor."""
+    import soscope
+
+    sdata = soscope.datasets.synthetic(n_spots=120, n_features=20, k=7, image=True, seed=0)
+    fm = FoundationModel(_cnn(), um_per_pixel=1.5, tile_um=30.0, input_size=20, n_components=4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = soscope.SoScope(
+            sdata, table="table", image_features=fm, n_hidden=16, n_latent=4, device="cpu", progress=False
+        )
+        model.train(epochs=2)
+    finally:
+        torch.set_num_threads(before)
+    path = tmp_path_factory.mktemp("fm_model")
+    model.save(path)
+    return sdata, model, fm, path
+
+
+def test_soscope_fits_the_pca_on_its_training_data_and_records_provenance(trained, tmp_path):
+    """SoScope keeps the PCA fitted on its sub-spots; uns["soscope"]["image_features"] says how."""
+    import anndata as ad
+
+    sdata, model, fm, _ = trained
+    assert fm.pca is None and model._image_extractor.pca is not None
+    assert model.image_feature_names == ["fm_pc1", "fm_pc2", "fm_pc3", "fm_pc4"]
+    assert model.settings["image_features"] == f"foundation:{__name__}:TinyCNN"
+    out = model.enhance(sdata, inplace=False)
+    uns = out.tables["table_soscope"].uns["soscope"]["image_features"]
+    assert uns["extractor"] == "foundation" and uns["model"] == f"{__name__}:TinyCNN"
+    assert uns["um_per_pixel"] == 1.5 and uns["tile_um"] == 30.0 and uns["input_size"] == 20
+    assert uns["n_components"] == 4 and len(uns["explained_variance_ratio"]) == 4
+    np.testing.assert_allclose(uns["mean"], IMAGENET_MEAN)
+    section = uns["sections"]["spots"]
+    assert section["image_um_per_pixel"] == pytest.approx(1.5) and section["tile_px"] == 20
+    ad.AnnData(uns={"soscope": out.tables["table_soscope"].uns["soscope"]}).write_zarr(tmp_path / "uns.zarr")
+
+
+def test_saved_pca_projects_a_new_section(trained):
+    """Saved and loaded, the model projects another section with the training PCA (never refitted)."""
+    import soscope
+
+    _, model, _, path = trained
+    loaded = soscope.SoScope.load(path, device="cpu", progress=False, image_features=TinyCNN)
+    fitted, again = model._image_extractor, loaded._image_extractor
+    assert isinstance(again, FoundationModel) and again.config() == fitted.config()
+    np.testing.assert_array_equal(again.pca.components, fitted.pca.components)
+    np.testing.assert_array_equal(again.pca.mean, fitted.pca.mean)
+    assert torch.equal(again.model.conv1.weight, fitted.model.conv1.weight), "the saved weights"
+    other = soscope.datasets.synthetic(n_spots=100, n_features=20, k=7, image=True, seed=5)
+    new = loaded._prepare_other(other).data.image_features
+    np.testing.assert_allclose(new, model._prepare_other(other).data.image_features, rtol=1e-6, atol=1e-6)
+    assert loaded._image_extractor.pca is again.pca, "applying does not refit"
+    out = loaded.enhance(other, inplace=False)
+    uns = out.tables["table_soscope"].uns["soscope"]["image_features"]
+    np.testing.assert_array_equal(uns["explained_variance_ratio"], fitted.pca.explained_variance_ratio)
+    # trusted module: rebuilt from its import path, without being given
+    trusted = soscope.SoScope.load(path, device="cpu", progress=False, trusted_modules=[__name__])
+    np.testing.assert_array_equal(trusted._image_extractor.pca.components, fitted.pca.components)

@@ -143,3 +143,64 @@ def test_per_section_standardisation():
     np.testing.assert_allclose(st.standardise(features[600:], sections[600:]), features[600:], atol=1e-6)
     with pytest.raises(SoscopeInputError, match="not seen"):
         st.standardise(features[:2], np.array(["A", "Z"]))
+
+
+# ------------------------------------------------------------------------------------------- morphology
+def _morphology_sdata(image: np.ndarray):
+    """Build an image in its own pixel frame and a grid of circles split into grid:2 sub-spots."""
+    import geopandas as gpd
+    import spatialdata as sd
+    from shapely.geometry import Point
+    from spatialdata.models import Image2DModel, ShapesModel
+    from spatialdata.transformations import Identity
+
+    from soscope.geometry import make_subspots
+
+    el = Image2DModel.parse(image, dims=("c", "y", "x"), scale_factors=[2], chunks=(image.shape[0], 64, 64))
+    xy = np.stack(np.meshgrid(np.arange(20.0, 380.0, 40.0), np.arange(20.0, 380.0, 40.0)), -1).reshape(-1, 2)
+    spots = gpd.GeoDataFrame({"radius": np.full(len(xy), 15.0)}, geometry=[Point(*p) for p in xy])
+    spots = ShapesModel.parse(spots, transformations={"global": Identity()})
+    return sd.SpatialData(images={"img": el}, shapes={"spots": spots}), make_subspots(spots, "grid:2")
+
+
+@pytest.fixture(scope="module")
+def he_morphology(reference_and_shifted):
+    _, shifted, _ = reference_and_shifted
+    tissue = shifted.reshape(3, 100, 200)
+    image = (np.tile(tissue, (1, 4, 2)) * 255).round().astype(np.uint8)  # 400 x 400
+    return _morphology_sdata(image)
+
+
+@pytest.mark.parametrize("norm", ["macenko", "reinhard", "percentile"])
+def test_morphology_on_a_normalised_image(he_morphology, norm):
+    """'morphology:<normalisation>' measures the normalised image: other values, same names, tile-free."""
+    from soscope.features import subspot_image_features
+
+    sdata, layout = he_morphology
+
+    def run(extractor, tile):
+        return subspot_image_features(
+            sdata, "img", layout, "spots", coordinate_system="global", extractor=extractor, tile_size=tile
+        )
+
+    plain = run("morphology", 4096)
+    f = run(f"morphology:{norm}", 4096)
+    assert f.names == plain.names and f.extractor == f"morphology:{norm}"
+    assert f.provenance["normalisation"] == norm
+    assert not np.allclose(f.values, plain.values, equal_nan=True)
+    np.testing.assert_allclose(run(f"morphology:{norm}", 96).values, f.values, rtol=1e-5, atol=1e-6)
+
+
+def test_morphology_normalisation_errors(he_morphology):
+    from soscope.features import subspot_image_features
+
+    sdata, layout = he_morphology
+    with pytest.raises(SoscopeInputError, match="macenko"):
+        subspot_image_features(
+            sdata, "img", layout, "spots", coordinate_system="global", extractor="morphology:vahadane"
+        )
+    grey, layout = _morphology_sdata(np.random.default_rng(0).integers(0, 4000, (1, 200, 200), np.uint16))
+    with pytest.raises(SoscopeInputError, match="H&E"):
+        subspot_image_features(
+            grey, "img", layout, "spots", coordinate_system="global", extractor="morphology:macenko"
+        )
