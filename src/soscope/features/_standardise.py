@@ -8,6 +8,7 @@ the model sees them; the model's image weights, fitted on standardised features,
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,6 @@ __all__ = ["MIN_SECTION_ROWS", "SectionStandardiser", "standardise_per_section"]
 MIN_SECTION_ROWS = 50
 #: standardised values are clipped to ±this (as the model's own standardisation)
 CLIP = 8.0
-_BLOCK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,10 @@ class SectionStandardiser:
         fallback_std: np.ndarray | None = None,
         min_rows: int = MIN_SECTION_ROWS,
     ) -> SectionStandardiser:
-        """Compute each section's statistics over its rows (NaN rows ignored).
+        """Compute each section's statistics over its rows (NaN values ignored).
+
+        Computed as the model's own (``numpy.nanmean`` / ``nanstd`` over the section's rows), so data of
+        one section gets exactly the values of the model's whole-data standardisation.
 
         Parameters
         ----------
@@ -83,37 +86,26 @@ class SectionStandardiser:
             )
         labels, codes = np.unique(sec, return_inverse=True)
         s, d = len(labels), f.shape[1]
-        total = np.zeros((s, d))
-        sq = np.zeros((s, d))
-        count = np.zeros((s, d))
-        for a in range(0, len(f), _BLOCK):  # float64 sums a block of rows at a time (no float64 copy)
-            blk = f[a : a + _BLOCK].astype(np.float64)
-            ok = np.isfinite(blk)
-            blk = np.where(ok, blk, 0.0)
-            c = codes[a : a + _BLOCK]
-            for k in np.unique(c):  # sections are few: one masked sum each
-                rows = c == k
-                total[k] += blk[rows].sum(0)
-                sq[k] += (blk[rows] ** 2).sum(0)
-                count[k] += ok[rows].sum(0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = total / count
-            std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
-        if fallback_mean is None or fallback_std is None:
-            n = count.sum(0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                all_mean = total.sum(0) / n
-                all_std = np.sqrt(np.maximum(sq.sum(0) / n - all_mean**2, 0.0))
-            fallback_mean = all_mean if fallback_mean is None else fallback_mean
-            fallback_std = all_std if fallback_std is None else fallback_std
-        rows = np.isfinite(f).all(axis=1)
-        n_rows = np.bincount(codes[rows], minlength=s)
-        small = n_rows < int(min_rows)
-        mean[small] = np.asarray(fallback_mean, dtype=np.float64)
-        std[small] = np.asarray(fallback_std, dtype=np.float64)
+        mean = np.zeros((s, d), dtype=np.float32)
+        std = np.ones((s, d), dtype=np.float32)
+        finite_rows = np.isfinite(f).all(axis=1)
+        small = np.bincount(codes[finite_rows], minlength=s) < int(min_rows)
+        with warnings.catch_warnings():  # an all-NaN column (a section without image) is handled below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            # the model's own statistics (Normaliser.fit), computed alike: one section gives its exact values
+            if fallback_mean is None:
+                fallback_mean = np.nanmean(f, 0)
+            if fallback_std is None:
+                fallback_std = np.nanstd(f, 0)
+            for k in range(s):
+                if small[k]:
+                    mean[k], std[k] = fallback_mean, fallback_std
+                    continue
+                part = f if s == 1 else f[codes == k]
+                mean[k], std[k] = np.nanmean(part, 0), np.nanstd(part, 0)
         return cls(
             labels=labels,
-            mean=np.nan_to_num(mean).astype(np.float32),
+            mean=np.nan_to_num(mean),
             std=np.maximum(np.nan_to_num(std, nan=1.0), 1e-6).astype(np.float32),
             fallback=small,
         )
