@@ -334,7 +334,7 @@ def test_tile_smaller_than_a_pixel(he_a, layout):
         _features(he_a, layout, _fm(tile_um=0.2, input_size=1, um_per_pixel=0.2))
 
 
-def test_more_components_than_features(he_a, layout, caplog):
+def test_more_components_than_features(he_a, layout):
     with pytest.raises(SoscopeInputError, match="n_components=20 exceeds the model's 16"):
         _features(he_a, layout, _fm(n_components=20))
 
