@@ -6,16 +6,25 @@ Public functions
 * :func:`spots_to_image_pixels` — affine from the spots' intrinsic coordinates to image pixels.
 * :func:`precomputed_features` — features stored in a table's ``obsm``, aligned to sub-spots.
 * :func:`morphology_feature_names` — names of the default morphology features.
+* :class:`FoundationModel` — a pretrained image network (torch / timm) as the extractor: patches of a
+  fixed size in µm, embedded, reduced by a PCA fitted on the training sub-spots.
+* :class:`StainNormaliser`, :func:`normalise_stain`, :class:`PercentileScaling` — H&E stain (Macenko,
+  Reinhard) and fluorescence intensity normalisation, fitted per image.
+* :func:`image_microns_per_pixel` — the µm per pixel of an image, from its coordinate system.
+* :class:`SectionStandardiser`, :func:`standardise_per_section` — image features standardised with each
+  section's own statistics.
 * :func:`segment_nuclei` — nucleus detection (fluorescence or H&E), tile by tile; a table per nucleus.
 * :func:`nuclei_per_polygon` — nucleus count, density and nuclear statistics per polygon.
 """
 
 from soscope.features._extract import (
+    MORPHOLOGY_NORMALISATIONS,
     SubspotFeatures,
     choose_level,
     precomputed_features,
     subspot_image_features,
 )
+from soscope.features._foundation import IMAGENET_MEAN, IMAGENET_STD, FoundationModel
 from soscope.features._morphology import MorphologySpec, morphology_feature_names
 from soscope.features._nuclei import (
     NUCLEI_COLUMNS,
@@ -25,22 +34,51 @@ from soscope.features._nuclei import (
     nuclei_per_polygon,
     segment_nuclei,
 )
-from soscope.features._transform import ImageLevel, image_levels, spots_to_image_pixels
+from soscope.features._stain import (
+    MACENKO_REFERENCE,
+    REINHARD_REFERENCE,
+    PercentileScaling,
+    StainNormaliser,
+    macenko_stains,
+    normalise_stain,
+    reinhard_statistics,
+)
+from soscope.features._standardise import SectionStandardiser, standardise_per_section
+from soscope.features._transform import (
+    ImageLevel,
+    image_levels,
+    image_microns_per_pixel,
+    spots_to_image_pixels,
+)
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MACENKO_REFERENCE",
+    "MORPHOLOGY_NORMALISATIONS",
     "NUCLEI_COLUMNS",
+    "REINHARD_REFERENCE",
+    "FoundationModel",
     "ImageLevel",
     "MorphologySpec",
     "NucleusDetector",
+    "PercentileScaling",
+    "SectionStandardiser",
+    "StainNormaliser",
     "SubspotFeatures",
     "choose_level",
     "image_levels",
+    "image_microns_per_pixel",
+    "macenko_stains",
     "match_points",
     "morphology_feature_names",
+    "normalise_stain",
     "nuclear_channel",
     "nuclei_per_polygon",
     "precomputed_features",
+    "reinhard_statistics",
     "segment_nuclei",
     "spots_to_image_pixels",
+    "standardise_per_section",
     "subspot_image_features",
 ]

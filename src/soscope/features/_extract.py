@@ -11,11 +11,20 @@ import numpy as np
 
 from soscope._constants import SoscopeKeys
 from soscope._errors import SoscopeInputError
-from soscope.features._morphology import TEXTURE_MARGIN, MorphologySpec, fit_spec, morphology_tile
+from soscope.features._foundation import FoundationModel, ImagePreparation, foundation_tile
+from soscope.features._morphology import (
+    TEXTURE_MARGIN,
+    MorphologySpec,
+    fit_spec,
+    morphology_tile,
+    normalise_window,
+)
+from soscope.features._stain import PercentileScaling, StainNormaliser
 from soscope.features._transform import (
     ImageLevel,
     _element,
     apply_affine,
+    image_microns_per_pixel,
     level_array,
     spots_to_image_pixels,
 )
@@ -39,6 +48,8 @@ _SAMPLE_MAX_SIDE = 2048
 _SAMPLE_WINDOWS = 16
 _SAMPLE_WINDOW = 128
 _RGB_NAMES = ({"r", "g", "b"}, {"red", "green", "blue"})
+#: what may follow ``"morphology:"``: the image normalisation applied before the statistics
+MORPHOLOGY_NORMALISATIONS = ("macenko", "reinhard", "percentile")
 
 Extractor = str | Callable[[np.ndarray], np.ndarray] | Any
 
@@ -63,7 +74,14 @@ class SubspotFeatures:
     n_missing
         Number of all-NaN rows.
     extractor
-        ``"morphology"``, ``"callable"``, ``"torch"`` or ``"obsm:<table>:<key>"``.
+        ``"morphology"`` (or ``"morphology:<normalisation>"``), ``"callable"``, ``"torch"``,
+        ``"foundation"`` or ``"obsm:<table>:<key>"``.
+    provenance
+        Plain values saying how the features were made from this image (level, µm per pixel, patch size,
+        normalisation ...), for ``uns``; a foundation model's own are ``fitted.provenance()``.
+    fitted
+        For a :class:`~soscope.features.FoundationModel`: the extractor with its PCA fitted (on these
+        sub-spots when it was not fitted before): pass it to apply the same projection to other images.
 
     """
 
@@ -74,6 +92,8 @@ class SubspotFeatures:
     n_missing: int = 0
     extractor: str = "morphology"
     spec: MorphologySpec | None = field(default=None, repr=False)
+    provenance: dict[str, Any] = field(default_factory=dict, repr=False)
+    fitted: Any = field(default=None, repr=False)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         return self.values if dtype is None else self.values.astype(dtype)
@@ -262,6 +282,97 @@ def _patch_tile(
     return _run_extractor(extractor, patches, batch_size)
 
 
+def prepared_morphology_tile(
+    window: np.ndarray,
+    window_origin: tuple[int, int],
+    polygons: Any,
+    spec: MorphologySpec,
+    prep: ImagePreparation,
+) -> np.ndarray:
+    """:func:`~soscope.features._morphology.morphology_tile` of a window normalised by ``prep`` first."""
+    return morphology_tile(prep(window), window_origin, polygons, spec)
+
+
+def _parse_morphology(extractor: str) -> str | None:
+    """Return the normalisation of ``"morphology:<normalisation>"`` (None for plain ``"morphology"``)."""
+    if extractor == "morphology":
+        return None
+    norm = extractor.split(":", 1)[1]
+    if norm not in MORPHOLOGY_NORMALISATIONS:
+        raise SoscopeInputError(
+            f"image_features={extractor!r}: the normalisation after 'morphology:' must be one of "
+            f"{list(MORPHOLOGY_NORMALISATIONS)}."
+        )
+    return norm
+
+
+def _preparation(
+    sample: np.ndarray,
+    kind: Literal["rgb", "fluorescence"],
+    scale: float,
+    channels: tuple[int, ...],
+    *,
+    stain: str | None,
+    percentile: bool,
+    to_rgb: bool,
+) -> ImagePreparation:
+    """Fit an image's :class:`ImagePreparation` on its coarse raw ``sample``."""
+    if stain is not None and kind != "rgb":
+        raise SoscopeInputError(
+            f"stain normalisation ({stain!r}) applies to H&E (RGB) images; this image is fluorescence "
+            f"({sample.shape[0]} channels). Leave it out: fluorescence is scaled by percentiles."
+        )
+    sub = sample[list(channels)] if channels != tuple(range(sample.shape[0])) else sample
+    scaling = PercentileScaling.fit(sub) if percentile else None
+    normaliser = None
+    if stain is not None:
+        unit = scaling(sub) if scaling is not None else normalise_window(sub, scale)
+        normaliser = StainNormaliser.fit(unit, stain)
+    return ImagePreparation(kind, float(scale), channels, scaling, normaliser, to_rgb)
+
+
+def _fm_channels(fm: FoundationModel, names: tuple[str, ...], kind: str) -> tuple[int, ...]:
+    """Return the indices of the channels a foundation model sees (given by index or name)."""
+    if fm.channels is None:
+        if kind == "rgb" or len(names) <= 3:
+            return tuple(range(len(names)))
+        raise SoscopeInputError(
+            f"the image has {len(names)} channels {list(names)}; a foundation model takes at most 3: choose "
+            "them with FoundationModel(channels=[...]) (indices or names)."
+        )
+    if kind == "rgb":
+        raise SoscopeInputError(
+            "channels= is for fluorescence images; this image is RGB (H&E). Leave channels out, or set "
+            "image_kind='fluorescence'."
+        )
+    out = []
+    for ch in fm.channels:
+        if isinstance(ch, int | np.integer) and 0 <= int(ch) < len(names):
+            out.append(int(ch))
+        elif str(ch) in names:
+            out.append(names.index(str(ch)))
+        else:
+            raise SoscopeInputError(
+                f"channel {ch!r} of FoundationModel(channels=...) is not in the image; its channels are "
+                f"{list(names)} (indices 0..{len(names) - 1})."
+            )
+    return tuple(out)
+
+
+def _foundation_level(
+    levels: list[ImageLevel], mpp0: float, fm: FoundationModel, target_resolution: int | str | None
+) -> int:
+    """Return the coarsest level whose pixels are no larger than the model's input pixels."""
+    if target_resolution is not None:
+        return choose_level(levels, float("nan"), target_resolution=target_resolution)
+    want = fm.tile_um / fm.input_size
+    best = 0
+    for lv in levels:
+        if mpp0 * np.sqrt(lv.downscale[0] * lv.downscale[1]) <= want * (1 + 1e-6):
+            best = lv.index
+    return best
+
+
 def run_tile(_shared: Any, function: Callable, args: tuple) -> np.ndarray:
     """Read a tile's window (a lazy Dask array, read here in this thread) and run ``function`` on it.
 
@@ -314,14 +425,21 @@ def subspot_image_features(
         A coordinate system shared by ``spots`` and ``image``.
     extractor
         ``"morphology"`` (default; colour, stain and texture statistics over each sub-spot's polygon, see
-        :func:`soscope.features.morphology_feature_names`); a callable mapping patches
-        ``(B, H, W, C)`` float32 in [0, 1] to ``(B, D)``; a ``torch.nn.Module`` mapping ``(B, C, H, W)``
-        float tensors to ``(B, D)``; or ``"obsm:<table>:<key>"`` for precomputed features (see
-        :func:`precomputed_features`). Callables and modules see ``patch_size`` × ``patch_size`` patches
-        centred on the sub-spot centroids, edge-replicated at the image border.
+        :func:`soscope.features.morphology_feature_names`), optionally normalising the image first:
+        ``"morphology:macenko"`` / ``"morphology:reinhard"`` (H&E stain normalisation, see
+        :class:`~soscope.features.StainNormaliser`) or ``"morphology:percentile"`` (each channel scaled
+        between its 1st and 99.5th percentiles, for fluorescence); a
+        :class:`~soscope.features.FoundationModel` (patches of a fixed size in µm, embedded by a pretrained
+        network, reduced by PCA); a callable mapping patches ``(B, H, W, C)`` float32 in [0, 1] to
+        ``(B, D)``; a ``torch.nn.Module`` mapping ``(B, C, H, W)`` float tensors to ``(B, D)``; or
+        ``"obsm:<table>:<key>"`` for precomputed features (see :func:`precomputed_features`). Callables and
+        modules see ``patch_size`` × ``patch_size`` patches centred on the sub-spot centroids,
+        edge-replicated at the image border.
     target_resolution
         Pyramid level to read, as index or name (``"scale1"``). ``None``: the coarsest level on which a
-        sub-spot spans at least ``min_pixels`` pixels (``sqrt`` of the median area).
+        sub-spot spans at least ``min_pixels`` pixels (``sqrt`` of the median area); for a
+        :class:`~soscope.features.FoundationModel`, the coarsest level whose pixels are no larger than
+        the model's input pixels (``tile_um / input_size``).
     tile_size
         Tile edge in pixels of the chosen level. Memory per task ≈ a ``(tile_size + margins)²`` window.
     min_pixels
@@ -329,7 +447,7 @@ def subspot_image_features(
     patch_size
         Patch edge (pixels of the chosen level) for callable / torch extractors.
     batch_size
-        Patches per extractor call.
+        Patches per extractor call (a :class:`~soscope.features.FoundationModel` uses its own).
     image_kind
         ``"auto"``: ``"rgb"`` (H&E-like) when the image has 3 channels and is ``uint8`` or has channels
         named r/g/b (or unnamed), else ``"fluorescence"``.
@@ -340,12 +458,16 @@ def subspot_image_features(
     -------
     :class:`SubspotFeatures`: ``values`` ``(M, D)`` float32 in layout order and ``names``. Sub-spots
     outside the image or covering no pixel centre (callables: whose centroid is outside the image) get
-    NaN rows, counted in ``n_missing`` and logged as a warning.
+    NaN rows, counted in ``n_missing`` and logged as a warning. A
+    :class:`~soscope.features.FoundationModel` whose PCA is not fitted yet is fitted on these sub-spots;
+    the fitted one is ``fitted``.
 
     Notes
     -----
     Intensities are normalised to [0, 1] by dtype (integers: divided by the dtype's maximum; floats: by
-    the maximum of a coarse view of the image when it exceeds 1).
+    the maximum of a coarse view of the image when it exceeds 1), or per image by the normalisation
+    asked for. Every normalisation is fitted once on a coarse view of the whole image and applied pixel
+    by pixel, so the features do not depend on ``tile_size``.
 
     """
     from dask.system import CPU_COUNT  # the cores this process may use (affinity, cgroups)
@@ -357,14 +479,18 @@ def subspot_image_features(
                 f"extractor={extractor!r}; precomputed features are named 'obsm:<table>:<key>'."
             )
         return precomputed_features(sdata, parts[1], parts[2], layout, spots)
-    if isinstance(extractor, str) and extractor != "morphology":
+    if isinstance(extractor, str) and not (extractor == "morphology" or extractor.startswith("morphology:")):
         raise SoscopeInputError(
-            f"extractor={extractor!r} is unknown; use 'morphology', 'obsm:<table>:<key>', a callable "
-            "(B, H, W, C) -> (B, D) or a torch.nn.Module."
+            f"extractor={extractor!r} is unknown; use 'morphology' (or 'morphology:<normalisation>' with "
+            f"one of {list(MORPHOLOGY_NORMALISATIONS)}), 'obsm:<table>:<key>', a FoundationModel, a "
+            "callable (B, H, W, C) -> (B, D) or a torch.nn.Module."
         )
+    normalisation = _parse_morphology(extractor) if isinstance(extractor, str) else None
     if int(tile_size) < 1 or int(patch_size) < 1 or int(batch_size) < 1:
         raise SoscopeInputError("tile_size, patch_size and batch_size must be positive integers.")
     tile_size, patch_size, batch_size = int(tile_size), int(patch_size), int(batch_size)
+    foundation = isinstance(extractor, FoundationModel)
+    provenance: dict[str, Any] = {}
 
     image_el, _ = _element(sdata, image, "image")
     affine, levels = spots_to_image_pixels(sdata, spots, image, coordinate_system)
@@ -372,12 +498,20 @@ def subspot_image_features(
     area = np.asarray(layout.area, dtype=np.float64)
     ok_area = area[np.isfinite(area) & (area > 0)]
     size0 = float(np.sqrt(np.median(ok_area) * det)) if ok_area.size else float("nan")
-    k = choose_level(levels, size0, target_resolution=target_resolution, min_pixels=min_pixels)
+    if foundation:
+        fm: FoundationModel = extractor
+        fm.check_components()  # a probe forward pass: a bad n_components fails before any tile is read
+        mpp0, mpp_source = image_microns_per_pixel(
+            sdata, spots, image, coordinate_system, microns_per_unit=fm.microns_per_unit
+        )
+        k = _foundation_level(levels, mpp0, fm, target_resolution)
+    else:
+        k = choose_level(levels, size0, target_resolution=target_resolution, min_pixels=min_pixels)
     lv = levels[k]
     fy, fx = lv.downscale
     to_level = np.diag([1.0 / fx, 1.0 / fy, 1.0]) @ affine
     pixels_across = size0 / float(np.sqrt(fx * fy))
-    if pixels_across < 4:
+    if pixels_across < 4 and not foundation:
         logger.warning(
             "sub-spots span only %.1f pixels at image level %s: image features will be coarse.",
             pixels_across,
@@ -391,12 +525,26 @@ def subspot_image_features(
 
     morphology = isinstance(extractor, str)
     floating = not (np.issubdtype(np.dtype(arr.dtype), np.integer) or np.dtype(arr.dtype) == bool)
-    sample = _coarse_sample(image_el, levels) if (morphology or floating) else None
+    need_sample = morphology or floating or foundation
+    sample = _coarse_sample(image_el, levels) if need_sample else None
     scale = _intensity_scale(arr.dtype, sample)
+    prep: ImagePreparation | None = None
+    fitted = None
 
     if morphology:
         kind = _image_kind(arr, image_kind)
-        spec = fit_spec(sample, kind, _channel_names(arr), scale)
+        if normalisation is None:
+            spec = fit_spec(sample, kind, _channel_names(arr), scale)
+        else:
+            # the image is normalised first (fitted on the coarse view, pixel by pixel), then measured
+            prep = _preparation(
+                sample, kind, scale, tuple(range(arr.shape[0])),
+                stain=normalisation if normalisation in ("macenko", "reinhard") else None,
+                percentile=normalisation == "percentile", to_rgb=False,
+            )  # fmt: skip
+            spec = fit_spec(prep(sample), kind, _channel_names(arr), 1.0)
+            provenance.update(prep.describe())
+        provenance["normalisation"] = str(normalisation)
         names = spec.names
         # vertex arrays, not shapely objects: each tile's task builds the shapely polygons of its sub-spots;
         # which overlap the image is found a block of rows at a time (no copy of all the vertices)
@@ -407,11 +555,38 @@ def subspot_image_features(
             ]
             or [np.zeros(0, dtype=bool)]
         )
-        extractor_name = "morphology"
+        extractor_name = "morphology" if normalisation is None else f"morphology:{normalisation}"
     else:
         spec = None
-        probe = _run_extractor(extractor, np.zeros((1, patch_size, patch_size, arr.shape[0]), np.float32), 1)
-        names = [f"emb_{i}" for i in range(probe.shape[1])]
+        if foundation:
+            kind = _image_kind(arr, fm.image_kind)
+            channels = _fm_channels(fm, _channel_names(arr), kind)
+            prep = _preparation(
+                sample, kind, scale, channels, stain=fm.stain_normalise, percentile=kind == "fluorescence",
+                to_rgb=True,
+            )  # fmt: skip
+            lv_mpp = mpp0 * float(np.sqrt(fx * fy))
+            tile_px = fm.tile_um / lv_mpp
+            if tile_px < 1:
+                raise SoscopeInputError(
+                    f"tile_um={fm.tile_um:g} µm is smaller than one pixel of image level {lv.name} "
+                    f"({lv_mpp:.3g} µm per pixel): nothing to show the model. Raise tile_um to at least "
+                    f"{lv_mpp:.3g} µm (a few sub-spots' widths is typical)."
+                )
+            patch_size = max(1, int(round(tile_px)))
+            batch_size = fm.batch_size
+            names = [f"fm_{i}" for i in range(fm.embedding_dim)] if fm.needs_fit else fm.feature_names
+            provenance.update(
+                image_um_per_pixel=mpp0, um_per_pixel_source=mpp_source, level_um_per_pixel=lv_mpp,
+                tile_px=patch_size, **prep.describe(),
+            )  # fmt: skip
+            extractor_name = "foundation"
+        else:
+            probe = _run_extractor(
+                extractor, np.zeros((1, patch_size, patch_size, arr.shape[0]), np.float32), 1
+            )
+            names = [f"emb_{i}" for i in range(probe.shape[1])]
+            extractor_name = "torch" if _is_torch_module(extractor) else "callable"
         with np.errstate(invalid="ignore"):
             inside = (
                 np.isfinite(centroids).all(axis=1)
@@ -420,7 +595,6 @@ def subspot_image_features(
                 & (centroids[:, 1] >= 0)
                 & (centroids[:, 1] < h)
             )
-        extractor_name = "torch" if _is_torch_module(extractor) else "callable"
         corners = np.floor(centroids[:, ::-1] - patch_size / 2 + 0.5)  # (row, col) of the patch corner
         corners = np.where(np.isfinite(corners), corners, 0).astype(np.int64)
 
@@ -449,16 +623,21 @@ def subspot_image_features(
                 x0 = max(int(np.floor(b[:, 0].min())) - TEXTURE_MARGIN, 0)
                 x1 = min(int(np.ceil(b[:, 2].max())) + TEXTURE_MARGIN, w)
                 win = arr.isel(y=slice(y0, y1), x=slice(x0, x1)).data
-                return win, (y0, x0), polys, spec
+                return (win, (y0, x0), polys, spec) + (() if prep is None else (prep,))
             c = corners[idx]
             y0 = max(int(c[:, 0].min()), 0)
             y1 = min(int(c[:, 0].max()) + patch_size, h)
             x0 = max(int(c[:, 1].min()), 0)
             x1 = min(int(c[:, 1].max()) + patch_size, w)
             win = arr.isel(y=slice(y0, y1), x=slice(x0, x1)).data
+            if foundation:
+                return win, (y0, x0), c, (h, w), patch_size, prep, fm
             return win, (y0, x0), c, (h, w), patch_size, scale, extractor, batch_size
 
-        function = morphology_tile if morphology else _patch_tile
+        if morphology:
+            function = morphology_tile if prep is None else prepared_morphology_tile
+        else:
+            function = foundation_tile if foundation else _patch_tile
 
         def sink(gi: int, res: Any) -> None:
             idx = groups[gi]
@@ -482,6 +661,12 @@ def subspot_image_features(
             progress=progress,
             description="image features (tiles)",
         )
+    if foundation:
+        # the PCA is fitted on these sub-spots' raw embeddings unless it was fitted before (training data)
+        fitted = fm.fitted(out) if fm.needs_fit else fm
+        if fm.needs_fit:
+            out = fitted.reduce(out)
+            names = fitted.feature_names
     n_missing = int(np.isnan(out).all(axis=1).sum()) if out.shape[1] else int((~inside).sum())
     if n_missing:
         logger.warning(
@@ -490,6 +675,7 @@ def subspot_image_features(
             m,
             lv.name,
         )
+    provenance.update(level=lv.name, pixels_across=pixels_across, n_missing=n_missing)
     return SubspotFeatures(
         values=out,
         names=list(names),
@@ -498,6 +684,8 @@ def subspot_image_features(
         n_missing=n_missing,
         extractor=extractor_name,
         spec=spec,
+        provenance=provenance,
+        fitted=fitted,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,22 @@ if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
     from spatialdata import SpatialData
 
-__all__ = ["ImageLevel", "apply_affine", "image_levels", "level_array", "spots_to_image_pixels"]
+__all__ = [
+    "ImageLevel",
+    "apply_affine",
+    "image_levels",
+    "image_microns_per_pixel",
+    "level_array",
+    "spots_to_image_pixels",
+]
+
+#: Visium (v1, v2, CytAssist): centre-to-centre distance of the spots' hexagonal lattice, µm
+VISIUM_SPACING_UM = 100.0
+#: Visium: spot diameter / lattice spacing (55 / 100), with the tolerance soscope.io.detect_platform uses
+_VISIUM_RATIO = (0.40, 0.70)
+#: spatialdata-io readers whose coordinate system is the full-resolution image's pixels (not µm)
+_PIXEL_FRAME_READERS = ("visium", "visium_hd")
+_BIN_UM = re.compile(r"(\d{3})um")
 
 
 @dataclass(frozen=True)
@@ -212,3 +228,106 @@ def apply_affine(affine: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """Apply a ``(3, 3)`` affine to ``(n, 2)`` points (x, y)."""
     xy = np.asarray(xy, dtype=np.float64)
     return xy @ affine[:2, :2].T + affine[:2, 2]
+
+
+def _visium_microns_per_unit(spots: Any, t_spots: np.ndarray) -> float | None:
+    """µm per coordinate-system unit from a Visium lattice (55 µm circles, 100 µm apart), else None."""
+    from soscope.geometry import ORDER_MIN, lattice_orientation, lattice_spacing, spot_centres
+
+    if "radius" not in getattr(spots, "columns", ()) or len(spots) < 7:
+        return None
+    xy = spot_centres(spots)
+    spacing = lattice_spacing(xy)
+    if not np.isfinite(spacing) or spacing <= 0:
+        return None
+    order = lattice_orientation(xy, spacing)
+    ratio = 2.0 * float(np.median(np.asarray(spots["radius"], dtype=float))) / spacing
+    if order["psi6"] < ORDER_MIN or order["psi6"] <= order["psi4"]:
+        return None
+    if not _VISIUM_RATIO[0] <= ratio <= _VISIUM_RATIO[1]:
+        return None
+    return VISIUM_SPACING_UM / (spacing * float(np.sqrt(abs(np.linalg.det(t_spots[:2, :2])))))
+
+
+def _bin_microns_per_unit(spots: Any, spots_name: str, t_spots: np.ndarray) -> float | None:
+    """µm per unit from Visium HD bins named like ``..._square_016um`` (side of the squares), else None."""
+    found = _BIN_UM.search(spots_name)
+    if found is None or "radius" in getattr(spots, "columns", ()) or len(spots) == 0:
+        return None
+    side = float(np.sqrt(np.median(np.asarray(spots.geometry.area, dtype=float))))
+    side *= float(np.sqrt(abs(np.linalg.det(t_spots[:2, :2]))))
+    return float(found.group(1)) / side if side > 0 else None
+
+
+def image_microns_per_pixel(
+    sdata: SpatialData | None,
+    spots_element_name: str | Any,
+    image_element_name: str | Any,
+    coordinate_system: str,
+    *,
+    microns_per_unit: float | None = None,
+) -> tuple[float, str]:
+    """Size in µm of one full-resolution (``scale0``) pixel of the image, and how it was found.
+
+    The pixel's size in coordinate-system units comes from the image's transformation; the coordinate
+    system's unit in µm, in this order:
+
+    1. ``microns_per_unit`` when given;
+    2. Visium spots (circles on a hexagonal lattice, diameter / spacing 0.40–0.70): the lattice spacing is
+       100 µm;
+    3. Visium HD bins read by spatialdata-io (a spots element named ``..._016um``): the bins' side;
+    4. an image whose transformation scales its pixels (not the identity), outside data that
+       spatialdata-io's ``visium`` / ``visium_hd`` readers wrote in image pixels: the coordinate system is in
+       µm (the convention of the imaging platforms' readers, of :func:`soscope.io.read_dbit` and of
+       :func:`soscope.datasets.synthetic`).
+
+    Parameters
+    ----------
+    sdata
+        The SpatialData (may be ``None`` when elements are passed, not names).
+    spots_element_name, image_element_name
+        The spots shapes element and the image element (names or elements).
+    coordinate_system
+        A coordinate system both have.
+    microns_per_unit
+        µm per unit of ``coordinate_system``, when known.
+
+    Returns
+    -------
+    ``(microns_per_pixel, source)``; ``source`` says which rule gave it.
+
+    Raises
+    ------
+    SoscopeInputError
+        If no rule applies (e.g. the coordinate system is the image's own pixel grid), naming the fix.
+
+    """
+    spots, spots_name = _element(sdata, spots_element_name, "spots")
+    image, image_name = _element(sdata, image_element_name, "image")
+    t_image = _transformation_to(image, image_name, "image", coordinate_system)
+    t_spots = _transformation_to(spots, spots_name, "spots", coordinate_system)
+    pixel_units = float(np.sqrt(abs(np.linalg.det(t_image[:2, :2]))))  # one scale0 pixel, in cs units
+    if microns_per_unit is not None:
+        mpu = float(microns_per_unit)
+        if not np.isfinite(mpu) or mpu <= 0:
+            raise SoscopeInputError(f"microns_per_unit={microns_per_unit!r} must be a positive number (µm).")
+        return mpu * pixel_units, f"microns_per_unit={mpu:g}"
+    mpu = _visium_microns_per_unit(spots, t_spots)
+    if mpu is not None:
+        return mpu * pixel_units, f"Visium lattice: spots {VISIUM_SPACING_UM:g} µm apart"
+    mpu = _bin_microns_per_unit(spots, spots_name, t_spots)
+    if mpu is not None:
+        return mpu * pixel_units, f"Visium HD bins of {spots_name!r}"
+    attrs = getattr(sdata, "attrs", None) or {}
+    reader = str(attrs.get("spatialdata_io_reader", "") or "")
+    identity = np.allclose(t_image[:2, :2], np.eye(2), rtol=0.0, atol=1e-12)
+    if not identity and reader not in _PIXEL_FRAME_READERS:
+        return pixel_units, f"coordinate system {coordinate_system!r} taken to be in µm"
+    raise SoscopeInputError(
+        f"cannot tell the µm per pixel of image {image_name!r}: its coordinate system "
+        f"{coordinate_system!r} is "
+        + ("the image's own pixel grid" if identity else f"in image pixels (read by {reader!r})")
+        + " and the spots are no Visium lattice. Pass the coordinate system's unit, e.g. "
+        "FoundationModel(..., microns_per_unit=0.2125) for a coordinate system in pixels of 0.2125 µm, or "
+        "microns_per_unit=1 when it is in µm."
+    )

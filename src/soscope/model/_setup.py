@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -52,6 +53,11 @@ class Prepared:
     modality_masks: dict[str, np.ndarray]
     image_extractor: str | None
     platform: str = "generic"  # detected by soscope.io.detect_platform (its PLATFORM_DEFAULTS key)
+    # how the image features were made: the extractor's description and, per spots element, the image's
+    # (for uns["soscope"]["image_features"])
+    image_provenance: dict[str, Any] = field(default_factory=dict)
+    # a FoundationModel whose PCA was fitted here (on these sub-spots): the model keeps it for new data
+    fitted_extractor: Any = None
 
 
 def _to_cs(layout: SubspotLayout, affine: np.ndarray, *, polygons: bool) -> SubspotLayout:
@@ -179,8 +185,15 @@ def prepare(
     spacing = lattice_spacing(centres_all) if len(centres_all) > 1 else 1.0
 
     img_values, img_names, extractor = None, [], None
+    provenance: dict[str, Any] = {}
+    fitted = refitted = None
     if sel.has_image and use_image:
-        from ..features import subspot_image_features
+        from ..features import FoundationModel, subspot_image_features
+
+        # a foundation model's PCA is fitted on the raw embeddings of every section together, then each
+        # section is projected on it (a model whose PCA is fitted already projects each tile as it goes)
+        fit_pca = isinstance(image_features, FoundationModel) and image_features.needs_fit
+        run_with = image_features.embeddings_only() if fit_pca else image_features
 
         without = [name for name in sel.spots if sel.image_of(name) is None]
         if without:
@@ -202,11 +215,22 @@ def prepare(
                 layouts[name],
                 name,
                 coordinate_system=sel.coordinate_system_of(name),
-                extractor=image_features,
+                extractor=run_with,
                 progress=progress,
             )
             parts.append(np.asarray(feats.values, dtype=np.float32))
             img_names = list(feats.names)
+            provenance.setdefault("sections", {})[name] = dict(feats.provenance)
+            provenance["extractor"] = feats.extractor
+            if feats.fitted is not None:
+                fitted = feats.fitted
+        if fit_pca:
+            found = [p for p in parts if p is not None]
+            fitted = refitted = image_features.fitted(np.vstack(found))
+            parts = [None if p is None else fitted.reduce(p) for p in parts]
+            img_names = fitted.feature_names
+        if fitted is not None:
+            provenance.update(fitted.provenance())
         parts = [
             np.full((layouts[name].n_subspots, len(img_names)), np.nan, np.float32) if part is None else part
             for name, part in zip(sel.spots, parts, strict=True)
@@ -252,7 +276,10 @@ def prepare(
         scheme,
         likelihoods,
     )
-    return Prepared(data, sel, layouts, scheme, likelihoods, dict(sel.modalities), extractor, platform.name)
+    return Prepared(
+        data, sel, layouts, scheme, likelihoods, dict(sel.modalities), extractor, platform.name,
+        image_provenance=provenance, fitted_extractor=refitted,
+    )  # fmt: skip
 
 
 def _check_same_transform(sdata, a: str, b: str, cs: str) -> None:

@@ -94,9 +94,14 @@ class SoScope:
     modality_key
         ``var`` column naming each feature's modality (auto-detected from ``feature_types``).
     image_features
-        ``"morphology"`` (colour, stain and texture statistics; no downloads), a callable on image patches,
-        a torch module, or ``"obsm:<table>:<key>"`` for precomputed features. :meth:`save` keeps a torch
-        module's weights and import path; a plain callable cannot be saved, so :meth:`load` asks for it again.
+        ``"morphology"`` (colour, stain and texture statistics; no downloads), optionally on a normalised
+        image (``"morphology:macenko"``, ``"morphology:reinhard"``, ``"morphology:percentile"``); a
+        :class:`~soscope.features.FoundationModel` (a pretrained network on patches of a fixed size in µm,
+        reduced by a PCA fitted here, on the training sub-spots, and reused on new data); a callable on
+        image patches; a torch module; or ``"obsm:<table>:<key>"`` for precomputed features. :meth:`save`
+        keeps a torch module's (or a foundation model's network's) weights and import path, and a
+        foundation model's settings and PCA; a plain callable cannot be saved, so :meth:`load` asks for it
+        again. See :func:`soscope.features.subspot_image_features`.
     use_image, use_graph
         Ablations: no image (sub-spots start from the interpolation of neighbouring spots); no graph
         (spot-only encoder).
@@ -201,6 +206,11 @@ class SoScope:
                 use_graph=use_graph, use_image=use_image, image_evidence=image_evidence,
                 reference=resolved, reference_smoothness=reference_smoothness,
             )  # fmt: skip
+            if self.prepared.fitted_extractor is not None:
+                # a foundation model's PCA, fitted on these (training) sub-spots: kept, saved, and used
+                # unchanged on new data
+                self._image_extractor = self.prepared.fitted_extractor
+                self._init_params["image_features"] = self.prepared.fitted_extractor
         self.normaliser = state.normaliser
         self.feature_names = state.feature_names
         self.image_feature_names = state.image_feature_names
@@ -459,7 +469,7 @@ class SoScope:
             prepared = self._prepare_other(sdata, **selection)
         # one task per chunk of spots (soscope.tiling.run_tasks); large outputs stream into the store
         return enhance_and_write(
-            sdata, prepared, self.module, self.normaliser, uns=self._uns(), key_added=key_added,
+            sdata, prepared, self.module, self.normaliser, uns=self._uns(prepared), key_added=key_added,
             device=self.device_request, n_samples=n_samples, overwrite=overwrite,
             inplace=inplace, client=client, chunk_spots=chunk_spots,
             progress=self.progress, features=features, dtype=dtype,
@@ -472,7 +482,7 @@ class SoScope:
             raise SoscopeInputError("pass the SpatialData: this model was loaded without data")
         return latent(self.module, prepared.data, self.normaliser, device=self.device)
 
-    def _uns(self) -> dict:
+    def _uns(self, prepared: Prepared | None = None) -> dict:
         settings = {k: ("None" if v is None else v) for k, v in self.settings.items()}
         settings = {
             k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) else v) for k, v in settings.items()
@@ -492,6 +502,7 @@ class SoScope:
                 self.normaliser.evidence, [m.name for m in self.module.config.modalities]
             ),
             "reference": {} if self.normaliser.reference is None else self.normaliser.reference.as_uns(),
+            "image_features": _image_features_uns(self._image_extractor, prepared),
         }
 
     # ------------------------------------------------------------------ persistence
@@ -517,6 +528,11 @@ class SoScope:
             params["image_features"] = _extractor_marker(extractor)
             if isinstance(extractor, torch.nn.Module):
                 extractor_state = {k: v.detach().cpu() for k, v in extractor.state_dict().items()}
+            elif _is_foundation(extractor):
+                extractor_state = {
+                    "backbone": {k: v.detach().cpu() for k, v in extractor.model.state_dict().items()},
+                    "pca": extractor.pca_state() or {},
+                }
             elif self.image_feature_names:
                 warnings.warn(
                     f"the image-feature extractor {params['image_features']['name']} is a callable, which a "
@@ -723,8 +739,39 @@ def _normaliser_from_payload(nm: dict) -> Normaliser:
 
 # ---------------------------------------------------------------------------------------- custom extractors
 def _is_named_extractor(value: Any) -> bool:
-    """Extractors named by a string (``"morphology"``, ``"obsm:<table>:<key>"``) are saved as they are."""
-    return isinstance(value, str) and (value == "morphology" or value.startswith("obsm:"))
+    """Say whether an extractor is named by a string (saved as it is).
+
+    ``"morphology"``, ``"morphology:<normalisation>"`` and ``"obsm:<table>:<key>"``.
+    """
+    return isinstance(value, str) and (
+        value == "morphology" or value.startswith("morphology:") or value.startswith("obsm:")
+    )
+
+
+def _is_foundation(extractor: Any) -> bool:
+    from ..features import FoundationModel
+
+    return isinstance(extractor, FoundationModel)
+
+
+def _plain_uns(value: Any) -> Any:
+    """``value`` with what a zarr store cannot hold made plain: None → ``"None"``, sequences → arrays."""
+    if isinstance(value, dict):
+        return {str(k): _plain_uns(v) for k, v in value.items()}
+    if value is None:
+        return "None"
+    if isinstance(value, (list, tuple)):
+        return np.asarray(value)
+    return value
+
+
+def _image_features_uns(extractor: Any, prepared: Prepared | None) -> dict:
+    """Provenance of the image features for ``uns["soscope"]["image_features"]`` (empty without image)."""
+    found = {} if prepared is None else dict(prepared.image_provenance)
+    if not found:
+        return {}
+    found["description"] = _describe_extractor(extractor)
+    return _plain_uns(found)
 
 
 def _import_path(obj: Any) -> str:
@@ -739,12 +786,24 @@ def _describe_extractor(extractor: Any) -> str:
     """Describe an extractor for ``uns`` and logs: its name, or its kind and import path."""
     if isinstance(extractor, str):
         return extractor
+    if _is_foundation(extractor):
+        return f"foundation:{extractor.name}"
     kind = "torch" if isinstance(extractor, torch.nn.Module) else "callable"
     return f"{kind}:{_import_path(extractor)}"
 
 
 def _extractor_marker(extractor: Any) -> dict[str, str]:
-    """Record a custom extractor in a model file (a torch module's weights go beside this record)."""
+    """Record a custom extractor in a model file (a torch module's weights go beside this record).
+
+    A foundation model is recorded by its network's import path and its settings (JSON); its network's
+    weights and its PCA go beside.
+    """
+    if _is_foundation(extractor):
+        return {
+            "kind": "foundation",
+            "name": _import_path(extractor.model),
+            "config": json.dumps(extractor.config()),
+        }
     kind = "torch" if isinstance(extractor, torch.nn.Module) else "callable"
     return {"kind": kind, "name": _import_path(extractor)}
 
@@ -792,6 +851,10 @@ def _resolve_extractor(
             )
         return saved
     kind, name = saved["kind"], saved["name"]
+    if kind == "foundation":
+        if not needed and given is None:
+            return "morphology"
+        return _resolve_foundation(saved, state, given, trusted_modules=trusted_modules)
     if given is not None:
         if isinstance(given, type) and issubclass(given, torch.nn.Module):
             try:
@@ -833,3 +896,26 @@ def _resolve_extractor(
             "instance, SoScope.load(path, image_features=Net(...))"
         ) from err
     return _with_weights(module, state, name)
+
+
+def _resolve_foundation(
+    saved: dict, state: dict | None, given: Any, *, trusted_modules: Iterable[str | ModuleType]
+) -> Any:
+    """Rebuild a saved :class:`~soscope.features.FoundationModel`: its settings, its network, its PCA.
+
+    The network is the one given at load (a ``FoundationModel``, a module or its class), else a timm
+    architecture built by name (``pretrained=False``: nothing is downloaded), else rebuilt from its import
+    path as a torch extractor (trusted modules only); it then receives the saved weights.
+    """
+    from ..features import FoundationModel
+
+    config = json.loads(saved["config"])
+    state = state or {}
+    module = given.model if isinstance(given, FoundationModel) else given
+    if module is not None or not str(config.get("name", "")).startswith("timm:"):
+        # as a torch extractor: the given module (or class), else the import path of a trusted module
+        torch_record = {"kind": "torch", "name": saved["name"]}
+        module = _resolve_extractor(torch_record, None, module, trusted_modules=trusted_modules, needed=True)
+    return FoundationModel.from_config(
+        config, module, pca=state.get("pca") or None, weights=state.get("backbone")
+    )
