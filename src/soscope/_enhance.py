@@ -12,7 +12,7 @@ from ._errors import SoscopeInputError
 #: ``model=`` they would have no effect, so they are refused rather than silently dropped
 _TRAINING_ONLY = {
     "subspots": "auto", "likelihood": "auto", "epochs": None, "batch_size": None, "seed": 0,
-    "reference": None, "cell_type_key": "cell_type",
+    "reference": None, "cell_type_key": "cell_type", "labels": None,
 }  # fmt: skip
 
 
@@ -43,6 +43,7 @@ def enhance(
     dtype: str = "float32",
     reference: Any = None,
     cell_type_key: str = "cell_type",
+    labels: str | None = None,
     client=None,
     **model_kwargs,
 ):
@@ -109,6 +110,10 @@ def enhance(
         :class:`~soscope.SoScope`. Adds ``obsm["cell_type_abundance"]`` to the enhanced table and writes a
         spot table ``f"{table}_{key_added}_spots"`` with each spot's abundances (type names in
         ``uns["soscope"]["reference"]["cell_types"]``). A trained ``model=`` brings its own reference.
+    labels
+        Human labels (a few annotated regions): a shapes element of polygons with a categorical column, or
+        a labels raster with a category table (``"element:column"`` to name the column); see
+        :class:`~soscope.SoScope`. A trained ``model=`` brings its own label classifier.
     client
         A ``dask.distributed`` client to run inference on (default: the active one, if any, else local
         threads; see :doc:`/scale`).
@@ -125,11 +130,13 @@ def enhance(
     if model is not None:
         given = dict(
             subspots=subspots, likelihood=likelihood, epochs=epochs, batch_size=batch_size, seed=seed,
-            reference=reference, cell_type_key=cell_type_key,
+            reference=reference, cell_type_key=cell_type_key, labels=labels,
         )  # fmt: skip
         # `is not` / `!=` on plain values; an AnnData reference is "given" whenever it is not None
         ignored = [
-            k for k, v in given.items() if (v is not None if k == "reference" else v != _TRAINING_ONLY[k])
+            k
+            for k, v in given.items()
+            if (v is not None if k in ("reference", "labels") else v != _TRAINING_ONLY[k])
         ] + list(model_kwargs)
         if ignored:
             raise SoscopeInputError(
@@ -156,7 +163,8 @@ def enhance(
     if model is None:
         m = SoScope(
             sdata, subspots=subspots, likelihood=likelihood, batch_key=batch_key, seed=seed, device=device,
-            progress=progress, reference=reference, cell_type_key=cell_type_key, **selection, **model_kwargs,
+            progress=progress, reference=reference, cell_type_key=cell_type_key, labels=labels,
+            **selection, **model_kwargs,
         )  # fmt: skip
         _check_output_names_early(sdata, m.prepared, key_added, overwrite, m.normaliser.reference is not None)
         # bad features= / dtype=, or outputs that cannot fit in memory, fail before training

@@ -13,6 +13,7 @@ Public functions
 * :func:`image_microns_per_pixel` — the µm per pixel of an image, from its coordinate system.
 * :class:`SectionStandardiser`, :func:`standardise_per_section` — image features standardised with each
   section's own statistics.
+* :class:`LabelClassifier`, :func:`label_coverage` — human labels (annotated regions) as sub-spot features.
 * :func:`segment_nuclei` — nucleus detection (fluorescence or H&E), tile by tile; a table per nucleus.
 * :func:`nuclei_per_polygon` — nucleus count, density and nuclear statistics per polygon.
 """
@@ -25,6 +26,7 @@ from soscope.features._extract import (
     subspot_image_features,
 )
 from soscope.features._foundation import IMAGENET_MEAN, IMAGENET_STD, FoundationModel
+from soscope.features._labels import LabelClassifier, label_coverage, resolve_label_element
 from soscope.features._morphology import MorphologySpec, morphology_feature_names
 from soscope.features._nuclei import (
     NUCLEI_COLUMNS,
@@ -60,6 +62,7 @@ __all__ = [
     "REINHARD_REFERENCE",
     "FoundationModel",
     "ImageLevel",
+    "LabelClassifier",
     "MorphologySpec",
     "NucleusDetector",
     "PercentileScaling",
@@ -69,6 +72,7 @@ __all__ = [
     "choose_level",
     "image_levels",
     "image_microns_per_pixel",
+    "label_coverage",
     "macenko_stains",
     "match_points",
     "morphology_feature_names",
@@ -77,6 +81,7 @@ __all__ = [
     "nuclei_per_polygon",
     "precomputed_features",
     "reinhard_statistics",
+    "resolve_label_element",
     "segment_nuclei",
     "spots_to_image_pixels",
     "standardise_per_section",

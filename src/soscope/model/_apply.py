@@ -25,7 +25,7 @@ from ..io import (
 )
 from ..module import SoScopeModule
 from ._core import resolve_device
-from ._data import Normaliser
+from ._data import Normaliser, standardised_image
 from ._evidence import kernel_matrix
 from ._output import (
     output_names,
@@ -192,7 +192,7 @@ def subspot_cell_types(data, norm: Normaliser, module: SoScopeModule) -> tuple[n
     layout = data.layout
     img = None
     if module.use_image and data.image_features is not None and norm.image_mean is not None:
-        img = norm.standardise_image(data.image_features)
+        img = standardised_image(data, norm)
     kernel = kernel_matrix(data.centres, layout.centroid, data.spacing)
     n_kt = subspot_abundance(
         fit, data.cell_type_abundance, layout, data.centres, data.spacing, norm.area_unit, img=img,

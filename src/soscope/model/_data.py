@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from .._settings import settings
+from ..features import SectionStandardiser
 from ..geometry import SubspotLayout
 from ..module import LazyColumns, ModalitySpec, SpotBatch
 from ..tiling import Chunk, adjacency
@@ -61,6 +62,8 @@ class SpotData:
     # (N, T) each spot's cell-type abundance (counts owed to each type of the model's single-cell reference,
     # soscope.model._reference); None without a reference
     cell_type_abundance: np.ndarray | None = None
+    # per-section statistics of image_features, fitted once on whole sections (chunk payloads carry them)
+    image_standardiser: SectionStandardiser | None = None
 
     @property
     def n_spots(self) -> int:
@@ -189,6 +192,15 @@ class Normaliser:
         return np.nan_to_num(f, nan=0.0).clip(-8, 8).astype(np.float32)
 
 
+def standardised_image(data: SpotData, norm: Normaliser, rows: np.ndarray | None = None) -> np.ndarray:
+    """Image features of sub-spot ``rows`` (None: all) standardised with their section's own statistics."""
+    f = data.image_features if rows is None else data.image_features[rows]
+    if data.image_standardiser is None:  # data built without per-section statistics: the training ones
+        return norm.standardise_image(f)
+    spots = data.layout.spot_index if rows is None else data.layout.spot_index[rows]
+    return data.image_standardiser.standardise(f, data.sections[spots])
+
+
 def batch_scale_rows(data: SpotData, norm: Normaliser, labels: list[str]) -> list[np.ndarray]:
     """Per modality ``(len(labels), F)``: what brings each batch's spot values to the normaliser's scale.
 
@@ -235,7 +247,7 @@ def spot_density(x, layout: SubspotLayout, area_unit: float):
 
 def _fit_image_ridge(data: SpotData, norm: Normaliser, alpha: float) -> list:
     """Per modality the closed-form ridge of spot density on image features, with a fixed penalty."""
-    z = norm.standardise_image(data.image_features)
+    z = standardised_image(data, norm)
     ridges = []
     for mi, spec in enumerate(data.modalities):
         x = data.counts[mi]
@@ -254,7 +266,7 @@ def _fit_image_evidence(data: SpotData, norm: Normaliser) -> tuple[list, list[Ev
     The ridge penalty and the weight are chosen together by cross-validation over spots (see
     :func:`soscope.model._evidence.select_weights`); the ridge is then refitted on every spot.
     """
-    z = norm.standardise_image(data.image_features)
+    z = standardised_image(data, norm)
     design = footprint_design(z, data.layout)
     area = data.layout.footprint_area / norm.area_unit
     every = np.arange(data.n_spots)
@@ -482,7 +494,7 @@ def make_batch(
     # a model without the image (use_image=False, or an image weighted 0 everywhere: see Normaliser.evidence)
     # gets neither its features nor the sub-spot graph of the image regulariser, so it equals the no-image run
     if use_image_offset and data.image_features is not None and norm.image_mean is not None:
-        img = norm.standardise_image(data.image_features[rows])
+        img = standardised_image(data, norm, rows)
     xs, ins, offsets = [], [], []
     # one kernel from the sub-spots to the chunk's spots: the spatial prior and the image term share it
     kernel = kernel_matrix(data.centres[nodes], sub.centroid, data.spacing)

@@ -443,7 +443,9 @@ def fit_reference(
     dens_t = w / area[:, None]
     fit.type_density_mean = dens_t.mean(0)
     if data.image_features is not None and norm.image_mean is not None:
-        z = norm.standardise_image(data.image_features)
+        from ._data import standardised_image  # (_data imports this module)
+
+        z = standardised_image(data, norm)
         floor_t = _evidence_floor(fit.type_density_mean)
         ev = _evidence.select_weights(
             dens_t, dens_t, footprint_design(z, data.layout), area, data.centres,

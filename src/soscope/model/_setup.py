@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from .._errors import SoscopeInputError
 from .._memory import release_free_memory
 from .._transforms import affine_xy
+from ..features import SectionStandardiser
 from ..geometry import (
     PolygonArray,
     SubspotLayout,
@@ -58,6 +59,10 @@ class Prepared:
     image_provenance: dict[str, Any] = field(default_factory=dict)
     # a FoundationModel whose PCA was fitted here (on these sub-spots): the model keeps it for new data
     fitted_extractor: Any = None
+    # human labels (labels=): the classifier learned where labelled, which makes the label features of new
+    # data; and the labelled share of the sub-spots (for uns)
+    label_classifier: Any = None
+    label_provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def _to_cs(layout: SubspotLayout, affine: np.ndarray, *, polygons: bool) -> SubspotLayout:
@@ -109,11 +114,15 @@ def prepare(
     use_image: bool = True,
     progress: bool = False,
     for_training: bool = True,
+    labels: str | None = None,
+    label_classifier: Any = None,
 ) -> Prepared:
     """Select, validate and convert ``sdata`` for the model (see :func:`soscope.enhance` for the arguments).
 
     ``request``: which elements to use (default: choose automatically). ``for_training=False`` (data a
     trained model only enhances) leaves out the sub-spot graph, which only the training loss uses.
+    ``labels``: annotated regions to learn label features from (training); ``label_classifier``: a trained
+    model's classifier that makes them for new data (see :mod:`soscope.features._labels`).
     """
     request = SelectionRequest() if request is None else request
     # a run killed earlier may have left its staging (or a half-done commit) in the store: undo it first,
@@ -238,6 +247,13 @@ def prepare(
         img_values = np.vstack(parts)
         extractor = image_features if isinstance(image_features, str) else repr(image_features)
 
+    section_of_subspot = np.asarray(sel.sections, dtype=str)[layout.spot_index]
+    label_provenance: dict[str, Any] = {}
+    if labels is not None or label_classifier is not None:
+        img_values, img_names, label_classifier, label_provenance = _label_features(
+            sdata, sel, layouts, labels, label_classifier, img_values, img_names, section_of_subspot
+        )
+
     if batch_key is not None:
         if batch_key not in adata.obs:
             raise SoscopeInputError(
@@ -263,6 +279,9 @@ def prepare(
         spacing=float(spacing),
         image_features=img_values,
         image_feature_names=img_names,
+        image_standardiser=None
+        if img_values is None
+        else SectionStandardiser.fit(img_values, section_of_subspot),
         # the sub-spot graph serves only the image regulariser of the training loss; each minibatch finds
         # its own edges (bounded memory), with tolerances fixed by the whole layout
         subspot_size=subspot_size(layout) if for_training else None,
@@ -278,8 +297,75 @@ def prepare(
     )
     return Prepared(
         data, sel, layouts, scheme, likelihoods, dict(sel.modalities), extractor, platform.name,
-        image_provenance=provenance, fitted_extractor=refitted,
+        image_provenance=provenance, fitted_extractor=refitted, label_classifier=label_classifier,
+        label_provenance=label_provenance,
     )  # fmt: skip
+
+
+def _label_features(sdata, sel, layouts, labels, classifier, img_values, img_names, sections):
+    """Append the label features (``label:<category>``) to the sub-spot features.
+
+    Training (``labels`` given): each sub-spot's coverage by the labelled regions; with image features, a
+    classifier learned on the labelled sub-spots predicts the others (coverage where labelled, prediction
+    elsewhere). A trained model's ``classifier`` predicts every sub-spot of new data from its image.
+    """
+    from ..features import LabelClassifier, SectionStandardiser, label_coverage
+
+    standardised = None
+    if img_values is not None:
+        standardised = SectionStandardiser.fit(img_values, sections).standardise(img_values, sections)
+    provenance: dict[str, Any] = {}
+    n_subspots = sum(layout.n_subspots for layout in layouts.values())
+    if labels is None:  # new data: the saved classifier, from the image alone (none: uniform)
+        extra = classifier.features(np.zeros((n_subspots, 0)) if standardised is None else standardised)
+        names = classifier.names()
+    else:
+        parts, categories = [], None
+        for name in sel.spots:
+            cs = sel.coordinate_system_of(name)
+            polygons = _to_cs(layouts[name], affine_xy(sdata.shapes[name], cs), polygons=True).polygons
+            cover, cats = label_coverage(sdata, labels, polygons.to_shapely(), cs)
+            if categories is not None and cats != categories:  # align the categories across elements
+                full = sorted(set(categories) | set(cats))
+                parts = [_recategorise(p, categories, full) for p in parts]
+                cover, categories = _recategorise(cover, cats, full), full
+            categories = cats if categories is None else categories
+            parts.append(cover)
+        coverage = np.vstack(parts)
+        labelled = coverage.sum(1) >= 0.5
+        provenance = {
+            "labels": labels,
+            "categories": list(categories),
+            "labelled_subspots": int(labelled.sum()),
+            "labelled_fraction": float(labelled.mean()),
+        }
+        if standardised is None:
+            # nothing to learn the categories from: new data will get uniform label features
+            classifier = LabelClassifier(
+                list(categories),
+                np.zeros((len(categories), 0)),
+                np.zeros(len(categories)),
+                int(labelled.sum()),
+            )
+            extra = (coverage / np.maximum(coverage.sum(1, keepdims=True), 1.0)).astype(np.float32)
+            provenance["classifier"] = "none (no image): the label features are the coverage alone"
+        else:
+            classifier = LabelClassifier.fit(standardised, coverage, list(categories))
+            extra = classifier.features(standardised, coverage)
+            provenance["classifier"] = (
+                f"multinomial logistic regression on the image features, {classifier.n_labelled} labelled "
+                "sub-spots"
+            )
+        names = [f"label:{c}" for c in categories]
+        logger.info("labels %r: %s", labels, provenance)
+    values = extra if img_values is None else np.hstack([img_values, extra])
+    return values, [*img_names, *names], classifier, provenance
+
+
+def _recategorise(cover: np.ndarray, cats: list[str], full: list[str]) -> np.ndarray:
+    out = np.zeros((len(cover), len(full)), dtype=cover.dtype)
+    out[:, [full.index(c) for c in cats]] = cover
+    return out
 
 
 def _check_same_transform(sdata, a: str, b: str, cs: str) -> None:

@@ -20,6 +20,7 @@ import torch
 from .._errors import ModelCompatibilityError, SoscopeInputError
 from .._settings import settings as soscope_settings  # not SoScope.settings, the model's own
 from .._version import __version__
+from ..features import LabelClassifier
 from ..io import SelectionRequest
 from ..module import ModalitySpec, ModuleConfig, SoScopeModule
 from ..train import History, TrainConfig
@@ -66,6 +67,8 @@ class _ModelState:
     history: History | None = None
     train_config: TrainConfig | None = None
     is_trained: bool = False
+    # human labels: the classifier that makes the label features of new data (None: no labels)
+    label_classifier: LabelClassifier | None = None
 
 
 class SoScope:
@@ -123,7 +126,15 @@ class SoScope:
         saved with the model: applying it to new sections needs no reference. See
         :mod:`soscope.model._reference`.
     reference_smoothness
-        Strength of the deconvolution's spatial smoothness prior (0: none).
+        Strength of the deconvolution's spatial smoothness prior: each neighbouring spot's type mix weighs
+        like this many counts (0: none).
+    labels
+        Human labels: a shapes element of annotated polygons with a categorical column (e.g. drawn in
+        napari-spatialdata), or a labels raster with a table of categories; ``"element:column"`` names the
+        column when there are several. Partial labelling is the normal case: each sub-spot's share inside
+        each category becomes a feature where labelled, and a classifier learned there from the image
+        predicts it elsewhere (``label:<category>`` sub-spot features, weighed like image features). The
+        classifier is saved with the model. See :mod:`soscope.features._labels`.
     n_latent, n_hidden, n_graph_layers
         Network sizes.
     seed
@@ -157,6 +168,7 @@ class SoScope:
         reference: Any = None,
         cell_type_key: str = "cell_type",
         reference_smoothness: float = SMOOTHNESS,
+        labels: str | None = None,
         n_latent: int = 16,
         n_hidden: int = 128,
         n_graph_layers: int = 2,
@@ -174,7 +186,7 @@ class SoScope:
             "use_image": use_image, "use_graph": use_graph, "image_evidence": image_evidence,
             # the reference itself is saved as the fitted profiles (normaliser.reference), not as given
             "reference": describe_reference(reference), "cell_type_key": cell_type_key,
-            "reference_smoothness": reference_smoothness,
+            "reference_smoothness": reference_smoothness, "labels": labels,
             "n_latent": n_latent, "n_hidden": n_hidden,
             "n_graph_layers": n_graph_layers, "seed": seed, "device": device, "progress": progress,
         }  # fmt: skip
@@ -199,7 +211,7 @@ class SoScope:
             resolved = resolve_reference(reference, sdata, cell_type_key)
             self.prepared = prepare(
                 sdata, self.selection, subspots=subspots, likelihood=likelihood,
-                image_features=image_features, use_image=use_image, progress=progress,
+                image_features=image_features, use_image=use_image, progress=progress, labels=labels,
             )  # fmt: skip
             state = _state_from_data(
                 self.prepared, n_latent=n_latent, n_hidden=n_hidden, n_graph_layers=n_graph_layers,
@@ -212,6 +224,7 @@ class SoScope:
                 self._image_extractor = self.prepared.fitted_extractor
                 self._init_params["image_features"] = self.prepared.fitted_extractor
         self.normaliser = state.normaliser
+        self.label_classifier = state.label_classifier
         self.feature_names = state.feature_names
         self.image_feature_names = state.image_feature_names
         self.scheme = state.scheme
@@ -354,6 +367,7 @@ class SoScope:
             likelihood={m.name: m.likelihood for m in self.module.config.modalities},
             image_features=self._image_extractor,
             use_image=s["use_image"], progress=self.progress, for_training=False,
+            label_classifier=self.label_classifier,
         )  # fmt: skip
         self._align_features(prepared)
         calibrate_new_batches(self.module, prepared.data, self.normaliser, device=self.device)
@@ -502,7 +516,18 @@ class SoScope:
                 self.normaliser.evidence, [m.name for m in self.module.config.modalities]
             ),
             "reference": {} if self.normaliser.reference is None else self.normaliser.reference.as_uns(),
+            "labels": {} if self.label_classifier is None else self._labels_uns(),
             "image_features": _image_features_uns(self._image_extractor, prepared),
+        }
+
+    def _labels_uns(self) -> dict:
+        """``uns["soscope"]["labels"]``: the categories and how the label features were learned."""
+        c = self.label_classifier
+        found = {} if self.prepared is None else dict(self.prepared.label_provenance)
+        return {
+            "categories": np.asarray(c.categories, dtype=object),
+            "labelled_subspots_at_training": int(c.n_labelled),
+            **{k: v for k, v in found.items() if k != "categories"},
         }
 
     # ------------------------------------------------------------------ persistence
@@ -563,6 +588,14 @@ class SoScope:
             "history": json.dumps(self.history.as_dict() if self.history else {}),
             "train_config": json.dumps(None if self.train_config is None else self.train_config.__dict__),
             "is_trained": bool(self.is_trained),
+            "label_classifier": None
+            if self.label_classifier is None
+            else {
+                "categories": json.dumps(self.label_classifier.categories),
+                "coef": torch.as_tensor(self.label_classifier.coef),
+                "intercept": torch.as_tensor(self.label_classifier.intercept),
+                "n_labelled": int(self.label_classifier.n_labelled),
+            },
             "normaliser": {
                 "input_mean": [torch.as_tensor(a) for a in n.input_mean],
                 "input_std": [torch.as_tensor(a) for a in n.input_std],
@@ -658,6 +691,7 @@ class SoScope:
             history=_known_fields(History, hist) if hist else None,
             train_config=None if train_config is None else _known_fields(TrainConfig, train_config),
             is_trained=bool(payload.get("is_trained", True)),
+            label_classifier=_label_classifier_from_payload(payload.get("label_classifier")),
         )
         return cls(state, **params, device=device, progress=progress)
 
@@ -698,12 +732,21 @@ def _state_from_data(
         use_image=use_image and normaliser.image_informative,
     )
     return _ModelState(
+        label_classifier=prepared.label_classifier,
         config=config,
         normaliser=normaliser,
         scheme=prepared.scheme,
         platform=prepared.platform,
         feature_names=data.feature_names,
         image_feature_names=data.image_feature_names,
+    )
+
+
+def _label_classifier_from_payload(d: dict | None) -> LabelClassifier | None:
+    if d is None:
+        return None
+    return LabelClassifier(
+        json.loads(d["categories"]), d["coef"].numpy(), d["intercept"].numpy(), int(d["n_labelled"])
     )
 
 
