@@ -35,12 +35,12 @@ def _planted_cells(n: int = 600, n_genes: int = 40, seed: int = 0) -> tuple[ad.A
 
 
 def test_reference_recovers_planted_types_and_types_every_cell():
-    cells, truth = _planted_cells()
+    cells, truth = _planted_cells(n=400)
     exclude = np.random.default_rng(1).random(cells.n_obs) < 0.4
-    ref = reference_from_cells(cells, exclude=exclude, seed=0)
+    ref = reference_from_cells(cells, exclude=exclude, k_range=(3, 6), seed=0)
     # the number of types is chosen by silhouette: the planted one
     assert ref.uns["reference_from_cells"]["n_types"] == N_TYPES
-    assert set(ref.uns["reference_from_cells"]["silhouette"]) == {str(k) for k in range(3, 9)}
+    assert set(ref.uns["reference_from_cells"]["silhouette"]) == {str(k) for k in range(3, 7)}
     # the reference: the cells used, raw counts, categorical types
     assert ref.n_obs == int((~exclude).sum())
     assert list(ref.obs_names) == list(cells.obs_names[~exclude])
@@ -66,6 +66,27 @@ def test_reference_fixed_n_types_key_and_untyped_cells():
     assert ref.obs["ct"].nunique() == 6 and ref.uns["reference_from_cells"]["silhouette"] == {}
     assert cells.obs["ct"][:5].isna().all() and cells.obs["ct"][5:].notna().all()
     assert ref.n_obs == 295 and ref.uns["reference_from_cells"]["n_untyped"] == 5
+
+
+def test_reference_k_choice_ignores_types_of_a_few_outlying_cells():
+    """Two outlying cells: the best silhouette splits them off (k = 4); min_type_size keeps the 3 types."""
+    rng = np.random.default_rng(0)
+    base = rng.gamma(2.0, 1.0, (3, 40))
+    for t in range(3):
+        base[t, t * 10 : (t + 1) * 10] *= 8
+    odd = rng.gamma(2.0, 1.0, 40)
+    odd[30:] *= 50
+    prof = np.vstack([base, odd])
+    prof /= prof.sum(axis=1, keepdims=True)
+    truth = np.r_[np.repeat([0, 1, 2], 60), [3, 3]]
+    x = rng.poisson(prof[truth] * rng.integers(60, 200, len(truth))[:, None]).astype(np.float32)
+    cells = ad.AnnData(X=sp.csr_matrix(x))
+    cells.var_names = [f"g{i}" for i in range(40)]
+    loose = reference_from_cells(cells, min_type_size=1, k_range=(2, 6))
+    assert loose.uns["reference_from_cells"]["n_types"] == 4
+    ref = reference_from_cells(cells, k_range=(2, 6))  # default min_type_size=5
+    assert ref.uns["reference_from_cells"]["n_types"] == 3
+    assert adjusted_rand_score(truth[:180], ref.obs["cell_type"][:180]) == pytest.approx(1.0)
 
 
 def test_reference_leiden_recovers_planted_types():
@@ -207,7 +228,7 @@ def typed_truth():
 
 
 def _as_prediction(truth, fractions, names):
-    """An 'enhanced' table holding ``fractions`` scaled to cell-like abundances, named as soscope does."""
+    """Return an 'enhanced' table holding ``fractions`` scaled to cell-like abundances (soscope's names)."""
     enh = ad.AnnData(obs=truth.obs[["spot_id", "subspot"]].copy())
     scale = np.random.default_rng(0).uniform(0.5, 3.0, (truth.n_obs, 1))  # not fractions: normalised
     enh.obsm["cell_type_abundance"] = np.nan_to_num(fractions) * scale

@@ -82,13 +82,15 @@ def reference_from_cells(
     resolution: float = 1.0,
     n_neighbors: int = 15,
     min_counts: float = 1.0,
+    min_type_size: int = 5,
     seed: int = 0,
 ):
     """Cell types by clustering in-situ cells: a single-cell reference, and a type for every cell.
 
     The cells that are not excluded (and have at least ``min_counts`` counts) are normalised to their
     median total count, ``log1p``-transformed, reduced by PCA (scanpy, seeded) and clustered: k-means with
-    ``n_types`` clusters (or the number in ``k_range`` with the highest silhouette), or leiden. Excluded
+    ``n_types`` clusters (or the number in ``k_range`` with the highest silhouette among those whose
+    smallest type has ``min_type_size`` cells), or leiden. Excluded
     cells are projected into the same principal components and take the type of the nearest type centroid,
     so cells kept out of the reference (e.g. the ones a benchmark scores) still carry a type of the same
     set.
@@ -118,6 +120,10 @@ def reference_from_cells(
     min_counts
         Cells with fewer counts carry no expression to type: they get no type (NaN) and stay out of the
         reference.
+    min_type_size
+        When ``n_types`` is None, a ``k`` whose k-means leaves a type with fewer cells is not chosen: on
+        few, sparse cells the silhouette otherwise favours splitting off one or two outlying cells as a
+        "type". When no ``k`` qualifies, the one whose smallest type is largest is used.
     seed
         Seed of PCA, k-means, the silhouette's subsample and leiden.
 
@@ -189,19 +195,23 @@ def reference_from_cells(
         if n_types is None:
             metrics = _need("sklearn.metrics", "soscope.evaluate.reference_from_cells")
             sample = int(min(n_used, 3000))  # the silhouette is quadratic in cells: a fixed subsample
-            best = None
+            best, fallback = None, None
             for k in range(lo, min(hi, n_used - 1) + 1):
                 codes = _kmeans(rep, k, seed)
-                if len(np.unique(codes)) < 2:
+                sizes = np.bincount(codes)
+                if (sizes > 0).sum() < 2:
                     continue
                 silhouette[k] = float(
                     metrics.silhouette_score(rep, codes, sample_size=sample, random_state=seed)
                 )
-                if best is None or silhouette[k] > silhouette[best[0]]:
+                smallest = int(sizes[sizes > 0].min())
+                if fallback is None or smallest > fallback[0]:
+                    fallback = (smallest, codes)
+                if smallest >= min_type_size and (best is None or silhouette[k] > silhouette[best[0]]):
                     best = (k, codes)
-            if best is None:
+            if fallback is None:
                 raise SoscopeInputError("The cells' profiles do not separate into two or more types.")
-            codes = best[1]
+            codes = (best or fallback)[1]
         else:
             codes = _kmeans(rep, int(n_types), seed)
     else:
@@ -260,6 +270,7 @@ def reference_from_cells(
         "n_types": int(k),
         "cell_types": names,
         "silhouette": {str(kk): v for kk, v in silhouette.items()},
+        "min_type_size": int(min_type_size),
         "n_pcs": int(n_comps),
         "target_sum": target_sum,
         "seed": int(seed),
