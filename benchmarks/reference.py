@@ -42,7 +42,8 @@ every sub-spot inherits), NNLS of the interpolation split's and of soscope's (wi
 counts, and NNLS of the TRUE sub-spot counts (an oracle: what a sub-spot's own expression says about its
 types).
 
-Writes ``benchmarks/results/reference.md`` and per-case CSVs next to it.
+Writes ``benchmarks/results/reference.md`` and, per case, ``reference_<case>.csv`` (per-feature scores) and
+``reference_<case>_types.csv`` (per-type scores of every type method, reference variant and fold) next to it.
 
     python benchmarks/reference.py                 # every case (~3 min on 2 cores)
     python benchmarks/reference.py --cases merfish_hex50 --epochs 40
@@ -585,6 +586,7 @@ def run_case(name: str, args, cache: dict, outdir: Path) -> dict:
     # soscope with the reference (per variant), then the type baselines
     info["types"], info["reference_status"] = {}, {}
     t_ref = t_types = 0.0
+    type_frames = []
     for v, folds in variants.items():
         types: dict[str, list] = {m: [] for m in TYPE_METHODS}
         t0 = time.perf_counter()
@@ -607,9 +609,9 @@ def run_case(name: str, args, cache: dict, outdir: Path) -> dict:
         log(f"{name}: soscope with the reference ({v}): {status}")
         for m, res in types.items():
             if res and all(r is not None for r in res):
-                frame = pd.concat([r[0].assign(fold=f) for f, r in enumerate(res)])
-                frame.to_csv(outdir / f"reference_{name}_types_{v}_{m}.csv", float_format="%.5g")
+                type_frames += [r[0].assign(reference=v, method=m, fold=f) for f, r in enumerate(res)]
     info.update(t_reference=t_ref, t_types=t_types)
+    pd.concat(type_frames).to_csv(outdir / f"reference_{name}_types.csv", float_format="%.5g")
 
     info["summary"] = summary(per_feature, reference="soscope")
     per_feature.to_csv(outdir / f"reference_{name}.csv", float_format="%.5g")
