@@ -419,13 +419,18 @@ def type_baselines(p, truth, ref, soscope_table=None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ running
-def spot_abundance_table(p, truth):
-    """Return soscope's spot-table abundances given to each truth sub-spot (None when it wrote none)."""
+def spot_abundance_table(p, truth, enhanced):
+    """Return soscope's spot-table abundances given to each truth sub-spot (None when it wrote none).
+
+    Type names: the spot table's ``uns["soscope"]["reference"]["cell_types"]``, else the enhanced table's.
+    """
     tab = p.tables["table"]
     ab = tab.obsm.pop("cell_type_abundance", None)  # popped: the next fold starts from a clean input table
     if ab is None:
         return None
-    names = p.tables["table"].uns.get("soscope", {}).get("reference", {}).get("cell_types")
+    names = None
+    for t in (tab, enhanced):
+        names = names or t.uns.get("soscope", {}).get("reference", {}).get("cell_types")
     if names is None:
         return None
     pos = id_index(tab.obs["spot_id"]).get_indexer(id_index(truth.obs["spot_id"]))
@@ -491,7 +496,7 @@ def run_reference(p, folds: list[dict], variant: str, scheme: str, args, feats, 
         enh = p.tables[f"table_{key}"]
         parts.append(enh[id_index(enh.obs["spot_id"]).isin(fd["held"])].copy())
         types["soscope_reference"].append(score_cell_types(enh, fd["truth"]))
-        spot_pred = spot_abundance_table(p, fd["truth"])
+        spot_pred = spot_abundance_table(p, fd["truth"], enh)
         types["soscope_reference_spot"].append(
             score_cell_types(spot_pred, fd["truth"]) if spot_pred is not None else None
         )
