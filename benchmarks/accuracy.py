@@ -132,10 +132,16 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------ data building
 def merfish_bins(sdata, bin_um: float = 2.0):
-    """Bin every MERFISH transcript in ``bin_um`` squares.
+    """Bin every MERFISH transcript in ``bin_um`` squares (see :func:`transcript_bins`; image ``"dapi"``)."""
+    return transcript_bins(sdata, bin_um, image="dapi", blank_prefix="Blank-")
+
+
+def transcript_bins(sdata, bin_um: float = 2.0, *, image: str = "dapi", blank_prefix: str = "Blank-"):
+    """Bin every transcript (points ``"transcripts"``: x, y, categorical gene) in ``bin_um`` squares.
 
     Returns a SpatialData with shapes ``"bins"`` (circles at the bin centres), a count table annotating them
-    (empty bins left out), the cell outlines ``"cells"`` and the DAPI image, and the transcripts' bounds
+    (empty bins left out; ``var["blank"]`` marks the control probes named ``blank_prefix*``), the cell
+    outlines ``"cells"`` and the image ``image`` (when present), and the transcripts' bounds
     ``(x0, x1, y0, y1)``.
     """
     import anndata as ad
@@ -169,11 +175,11 @@ def merfish_bins(sdata, bin_um: float = 2.0):
         {"region": pd.Categorical(["bins"] * n), "bin_id": np.arange(n, dtype=np.int64)},
         index=pd.Index([f"bin_{i}" for i in range(n)]),
     )
-    var = pd.DataFrame({"blank": genes.str.startswith("Blank-")}, index=genes)
+    var = pd.DataFrame({"blank": genes.str.startswith(blank_prefix)}, index=genes)
     table = TableModel.parse(
         ad.AnnData(X=X, obs=obs, var=var), region="bins", region_key="region", instance_key="bin_id"
     )
-    images = {"dapi": sdata.images["dapi"]} if "dapi" in sdata.images else {}
+    images = {image: sdata.images[image]} if image in sdata.images else {}
     bounds = (x.min(), x.max(), y.min(), y.max())
     return (
         SpatialData(
@@ -197,14 +203,24 @@ def cell_bounds(sdata) -> tuple[float, float, float, float]:
 
 
 def crop_interior(p, bounds):
-    """Keep the pseudo-spots whose sub-spot polygons all lie inside ``bounds`` (x0, x1, y0, y1)."""
+    """Keep the pseudo-spots whose sub-spot polygons all lie inside ``bounds`` (x0, x1, y0, y1).
+
+    ``bounds`` may also be a list of such rectangles (separate fields of view laid side by side): a spot is
+    kept when all its sub-spots lie inside one of them.
+    """
+    import pandas as pd
     from spatialdata import SpatialData
 
-    x0, x1, y0, y1 = bounds
+    rects = [bounds] if np.ndim(bounds) == 1 else list(bounds)
     sub = p.shapes["spots_truth_subspots"]
     b = sub.geometry.bounds
-    out = (b["minx"] < x0) | (b["maxx"] > x1) | (b["miny"] < y0) | (b["maxy"] > y1)
-    bad = np.unique(sub["spot_id"].to_numpy()[out.to_numpy()])
+    inside = np.zeros((len(sub), len(rects)), dtype=bool)
+    for j, (x0, x1, y0, y1) in enumerate(rects):
+        ok = (b["minx"] >= x0) & (b["maxx"] <= x1) & (b["miny"] >= y0) & (b["maxy"] <= y1)
+        inside[:, j] = ok.to_numpy()
+    spot_of = sub["spot_id"].to_numpy()
+    whole = pd.DataFrame(inside).groupby(spot_of).all().any(axis=1)  # all sub-spots inside one rectangle
+    bad = whole.index.to_numpy()[~whole.to_numpy()]
     spots = p.shapes["spots"]
     keep_spot = ~spots.index.isin(bad)
     keep_sub = ~sub["spot_id"].isin(bad).to_numpy()

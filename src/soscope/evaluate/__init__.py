@@ -1,4 +1,4 @@
-"""Evaluation: pseudo-spots with sub-spot truth, metrics, naive baselines, scoring, domains and markers."""
+"""Evaluation: pseudo-spots with sub-spot truth, metrics, baselines, scoring, domains, markers, references."""
 
 from soscope.evaluate._baselines import (
     count_oracle,
@@ -18,12 +18,20 @@ from soscope.evaluate._metrics import (
     summary,
 )
 from soscope.evaluate._pseudo import pseudo_spots
+from soscope.evaluate._reference import (
+    REFERENCE_K_RANGE,
+    REFERENCE_METHODS,
+    reference_from_cells,
+    score_cell_types,
+)
 from soscope.evaluate._score import BASELINES, ORACLES, score, score_arrays
 
 __all__ = [
     "BASELINES",
     "DOMAIN_METHODS",
     "ORACLES",
+    "REFERENCE_K_RANGE",
+    "REFERENCE_METHODS",
     "TRUTH_K_RANGE",
     "cluster_truth",
     "count_oracle",
@@ -36,9 +44,11 @@ __all__ = [
     "markers",
     "pearson_per_feature",
     "pseudo_spots",
+    "reference_from_cells",
     "rmse_normalised",
     "score",
     "score_arrays",
+    "score_cell_types",
     "spearman_per_feature",
     "spot_density",
     "ssim_maps",

@@ -19,7 +19,7 @@ from soscope._constants import SoscopeKeys
 
 from .._errors import SoscopeInputError
 from .._transforms import affine_xy
-from ..io import choose_coordinate_system, layer_names, table_annotation
+from ..io import choose_coordinate_system, layer_names, match_instances, table_annotation
 
 if TYPE_CHECKING:  # pragma: no cover
     from spatialdata import SpatialData
@@ -72,19 +72,68 @@ def _element_centroids(element: Any, ids: pd.Index, name: str) -> np.ndarray:
     return xy.loc[ids].to_numpy(dtype=np.float64)
 
 
-def _cell_centres(sdata: SpatialData, name: str, cs: str) -> np.ndarray:
-    """``(n, 2)`` centres of every member of the shapes or points element ``name``, in system ``cs``."""
+def _element_ids(element: Any) -> pd.Index:
+    """Index of a shapes (GeoDataFrame) or points (dask dataframe) element's members."""
     import geopandas as gpd
 
-    element = sdata[name]
     if isinstance(element, gpd.GeoDataFrame):
-        ids = pd.Index(element.index)
-    else:
-        df = element.compute() if hasattr(element, "compute") else element
-        ids = pd.Index(df.index)
-    local = _element_centroids(element, ids, name)
+        return pd.Index(element.index)
+    df = element.compute() if hasattr(element, "compute") else element
+    return pd.Index(df.index)
+
+
+def _cell_centres(sdata: SpatialData, name: str, cs: str) -> np.ndarray:
+    """``(n, 2)`` centres of every member of the shapes or points element ``name``, in system ``cs``."""
+    element = sdata[name]
+    local = _element_centroids(element, _element_ids(element), name)
     a = affine_xy(element, cs)
     return local @ a[:2, :2].T + a[:2, 2]
+
+
+def _cell_types_of(sdata: SpatialData, cells: str, key: str) -> tuple[pd.Categorical, str]:
+    """Type of every member of the element ``cells`` (its own column, else a table annotating it).
+
+    Returns the types (categorical, in the element's order; NaN where unknown) and where they came from.
+    """
+    element = sdata[cells]
+    columns = getattr(element, "columns", [])
+    if key in columns:
+        col = element[key]
+        col = col.compute() if hasattr(col, "compute") else col
+        return pd.Categorical(pd.Series(col).reset_index(drop=True)), f"column {key!r} of {cells!r}"
+    for tname in sdata.tables:
+        try:
+            annotation = table_annotation(sdata, tname)
+        except SoscopeInputError:
+            continue
+        adata = sdata.tables[tname]
+        if cells not in annotation.regions or key not in adata.obs.columns:
+            continue
+        rows = annotation.rows_of(adata, cells)
+        ids = annotation.instance_ids(adata, rows)
+        pos = match_instances(ids, _element_ids(element))  # each member's row among the table's
+        types = pd.Categorical(adata.obs[key].iloc[rows])  # a categorical keeps its categories
+        codes = np.where(pos >= 0, types.codes[np.maximum(pos, 0)], -1)
+        source = f"obs {key!r} of table {tname!r}"
+        return pd.Categorical.from_codes(codes, categories=types.categories), source
+    raise SoscopeInputError(
+        f"The cells {cells!r} carry no cell type {key!r}: neither a column of the element nor an obs column "
+        "of a table annotating it. Type the cells first (e.g. soscope.evaluate.reference_from_cells) or set "
+        "`cell_type_key=`."
+    )
+
+
+def _type_fractions(assign: sp.csr_matrix, types: pd.Categorical) -> np.ndarray:
+    """``(rows, K)`` share of each type among the typed members each row of ``assign`` holds (NaN: none)."""
+    codes = np.asarray(types.codes)
+    typed = np.flatnonzero(codes >= 0)
+    onehot = sp.csr_matrix(
+        (np.ones(len(typed)), (typed, codes[typed])), shape=(len(codes), len(types.categories))
+    )
+    n = np.asarray((assign @ onehot).todense(), dtype=np.float64)
+    tot = n.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, n / np.where(tot > 0, tot, 1.0), np.nan)
 
 
 def pseudo_spots(
@@ -100,6 +149,7 @@ def pseudo_spots(
     layer: str | None = None,
     min_cells: int = 1,
     cells: str | None = None,
+    cell_type_key: str | None = None,
 ) -> SpatialData:
     """Coarse pseudo-spots with sub-spot truth from high-resolution data.
 
@@ -136,6 +186,10 @@ def pseudo_spots(
         not cells (e.g. transcripts binned in small squares): ``obs["n_cells"]`` of the spot and truth
         tables then counts that element's centres (centroids) in each footprint and sub-spot polygon, and
         ``obs["n_units"]`` the table's rows. Default: the table's rows are the cells.
+    cell_type_key
+        Cell-type column of the cells: a column of the ``cells`` element or an obs column of a table
+        annotating it (with ``cells``), else an obs column of ``table`` (its rows are the cells). The truth
+        then gets the true type fractions (see Returns). Cells without a type (NaN) are left out of them.
 
     Returns
     -------
@@ -147,6 +201,12 @@ def pseudo_spots(
     sub-spot polygon; obs ``subspot_id``, ``spot_id``, ``subspot``, ``n_cells`` (the cells whose centre
     lies in the polygon: what :func:`soscope.evaluate.count_oracle` splits by), ``footprint_weight``;
     ``uns["subspots"]``), plus ``"image"`` when asked. With ``cells`` both tables also have obs ``n_units``.
+
+    With ``cell_type_key``, the truth has ``obsm["cell_type_fraction"]`` (sub-spots × types, float64): the
+    share of each type among the typed cells whose centre lies in the sub-spot (the cells ``n_cells``
+    counts); a row is NaN where no typed cell lies in the sub-spot (no composition to score), so the rows
+    with numbers sum to 1. The type names (column order) are in ``uns["cell_type_fraction"]["cell_types"]``
+    (with ``cell_type_key`` and ``source``). The spot table, the input of an enhancement, gets nothing.
 
     """
     import anndata as ad
@@ -176,6 +236,18 @@ def pseudo_spots(
             )
     if cells is not None and cells not in sdata:
         raise SoscopeInputError(f"No element named {cells!r} (`cells=`) in the SpatialData.")
+    types = None
+    if cell_type_key is not None:
+        if cells is not None:
+            types, type_source = _cell_types_of(sdata, cells, cell_type_key)
+        elif cell_type_key in adata.obs.columns:
+            types = pd.Categorical(adata.obs[cell_type_key])
+            type_source = f"obs {cell_type_key!r} of table {tname!r}"
+        else:
+            raise SoscopeInputError(
+                f"Table {tname!r} has no obs column {cell_type_key!r} (`cell_type_key=`); its columns: "
+                f"{list(adata.obs.columns)}."
+            )
     cs = choose_coordinate_system(
         {n: sdata[n] for n in regions + ([image] if image else []) + ([cells] if cells else [])},
         coordinate_system,
@@ -285,18 +357,26 @@ def pseudo_spots(
     a_sub = sp.csr_matrix((np.ones(len(ci)), (si, fin[ci])), shape=(m, adata.n_obs))
     n_units_spot = np.asarray(a_spot.sum(axis=1)).ravel().astype(np.int64)
     n_units_sub = np.asarray(a_sub.sum(axis=1)).ravel().astype(np.int64)
+    fractions = None
     if cells is None:
         n_cells_spot, n_cells_sub = n_units_spot, n_units_sub
+        if types is not None:
+            fractions = _type_fractions(a_sub, types)
     else:
         cxy = _cell_centres(sdata, cells, cs)
-        cxy = cxy[np.isfinite(cxy).all(axis=1)]
+        c_ok = np.isfinite(cxy).all(axis=1)
+        cxy = cxy[c_ok]
         c_spot = spot_of(cxy) if len(cxy) else np.zeros(0, dtype=np.int64)
         c_spot = np.where(c_spot >= 0, new_id[np.maximum(c_spot, 0)], -1)
         n_cells_spot = np.bincount(c_spot[c_spot >= 0], minlength=n_spots).astype(np.int64)
         n_cells_sub = np.zeros(m, dtype=np.int64)
+        c_ci, c_si = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         if len(cxy):
-            _, c_si = subspot_of(cxy, c_spot)
+            c_ci, c_si = subspot_of(cxy, c_spot)
             n_cells_sub = np.bincount(c_si, minlength=m).astype(np.int64)
+        if types is not None:
+            c_assign = sp.csr_matrix((np.ones(len(c_ci)), (c_si, c_ci)), shape=(m, len(cxy)))
+            fractions = _type_fractions(c_assign, types[c_ok])
     spot_x = (a_spot @ counts).tocsr()
     sub_x = (a_sub @ counts).tocsr()
     if np.issubdtype(counts.dtype, np.integer) or (counts.nnz == 0 or np.all(np.mod(counts.data, 1) == 0)):
@@ -327,6 +407,7 @@ def pseudo_spots(
         "layer": layer or "X",
         "min_cells": int(min_cells),
         "cells": cells,
+        "cell_type_key": cell_type_key,
     }
     tab = ad.AnnData(X=spot_x, obs=obs, var=var)
     tab.obsm["spatial"] = c_keep
@@ -349,6 +430,13 @@ def pseudo_spots(
         tobs["n_units"] = n_units_sub
     truth = ad.AnnData(X=sub_x, obs=tobs, var=var.copy())
     truth.uns[SoscopeKeys.TRUTH] = True  # reference truth: soscope never picks it as input
+    if fractions is not None:
+        truth.obsm["cell_type_fraction"] = fractions
+        truth.uns["cell_type_fraction"] = {
+            "cell_types": [str(c) for c in types.categories],
+            "cell_type_key": cell_type_key,
+            "source": type_source,
+        }
     truth.uns["subspots"] = {"scheme": scheme, "spots": ["spots"], "spacing": float(spacing)}
     truth = TableModel.parse(
         truth, region="spots_truth_subspots", region_key="region", instance_key="subspot_id"
