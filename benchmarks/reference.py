@@ -602,6 +602,9 @@ def run_case(name: str, args, cache: dict, outdir: Path) -> dict:
                 scores, status = run_reference(p, folds, v, scheme, args, feats, types)
                 per_feature = per_feature.join(scores)
             except Exception as err:  # the API is new: report the failure, do not stop the benchmark
+                import traceback
+
+                traceback.print_exc()
                 status = f"failed: {type(err).__name__}: {str(err)[:300]}"
                 types["soscope_reference"], types["soscope_reference_spot"] = [], []
         t_ref += time.perf_counter() - t0

@@ -101,6 +101,8 @@ def test_reference_from_profiles_and_cells_agree():
     sums = np.stack([x[types == t].sum(0) for t in "abc"])
     profiles = CellTypeReference.from_anndata(ad.AnnData(X=sums, obs={"t": list("abc")}), "t")
     np.testing.assert_allclose(cells.profiles, profiles.profiles, rtol=1e-6)
+    sparse = CellTypeReference.from_anndata(ad.AnnData(X=sp.csr_matrix(x), obs={"t": types}), "t")
+    np.testing.assert_allclose(sparse.profiles, cells.profiles, rtol=1e-6)
     np.testing.assert_allclose(cells.profiles.sum(1), 1.0)
     assert cells.cell_types == ["a", "b", "c"] and cells.n_cells.tolist() == [10, 10, 10]
 

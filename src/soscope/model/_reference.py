@@ -119,7 +119,9 @@ class CellTypeReference:
         group = sp.csr_matrix(
             (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(types), len(codes))
         )
-        sums = np.asarray(group @ x if sp.issparse(x) else group @ np.asarray(x, dtype=np.float64))
+        # a sparse X stays sparse: the product is types x features, small
+        sums = (group @ x).toarray() if sp.issparse(x) else group @ np.asarray(x, dtype=np.float64)
+        sums = np.asarray(sums, dtype=np.float64)
         totals = sums.sum(1)
         if np.any(totals <= 0):
             raise SoscopeInputError(
