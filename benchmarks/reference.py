@@ -419,22 +419,21 @@ def type_baselines(p, truth, ref, soscope_table=None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ running
-def spot_abundance_table(p, truth, enhanced):
-    """Return soscope's spot-table abundances given to each truth sub-spot (None when it wrote none).
+def spot_abundance_table(p, truth, key: str):
+    """Return soscope's spot abundances (its spot table ``table_<key>_spots``) given to each truth sub-spot.
 
-    Type names: the spot table's ``uns["soscope"]["reference"]["cell_types"]``, else the enhanced table's.
+    None when it wrote none. Type names: the spot table's ``uns["soscope"]["reference"]["cell_types"]``.
     """
-    tab = p.tables["table"]
-    ab = tab.obsm.pop("cell_type_abundance", None)  # popped: the next fold starts from a clean input table
-    if ab is None:
+    name = f"table_{key}_spots"
+    if name not in p.tables:
         return None
-    names = None
-    for t in (tab, enhanced):
-        names = names or t.uns.get("soscope", {}).get("reference", {}).get("cell_types")
+    spots = p.tables[name]
+    names = spots.uns.get("soscope", {}).get("reference", {}).get("cell_types")
     if names is None:
         return None
-    pos = id_index(tab.obs["spot_id"]).get_indexer(id_index(truth.obs["spot_id"]))
-    return prediction_table(truth, dense(ab)[pos], [str(n) for n in names])
+    rows = id_index(spots.obs["instance_id"]).get_indexer(id_index(truth.obs["spot_id"]))
+    assert (rows >= 0).all(), "every truth sub-spot's spot is in the spot table"
+    return prediction_table(truth, dense(spots.obsm["cell_type_abundance"])[rows], [str(n) for n in names])
 
 
 #: how the reference relates to the scored cells, per variant: label in the report
@@ -490,13 +489,23 @@ def run_reference(p, folds: list[dict], variant: str, scheme: str, args, feats, 
     for f, fd in enumerate(folds):
         key = f"soscope_ref_{variant}{f}"
         _, ep = run_enhance(
-            p, key_added=key, scheme=scheme, args=args, reference=fd["ref"], cell_type_key=CELL_TYPE_KEY
+            p,
+            key_added=key,
+            scheme=scheme,
+            args=args,
+            reference=fd["ref"],
+            cell_type_key=CELL_TYPE_KEY,
+            **(
+                {}
+                if args.reference_smoothness is None
+                else {"reference_smoothness": args.reference_smoothness}
+            ),
         )
         epochs.append(ep)
         enh = p.tables[f"table_{key}"]
         parts.append(enh[id_index(enh.obs["spot_id"]).isin(fd["held"])].copy())
         types["soscope_reference"].append(score_cell_types(enh, fd["truth"]))
-        spot_pred = spot_abundance_table(p, fd["truth"], enh)
+        spot_pred = spot_abundance_table(p, fd["truth"], key)
         types["soscope_reference_spot"].append(
             score_cell_types(spot_pred, fd["truth"]) if spot_pred is not None else None
         )
@@ -816,6 +825,12 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", choices=CASES, default=None, help="cases to run (default: all)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: soscope's own)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--reference-smoothness",
+        type=float,
+        default=None,
+        help="SoScope(reference_smoothness=) (default: its own)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "reference.md")
     args = parser.parse_args()
     cases = args.cases or CASES

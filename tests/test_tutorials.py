@@ -20,6 +20,8 @@ def test_the_tutorials_exist():
 
 #: optional packages a tutorial needs (the `test` extra installs them): without them it is skipped
 NEEDS = {"05": ("squidpy", "spatialdata_plot")}
+#: tutorials on the shared real data (CI has it beside the repository)
+NEEDS_SHARED_DATA = ("06",)
 
 
 @pytest.mark.timeout(TIMEOUT_S)
@@ -33,6 +35,8 @@ def test_tutorial_runs(path, tmp_path, monkeypatch):
 
     for module in NEEDS.get(path.stem[:2], ()):
         pytest.importorskip(module)
+    if path.stem[:2] in NEEDS_SHARED_DATA and soscope.datasets.shared_data_dir(required=False) is None:
+        pytest.skip("needs the shared real data folder (../shared/data or SOSCOPE_SHARED_DATA)")
 
     matplotlib.use("Agg")
     monkeypatch.setenv("SOSCOPE_TUTORIAL_SPOTS", "200")

@@ -315,3 +315,33 @@ def test_enhance_batch_size(store_a):
     info = sd.read_zarr(store_a).tables["table_soscope"].uns["soscope"]
     assert int(info["train"]["batch_size"]) == 50
     assert int(np.asarray(info["history"]["steps"])[0]) >= 4
+
+
+def test_train_with_a_reference_then_apply_without_it(stores, store_a, tmp_path):
+    """--reference / --cell-type-key: the model keeps the reference; apply needs none; info shows it."""
+    import anndata as ad
+    import numpy as np
+    import spatialdata as sd
+
+    truth = sd.read_zarr(stores["a"]).tables["truth"]
+    x = truth.X.toarray() if hasattr(truth.X, "toarray") else np.asarray(truth.X)
+    ref_path = tmp_path / "ref.h5ad"
+    ad.AnnData(
+        X=x, obs={"kind": truth.obs["cell_type"].astype(str).to_numpy()}, var=truth.var[[]]
+    ).write_h5ad(ref_path)
+    error = _one_line_error(run("enhance", store_a, "--reference", tmp_path / "none.h5ad", "--no-progress"))
+    assert "No reference file" in error
+    model = tmp_path / "model"
+    proc = run("train", store_a, "-o", model, "--table", "table", "--epochs", EPOCHS, "--device", "cpu",
+               "--no-progress", "--reference", ref_path, "--cell-type-key", "kind")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    b = tmp_path / "b.zarr"
+    shutil.copytree(stores["b"], b)
+    proc = run("apply", model, b, "--table", "table", "--device", "cpu", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    enhanced = sd.read_zarr(b)
+    n_kt = enhanced.tables["table_soscope"].obsm["cell_type_abundance"]
+    assert n_kt.shape[1] == truth.obs["cell_type"].nunique() and n_kt.sum() > 0
+    assert enhanced.tables["table_soscope_spots"].obsm["cell_type_abundance"].shape[0] == 200
+    info = run("info", b, "--table", "table")
+    assert "reference:" in info.stdout and "cell types" in info.stdout

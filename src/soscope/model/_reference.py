@@ -468,6 +468,9 @@ def _evidence_floor(mean_density: np.ndarray) -> np.ndarray:
 
 #: super-spots (a spot and its graph neighbours) scored by the split validation
 SPLIT_CV_GROUPS = 2000
+#: smallest relative gain in split deviance for the reference to enter the offsets: gains of a few per mille
+#: were "significant" over hundreds of features yet split sub-spots worse (the MERFISH mini's cells)
+MIN_SPLIT_GAIN = 0.01
 
 
 def _choose_weight(fit: ReferenceFit, data, norm, w: np.ndarray, *, seed: int) -> None:
@@ -487,7 +490,7 @@ def _choose_weight(fit: ReferenceFit, data, norm, w: np.ndarray, *, seed: int) -
     best = int(np.argmin(scores))
     gain = rel[0] - rel[best]
     se = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
-    if best == 0 or gain.mean() <= 2 * se:
+    if best == 0 or gain.mean() <= max(2 * se, MIN_SPLIT_GAIN):
         fit.weight = 0.0
         fit.reason = (
             f"the reference does not split held-out groups of spots better than the features' own prior and "
