@@ -16,6 +16,7 @@ from ..geometry import SubspotLayout
 from ..module import LazyColumns, ModalitySpec, SpotBatch
 from ..tiling import Chunk, adjacency
 from . import _evidence
+from ._arrays import _row_scale, spot_density, standardised_image
 from ._evidence import (
     EvidenceWeights,
     fit_footprint_ridge,
@@ -192,15 +193,6 @@ class Normaliser:
         return np.nan_to_num(f, nan=0.0).clip(-8, 8).astype(np.float32)
 
 
-def standardised_image(data: SpotData, norm: Normaliser, rows: np.ndarray | None = None) -> np.ndarray:
-    """Image features of sub-spot ``rows`` (None: all) standardised with their section's own statistics."""
-    f = data.image_features if rows is None else data.image_features[rows]
-    if data.image_standardiser is None:  # data built without per-section statistics: the training ones
-        return norm.standardise_image(f)
-    spots = data.layout.spot_index if rows is None else data.layout.spot_index[rows]
-    return data.image_standardiser.standardise(f, data.sections[spots])
-
-
 def batch_scale_rows(data: SpotData, norm: Normaliser, labels: list[str]) -> list[np.ndarray]:
     """Per modality ``(len(labels), F)``: what brings each batch's spot values to the normaliser's scale.
 
@@ -238,11 +230,6 @@ def _batch_scale_of(
     known = (codes >= 0) & (codes < table.shape[0])
     neutral = 1.0 if is_count else 0.0
     return np.where(known[:, None], table[np.maximum(codes, 0)], neutral)
-
-
-def spot_density(x, layout: SubspotLayout, area_unit: float):
-    """Return counts per area unit of each spot's footprint (values unchanged for non-count modalities)."""
-    return _row_scale(x, area_unit / np.maximum(layout.footprint_area, 1e-12))
 
 
 def _fit_image_ridge(data: SpotData, norm: Normaliser, alpha: float) -> list:
@@ -377,12 +364,6 @@ def _to_common_scale(y, batches: np.ndarray, spec: ModalitySpec):
             return y
         return y * factors[codes]
     return (y.toarray() if sp.issparse(y) else y) + factors[codes]
-
-
-def _row_scale(x, factors: np.ndarray):
-    if sp.issparse(x):
-        return sp.diags(factors) @ x
-    return np.asarray(x) * factors[:, None]
 
 
 def encoder_input(x, spec: ModalitySpec, lib: np.ndarray) -> np.ndarray:

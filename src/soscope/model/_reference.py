@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from .._errors import SoscopeInputError
 from ..geometry import SubspotLayout
 from . import _evidence
+from ._arrays import spot_density, standardised_image
 from ._evidence import EvidenceWeights, fit_footprint_ridge, footprint_design, image_term, kernel_matrix
 
 logger = logging.getLogger("soscope")
@@ -445,8 +446,6 @@ def fit_reference(
     dens_t = w / area[:, None]
     fit.type_density_mean = dens_t.mean(0)
     if data.image_features is not None and norm.image_mean is not None:
-        from ._data import standardised_image  # (_data imports this module)
-
         z = standardised_image(data, norm)
         floor_t = _evidence_floor(fit.type_density_mean)
         ev = _evidence.select_weights(
@@ -523,7 +522,6 @@ def split_deviance(
     fewer than 10 spots have neighbours.
     """
     from ..tiling import adjacency
-    from ._data import spot_density, standardised_image
 
     rng = np.random.default_rng(seed)
     adj = adjacency(data.edge_index, data.n_spots).tocsr()
