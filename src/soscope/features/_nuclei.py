@@ -333,6 +333,56 @@ def moment_stats(sums: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------ detection core
+def _seed_peaks(blob: np.ndarray, min_distance: int, threshold: float, mask: np.ndarray) -> np.ndarray:
+    """Return the seeds: scikit-image's ``peak_local_max`` with its spacing step vectorised.
+
+    ``peak_local_max(blob, min_distance, threshold_abs=threshold, exclude_border=False, labels=mask)``:
+    the same peaks in the same order (tested against scikit-image): local maxima over a
+    ``(2 min_distance + 1)²`` window inside the mask's bounding box (pixels outside the mask at the lowest
+    value), above ``threshold``, highest first; then, greedily from the highest, a peak closer than
+    ``min_distance`` (Chebyshev) to a kept one is dropped. scikit-image runs that last step with one distance
+    computation per peak in Python, which took most of the detector's time.
+    """
+    from scipy import ndimage as ndi
+    from scipy.spatial import cKDTree
+
+    if not mask.any():
+        return np.zeros((0, 2), dtype=np.int64)
+    roi = ndi.find_objects(mask.astype(np.int64))[0]
+    inside = mask[roi]
+    img = blob[roi].copy()
+    img[~inside] = (
+        np.finfo(img.dtype).min if np.issubdtype(img.dtype, np.floating) else np.iinfo(img.dtype).min
+    )
+    size = 2 * min_distance + 1
+    if img.size == 1:
+        peak = img > threshold
+    else:
+        peak = img == ndi.maximum_filter(img, footprint=np.ones((size, size), dtype=bool), mode="nearest")
+        if np.all(peak[inside]):  # a flat image has no peaks but its isolated mask pixels
+            peak[:] = False
+            peak[np.logical_xor(inside, ndi.binary_opening(inside))] = True
+        peak &= img > threshold
+    rows, cols = np.nonzero(peak)
+    order = np.argsort(-img[rows, cols], kind="stable")
+    coord = np.column_stack([rows, cols])[order]
+    if min_distance > 1 and len(coord) > 1:
+        # pairs closer than min_distance (integer coordinates: Chebyshev distance <= min_distance - 1)
+        pairs = cKDTree(coord).query_pairs(r=min_distance - 0.5, p=np.inf, output_type="ndarray")
+        if len(pairs):
+            a = np.concatenate([pairs[:, 0], pairs[:, 1]])
+            b = np.concatenate([pairs[:, 1], pairs[:, 0]])
+            srt = np.argsort(a, kind="stable")
+            a, b = a[srt], b[srt]
+            starts = np.searchsorted(a, np.arange(len(coord) + 1))
+            dropped = np.zeros(len(coord), dtype=bool)
+            for i in np.unique(a):  # only peaks with a close neighbour can drop or be dropped
+                if not dropped[i]:
+                    dropped[b[starts[i] : starts[i + 1]]] = True
+            coord = coord[~dropped]
+    return coord + np.array([roi[0].start, roi[1].start])
+
+
 def _segment_block(
     signal: np.ndarray,
     lo: float,
@@ -347,7 +397,6 @@ def _segment_block(
     exact integer moments: a nucleus seen whole by two blocks gets the same centroid in both.
     """
     from scipy import ndimage as ndi
-    from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
     norm = np.clip((signal.astype(np.float32) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
@@ -360,9 +409,7 @@ def _segment_block(
     background = ndi.gaussian_filter(norm, px["background"], mode="reflect", truncate=3.0)
     mask = (smooth - background > px["mask_threshold"]) & (smooth > otsu)
     min_dist = max(int(round(px["min_distance"])), 1)
-    peaks = peak_local_max(
-        blob, min_distance=min_dist, threshold_abs=px["seed_threshold"], exclude_border=False, labels=mask
-    )
+    peaks = _seed_peaks(blob, min_dist, px["seed_threshold"], mask)
     markers = np.zeros(norm.shape, dtype=np.int32)
     if len(peaks):
         markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
