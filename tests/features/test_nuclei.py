@@ -250,6 +250,13 @@ def test_he_by_colour_deconvolution():
     assert recall >= 0.9 and precision >= 0.9, (precision, recall)
     forced = segment_nuclei(rgb, microns_per_pixel=UM_PER_PX, stain="he", nucleus_diameter_um=DIAMETER_UM)
     pd.testing.assert_frame_equal(table, forced)
+    # the same image as floats in 0..255 (white is then its maximum) and in 0..1: nuclei found alike
+    for scale in (1.0, 1 / 255):
+        as_float = segment_nuclei(
+            rgb.astype(np.float32) * scale, microns_per_pixel=UM_PER_PX, nucleus_diameter_um=DIAMETER_UM
+        )
+        assert as_float.attrs["detector"]["stain"] == "he"
+        assert min(precision_recall(as_float, centres)) >= 0.9 and abs(len(as_float) - len(table)) <= 1
     # read as fluorescence instead (the red channel, bright background), it finds no such nuclei
     wrong = segment_nuclei(rgb, microns_per_pixel=UM_PER_PX, stain="fluorescence", nucleus_diameter_um=8.0)
     assert precision_recall(wrong, centres)[1] < 0.5

@@ -229,17 +229,27 @@ def _is_brightfield(cyx, stat_stride: int) -> bool:
     return float(np.median(sample.mean(axis=0))) > 0.5 * top
 
 
-def _to_unit_float(rgb: np.ndarray) -> np.ndarray:
-    if np.issubdtype(rgb.dtype, np.integer):
-        return rgb.astype(np.float32) / float(np.iinfo(rgb.dtype).max)
-    return np.clip(rgb.astype(np.float32), 0.0, 1.0)
+def _rgb_top(dtype: np.dtype, sample: np.ndarray) -> float:
+    """Return the value of white: an integer type's maximum; for floats 1, or the maximum above 1 (0–255)."""
+    if np.issubdtype(dtype, np.integer):
+        return float(np.iinfo(dtype).max)
+    top = float(np.nanmax(sample)) if sample.size else 1.0
+    return top if np.isfinite(top) and top > 1.0 else 1.0
 
 
-def _haematoxylin(cyx_block: np.ndarray) -> np.ndarray:
-    """Haematoxylin density of an RGB block ``(3, Y, X)`` by colour deconvolution (higher = more stain)."""
+def _to_unit_float(rgb: np.ndarray, top: float | None = None) -> np.ndarray:
+    top = _rgb_top(rgb.dtype, np.zeros(0)) if top is None else top
+    return np.clip(rgb.astype(np.float32) / np.float32(top), 0.0, 1.0)
+
+
+def _haematoxylin(cyx_block: np.ndarray, top: float | None = None) -> np.ndarray:
+    """Haematoxylin density of an RGB block ``(3, Y, X)`` by colour deconvolution (higher = more stain).
+
+    ``top``: the value of white (:func:`_rgb_top` of the whole image); default: the dtype's.
+    """
     from skimage.color import rgb2hed
 
-    rgb = np.moveaxis(_to_unit_float(np.asarray(cyx_block)), 0, -1)
+    rgb = np.moveaxis(_to_unit_float(np.asarray(cyx_block), top), 0, -1)
     return rgb2hed(rgb)[..., 0].astype(np.float32)
 
 
@@ -445,14 +455,16 @@ def _tile_task(
     want_labels: bool,
     factor: int,
     planes: tuple[tuple[float, float], ...] | None = None,
+    rgb_top: float | None = None,
 ):
     """Segment a padded tile; keep the nuclei whose centroid lies in its core; give them global labels.
 
     ``planes``: the (low, high) percentiles of each plane of a ``(K, Y, X)`` block of several nuclear
     channels, whose normalised maximum is the signal (``stats`` then refer to that 0–1 projection).
+    ``rgb_top``: the value of white of an H&E image (the same for every tile).
     """
     if he:
-        signal = _haematoxylin(block)
+        signal = _haematoxylin(block, rgb_top)
     elif planes is not None:
         signal = _project(np.asarray(block), planes)
     else:
@@ -594,13 +606,17 @@ def segment_nuclei(
         stain == "auto" and channel is None and not named_nuclear and _is_brightfield(cyx, stride)
     )
     planes: tuple[tuple[float, float], ...] | None = None
+    rgb_top = None
     if he:
         if cyx.shape[0] < 3:
             raise ValueError("stain='he' needs an RGB image (3 channels).")
         if isinstance(channel, (list, tuple)):
             raise ValueError("stain='he' takes no list of channels.")
         src = cyx[:3]
-        sample = _haematoxylin(np.asarray(src[:, ::stride, ::stride]))
+        rgb_sample = np.asarray(src[:, ::stride, ::stride])
+        # a float image in 0–255 rather than 0–1 (as the morphology features accept it): white is its maximum
+        rgb_top = _rgb_top(src.dtype, rgb_sample)
+        sample = _haematoxylin(rgb_sample, rgb_top)
         chosen = None
         stats = _image_stats(sample, det.percentiles, det.otsu_factor)
     else:
@@ -647,7 +663,17 @@ def segment_nuclei(
             block = src[..., py0:py1, px0:px1]  # a dask slice is computed by the task, one tile at a time
             tasks.append(
                 dask.delayed(_tile_task)(
-                    block, (py0, px0), (y0, y1, x0, x1), w, stats, px, he, return_labels, factor, planes
+                    block,
+                    (py0, px0),
+                    (y0, y1, x0, x1),
+                    w,
+                    stats,
+                    px,
+                    he,
+                    return_labels,
+                    factor,
+                    planes,
+                    rgb_top,
                 )
             )
     results = dask.compute(*tasks) if len(tasks) > 1 else [_compute_one(tasks[0])]
