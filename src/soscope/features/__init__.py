@@ -8,6 +8,8 @@ Public functions
 * :func:`morphology_feature_names` — names of the default morphology features.
 * :func:`segment_nuclei` — nucleus detection (fluorescence or H&E), tile by tile; a table per nucleus.
 * :func:`nuclei_per_polygon` — nucleus count, density and nuclear statistics per polygon.
+* :func:`subspot_nuclei_features` — nuclei per sub-spot from a segmentation (labels, outlines or detection).
+* :func:`read_nuclei` — the nuclei of a segmentation as one table (centroids in the coordinate system).
 """
 
 from soscope.features._extract import (
@@ -25,14 +27,22 @@ from soscope.features._nuclei import (
     nuclei_per_polygon,
     segment_nuclei,
 )
+from soscope.features._segmentation import (
+    NUCLEI_FEATURES,
+    SubspotNuclei,
+    read_nuclei,
+    subspot_nuclei_features,
+)
 from soscope.features._transform import ImageLevel, image_levels, spots_to_image_pixels
 
 __all__ = [
     "NUCLEI_COLUMNS",
+    "NUCLEI_FEATURES",
     "ImageLevel",
     "MorphologySpec",
     "NucleusDetector",
     "SubspotFeatures",
+    "SubspotNuclei",
     "choose_level",
     "image_levels",
     "match_points",
@@ -40,7 +50,9 @@ __all__ = [
     "nuclear_channel",
     "nuclei_per_polygon",
     "precomputed_features",
+    "read_nuclei",
     "segment_nuclei",
     "spots_to_image_pixels",
     "subspot_image_features",
+    "subspot_nuclei_features",
 ]

@@ -50,6 +50,9 @@ class SpotData:
     # sqrt(median spot area) of the whole layout: fixes the tolerances of the sub-spot graph, which each
     # training minibatch finds among its own sub-spots (the image regulariser); None: no sub-spot graph
     subspot_size: float | None = None
+    # (M,) float32 nuclei whose centroid lies in each sub-spot (the raw count behind the "nuclei:count" image
+    # feature; NaN in a section without segmentation); None: no segmentation (None, or none found)
+    nuclei_count: np.ndarray | None = None
 
     @property
     def n_spots(self) -> int:

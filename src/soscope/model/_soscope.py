@@ -89,9 +89,17 @@ class SoScope:
         ``"morphology"`` (colour, stain and texture statistics; no downloads), a callable on image patches,
         a torch module, or ``"obsm:<table>:<key>"`` for precomputed features. :meth:`save` keeps a torch
         module's weights and import path; a plain callable cannot be saved, so :meth:`load` asks for it again.
+    segmentation
+        Where nuclei are counted per sub-spot (their count, density, nuclear area, eccentricity and, when
+        detected, stain intensity become image features named ``nuclei:count``, ...): ``"auto"`` (default: a
+        labels element or nucleus/cell outlines such as Xenium's ``nucleus_boundaries`` in the spots'
+        coordinate system when one is unambiguous, nuclei before cells; else nuclei detected on the image
+        with :func:`soscope.features.segment_nuclei`; else none), ``"segment_nuclei"`` (detect on the image),
+        the name of a labels or shapes element, or ``None`` (no nuclei). Where they came from is in
+        ``uns["soscope"]["segmentation"]``. See :func:`soscope.io.find_segmentation`.
     use_image, use_graph
-        Ablations: no image (sub-spots start from the interpolation of neighbouring spots); no graph
-        (spot-only encoder).
+        Ablations: no image (sub-spots start from the interpolation of neighbouring spots; no nuclei either);
+        no graph (spot-only encoder).
     image_evidence
         How the image enters the sub-spot offsets: ``"weighted"`` (default: the interpolation of
         neighbouring spots, on the common scale of the batches, plus the image's evidence beyond it,
@@ -126,6 +134,7 @@ class SoScope:
         modality_key: str | None = None,
         coordinate_system: str | None = None,
         image_features: Any = "morphology",
+        segmentation: str | None = "auto",
         use_image: bool = True,
         use_graph: bool = True,
         image_evidence: str = "weighted",
@@ -142,7 +151,7 @@ class SoScope:
             "table": table, "spots": spots, "image": image, "layer": layer, "subspots": subspots,
             "likelihood": likelihood, "sections": sections, "section_key": section_key,
             "batch_key": batch_key, "modality_key": modality_key, "coordinate_system": coordinate_system,
-            "image_features": image_features,
+            "image_features": image_features, "segmentation": segmentation,
             "use_image": use_image, "use_graph": use_graph, "image_evidence": image_evidence,
             "n_latent": n_latent, "n_hidden": n_hidden,
             "n_graph_layers": n_graph_layers, "seed": seed, "device": device, "progress": progress,
@@ -167,7 +176,8 @@ class SoScope:
             self.sdata = sdata
             self.prepared = prepare(
                 sdata, self.selection, subspots=subspots, likelihood=likelihood,
-                image_features=image_features, use_image=use_image, progress=progress,
+                image_features=image_features, use_image=use_image, segmentation=segmentation,
+                progress=progress,
             )  # fmt: skip
             state = _state_from_data(
                 self.prepared, n_latent=n_latent, n_hidden=n_hidden, n_graph_layers=n_graph_layers,
@@ -306,15 +316,39 @@ class SoScope:
         return self.history
 
     # ------------------------------------------------------------------ outputs
+    @property
+    def uses_nuclei(self) -> bool:
+        """Whether the model's image features include nuclei per sub-spot (``nuclei:count``, ...)."""
+        return bool(_nuclei_names(self.image_feature_names))
+
+    def _segmentation_for(self, selection: dict) -> str | None:
+        """``segmentation=`` for new data: the one given (popped from ``selection``), else the model's own.
+
+        A model without nuclei features counts none (a segmentation given for it is refused: it would do
+        nothing).
+        """
+        given = "segmentation" in selection
+        value = selection.pop("segmentation", None)
+        if not self.uses_nuclei:
+            if given and value is not None:
+                raise SoscopeInputError(
+                    f"segmentation={value!r}: this model was trained without nuclei features (segmentation="
+                    f"{self._init_params['segmentation']!r} found none), so it uses no segmentation: leave "
+                    "`segmentation=` out"
+                )
+            return None
+        return value if given else self._init_params["segmentation"]
+
     def _prepare_other(self, sdata, **selection) -> Prepared:
         """Prepare new data with this model's settings and align its features to the model's."""
         s = self.settings
+        segmentation = self._segmentation_for(selection)
         # the sections of the training data do not carry over: new data is usually other sections
         request = replace(self.selection, sections=None).updated(**selection)
         prepared = prepare(
             sdata, request, subspots=self.scheme if not self.scheme.startswith("cells") else s["subspots"],
             likelihood={m.name: m.likelihood for m in self.module.config.modalities},
-            image_features=self._image_extractor,
+            image_features=self._image_extractor, segmentation=segmentation,
             use_image=s["use_image"], progress=self.progress, for_training=False,
         )  # fmt: skip
         self._align_features(prepared)
@@ -355,6 +389,14 @@ class SoScope:
                     "or train with use_image=False"
                 )
             if list(data.image_feature_names) != list(self.image_feature_names):
+                nuclei, got = _nuclei_names(self.image_feature_names), _nuclei_names(data.image_feature_names)
+                if nuclei != got:
+                    raise ModelCompatibilityError(
+                        f"the model was trained with the nuclei features {nuclei} but this data gives {got} "
+                        f"(segmentation: {prepared.segmentation.get('source', 'none')}): pass "
+                        "`segmentation=` a segmentation of the same kind as at training ('segment_nuclei' to "
+                        "detect nuclei on the image, or a labels / outlines element)"
+                    )
                 raise ModelCompatibilityError(
                     "the data's image features differ from the model's; use the same image_features "
                     "extractor and image kind"
@@ -406,7 +448,8 @@ class SoScope:
         dtype
             ``"float32"`` (default) or ``"float16"`` (half the size, about three significant digits).
         **selection
-            Element choices for new data (``table=``, ``spots=``, ``image=``, ``sections=`` ...).
+            Element choices for new data (``table=``, ``spots=``, ``image=``, ``sections=`` ...), and
+            ``segmentation=`` (default: the model's setting; only for a model with nuclei features).
 
         Returns
         -------
@@ -429,7 +472,7 @@ class SoScope:
             prepared = self._prepare_other(sdata, **selection)
         # one task per chunk of spots (soscope.tiling.run_tasks); large outputs stream into the store
         return enhance_and_write(
-            sdata, prepared, self.module, self.normaliser, uns=self._uns(), key_added=key_added,
+            sdata, prepared, self.module, self.normaliser, uns=self._uns(prepared), key_added=key_added,
             device=self.device_request, n_samples=n_samples, overwrite=overwrite,
             inplace=inplace, client=client, chunk_spots=chunk_spots,
             progress=self.progress, features=features, dtype=dtype,
@@ -442,7 +485,8 @@ class SoScope:
             raise SoscopeInputError("pass the SpatialData: this model was loaded without data")
         return latent(self.module, prepared.data, self.normaliser, device=self.device)
 
-    def _uns(self) -> dict:
+    def _uns(self, prepared: Prepared | None = None) -> dict:
+        """``uns["soscope"]`` of the outputs; ``prepared``: the data enhanced (where its nuclei came from)."""
         settings = {k: ("None" if v is None else v) for k, v in self.settings.items()}
         settings = {
             k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) else v) for k, v in settings.items()
@@ -461,6 +505,9 @@ class SoScope:
             "image_evidence": evidence_uns(
                 self.normaliser.evidence, [m.name for m in self.module.config.modalities]
             ),
+            "segmentation": {"source": "none"}
+            if prepared is None or not prepared.segmentation
+            else prepared.segmentation,
         }
 
     # ------------------------------------------------------------------ persistence
@@ -653,6 +700,14 @@ def _state_from_data(
         feature_names=data.feature_names,
         image_feature_names=data.image_feature_names,
     )
+
+
+def _nuclei_names(names: Iterable[str]) -> list[str]:
+    """Return the nucleus features (``nuclei:count``, ...) among image feature names."""
+    from ..features import NUCLEI_FEATURES
+
+    known = set(NUCLEI_FEATURES.values())
+    return [n for n in names if n in known]
 
 
 def _known_fields(cls: type, values: dict) -> Any:
