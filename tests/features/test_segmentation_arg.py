@@ -355,6 +355,17 @@ def test_model_records_the_nuclei_and_save_load_keeps_the_setting(with_outlines,
     # new data without those nuclei: the error names the features and the argument
     with pytest.raises(ModelCompatibilityError, match="nuclei:count.*segmentation="):
         loaded.enhance(with_outlines, segmentation=None, inplace=False)
+    # soscope.enhance with the saved model: "auto" keeps the model's setting, a name replaces it
+    for given, element in (("auto", "nucleus_boundaries"), ("cell_boundaries", "cell_boundaries")):
+        res = soscope.enhance(
+            with_outlines,
+            model=tmp_path / "m",
+            segmentation=given,
+            inplace=False,
+            device="cpu",
+            progress=False,
+        )
+        assert res.tables["table_soscope"].uns["soscope"]["segmentation"]["element"] == element
 
 
 def test_model_without_nuclei_refuses_a_segmentation(with_outlines):
