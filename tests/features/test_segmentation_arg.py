@@ -179,6 +179,35 @@ def test_auto_picks_nucleus_outlines_and_counts_match_a_hand_count(with_outlines
     assert rec["n_nuclei"] == len(centroids) and rec["n_nuclei_in_subspots"] == want.sum()
 
 
+def test_auto_ranks_outlines_then_labels_then_circles_and_falls_back_on_a_tie(
+    base, nuclei, labels_raster, caplog
+):
+    """Cells alike: polygons before a labels raster before circles; two alike outlines: detection, warned."""
+    import logging
+
+    centres, _, _ = nuclei
+    circles = gpd.GeoDataFrame({"radius": np.full(len(centres), 4.0)}, geometry=shapely.points(centres))
+    elements = {
+        "cell_circles": ShapesModel.parse(circles, transformations={"global": Identity()}),
+        "cell_labels": Labels2DModel.parse(
+            labels_raster, dims=("y", "x"), transformations={"global": Identity()}
+        ),
+    }
+    sdata = _with(base, **elements)
+    choice = find_segmentation(sdata, select(sdata, table="table"))["spots"]
+    assert (choice.source, choice.element) == ("labels", "cell_labels")
+    assert choice.candidates == ("cell_labels", "cell_circles")
+    sdata = _with(base, **elements, cellpose_boundaries=_outlines(nuclei, scale=2.0))
+    assert find_segmentation(sdata, select(sdata, table="table"))["spots"].element == "cellpose_boundaries"
+    sdata = _with(
+        base, **elements, cellpose_boundaries=_outlines(nuclei, 2.0), baysor_boundaries=_outlines(nuclei, 2.0)
+    )
+    with caplog.at_level(logging.WARNING, logger="soscope"):
+        choice = find_segmentation(sdata, select(sdata, table="table"))["spots"]
+    assert choice.source == "segment_nuclei" and choice.reason == "several segmentations fit"
+    assert "several segmentations fit the spots 'spots'" in caplog.text and "segmentation=" in caplog.text
+
+
 def test_name_picks_that_element(with_outlines, nuclei):
     """segmentation="cell_boundaries" counts cell centroids (outlines in pixels placed by a Scale)."""
     p = _prepare(with_outlines, segmentation="cell_boundaries")

@@ -10,9 +10,9 @@ A segmentation is what soscope counts nuclei from (see :func:`soscope.features.s
 
 ``segmentation="auto"`` looks, for each spots element, at the labels and the shapes named like cells or nuclei
 that lie in the spots' coordinate system and overlap them (shapes also smaller than a spot), and takes nuclei
-before cells, outlines before rasters (the same nuclei, far cheaper to read). When exactly one candidate is
-best it is used; when none is there (or several tie), the nuclei are detected on the image, and without an
-image there are none.
+before cells; outlines before rasters (the same nuclei, far cheaper to read) and rasters before circles. When
+exactly one candidate is best it is used; when none is there (or several tie), the nuclei are detected on the
+image, and without an image there are none.
 """
 
 from __future__ import annotations
@@ -189,7 +189,8 @@ def _check_named(sdata: Any, name: str, spots: Sequence[str]) -> Literal["labels
 def _candidates(sdata: Any, spots: str, cs: str, exclude: set[str]) -> list[tuple[int, int, str, str]]:
     """Return ``(rank, kind order, source, name)`` of the segmentations under ``spots`` in ``cs``, best first.
 
-    Rank 0: named like nuclei; 1: like cells; 2: other labels. Shapes before labels at equal rank.
+    Rank 0: named like nuclei; 1: like cells; 2: other labels. At equal rank: outlines (polygons), then
+    labels, then circles (a cell drawn as a circle is the crudest stand-in).
     """
     import shapely
 
@@ -220,7 +221,10 @@ def _candidates(sdata: Any, spots: str, cs: str, exclude: set[str]) -> list[tupl
         # outlines smaller than a spot (not other spots, sections or annotated regions) that overlap the spots
         if not _median_area(gdf, cs, 500) < spot_area or _cover(spots_box, _extent_box(gdf, cs)) <= 0:
             continue
-        found.append((rank, 0, "shapes", name))
+        circles = "radius" in gdf.columns and bool(
+            (shapely.get_type_id(gdf.geometry.values[:500]) == 0).all()
+        )
+        found.append((rank, 2 if circles else 0, "shapes", name))
     return sorted(found)
 
 
