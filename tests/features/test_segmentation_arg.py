@@ -241,6 +241,20 @@ def test_labels_counts_and_areas_match_scikit_image(with_labels, labels_raster):
     )
 
 
+def test_subspots_off_the_raster_are_unknown_not_empty(base, labels_raster):
+    """A raster covering the left half only: sub-spots right of it get NaN (imputed), not a count of 0."""
+    half = labels_raster[:, : labels_raster.shape[1] // 2]
+    element = Labels2DModel.parse(half, dims=("y", "x"), transformations={"global": Identity()})
+    p = _prepare(_with(base, nucleus_labels=element))
+    x_um = p.layouts["spots"].centroid[:, 0] * 1.5
+    off = x_um > half.shape[1]
+    assert 0 < off.sum() < len(off)
+    assert np.isnan(p.data.nuclei_count[off]).all() and np.isfinite(p.data.nuclei_count[~off]).all()
+    nuc = [i for i, n in enumerate(p.data.image_feature_names) if n.startswith("nuclei:")]
+    assert np.isnan(p.data.image_features[np.ix_(off, nuc)]).all()
+    assert p.segmentation["spots"]["spots"]["n_nuclei_in_subspots"] == np.nansum(p.data.nuclei_count)
+
+
 def test_labels_tiles_give_identical_features(with_labels, monkeypatch):
     """Reading the raster in many small tiles gives exactly the features of one tile."""
     from soscope.features import _segmentation

@@ -75,7 +75,8 @@ class SubspotNuclei:
     names
         The ``D`` feature names (values of :data:`NUCLEI_FEATURES`).
     counts
-        ``(M,)`` int64 nuclei whose centroid lies in each sub-spot.
+        ``(M,)`` float32 nuclei whose centroid lies in each sub-spot; NaN (and NaN features) for a sub-spot
+        whose centroid lies off the raster (labels, image) that was read: its nuclei are unknown, not 0.
     provenance
         Where the nuclei come from: ``source``, ``element``, ``coordinate_system``, ``reason``,
         ``n_nuclei`` (read over the spots' window), ``n_nuclei_in_subspots``, ``microns_per_unit`` and, for
@@ -272,6 +273,18 @@ def _detected_nuclei(
     return out, dict(table.attrs.get("detector", {}))
 
 
+def _on_raster(raster: Any, cs: str, cs_to_spots: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Return whether each point (spots' intrinsic coordinates) lies on the raster's full extent."""
+    import shapely
+
+    h, w = _full_resolution(raster).shape[-2:]
+    to_cs = affine_xy(raster, cs)
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float64)
+    corners = corners @ to_cs[:2, :2].T + to_cs[:2, 2]
+    corners = corners @ cs_to_spots[:2, :2].T + cs_to_spots[:2, 2]
+    return shapely.contains_xy(shapely.Polygon(corners), xy[:, 0], xy[:, 1])
+
+
 # ---------------------------------------------------------------------------------------------- entry points
 def read_nuclei(
     sdata: Any,
@@ -350,7 +363,8 @@ def subspot_nuclei_features(
     -------
     :class:`SubspotNuclei`: features named ``nuclei:count``, ``nuclei:density`` (per µm²),
     ``nuclei:area_mean``, ``nuclei:area_sd`` (µm²), ``nuclei:eccentricity`` and, for detection,
-    ``nuclei:intensity``; statistics are NaN in sub-spots without nuclei.
+    ``nuclei:intensity``; statistics are NaN in sub-spots without nuclei, everything is NaN in sub-spots
+    off the raster (labels or image) that was read.
 
     """
     if layout.polygons is None:
@@ -376,14 +390,21 @@ def subspot_nuclei_features(
     unit = microns_per_unit * float(np.sqrt(abs(np.linalg.det(to_cs[:2, :2]))))  # µm per intrinsic unit
     stats = nuclei_per_polygon(local, layout.polygons, xy_columns=("x", "y"), microns_per_unit=unit)
     columns = [c for c in NUCLEI_FEATURES if c != "intensity_mean" or "mean_intensity" in nuclei]
-    counts = stats["n_nuclei"].to_numpy(np.int64)
+    values = stats[columns].to_numpy(np.float32)
+    counts = stats["n_nuclei"].to_numpy(np.float32)
+    if choice.source in ("labels", "segment_nuclei"):
+        # off the raster nothing was seen: unknown (NaN, imputed at the mean), not "no nuclei"
+        raster = sdata.labels[choice.element] if choice.source == "labels" else sdata.images[choice.element]
+        off = ~_on_raster(raster, cs, inv, layout.centroid)
+        values[off] = np.nan
+        counts[off] = np.nan
     provenance: dict[str, Any] = {
         "source": choice.source,
         "element": choice.element,
         "coordinate_system": cs,
         "reason": choice.reason,
         "n_nuclei": int(len(nuclei)),
-        "n_nuclei_in_subspots": int(counts.sum()),
+        "n_nuclei_in_subspots": int(np.nansum(counts)),
         "microns_per_unit": float(microns_per_unit),
     }
     if choice.source == "segment_nuclei":
@@ -392,11 +413,11 @@ def subspot_nuclei_features(
         "nuclei from %s: %d read, %d in %d sub-spots",
         choice.describe(),
         len(nuclei),
-        counts.sum(),
+        np.nansum(counts),
         len(counts),
     )
     return SubspotNuclei(
-        values=stats[columns].to_numpy(np.float32),
+        values=values,
         names=[NUCLEI_FEATURES[c] for c in columns],
         counts=counts,
         provenance=provenance,

@@ -279,8 +279,8 @@ def _nuclei_features(
     """Nucleus features and counts of every sub-spot, and the record of where the nuclei came from.
 
     Returns ``(values (M, D) float32 or None, names, counts (M,) float32 or None, record)``: rows follow
-    ``sel.spots`` then each layout; sub-spots of spots without a segmentation get NaN (features stand at the
-    mean, the count is unknown). ``record`` is ``uns``-ready (no None values).
+    ``sel.spots`` then each layout; sub-spots of spots without a segmentation, or off the raster it was read
+    from, get NaN (features stand at the mean, the count is unknown). ``record`` is ``uns``-ready (no None).
     """
     from ..features import NUCLEI_FEATURES, subspot_nuclei_features
     from ..io import find_segmentation
@@ -315,7 +315,7 @@ def _nuclei_features(
         if name in parts:
             part = parts[name]
             block[:, [names.index(n) for n in part.names]] = part.values
-            count = part.counts.astype(np.float32)
+            count = part.counts
         values.append(block)
         counts.append(count)
     sources = {(r["source"], r.get("element", "")) for r in per_spots.values() if r["source"] != "none"}
