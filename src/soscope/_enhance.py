@@ -28,6 +28,7 @@ def enhance(
     sections: list[str] | None = None,
     section_key: str | None = None,
     batch_key: str | None = None,
+    segmentation: str | None = "auto",
     model: Any = None,
     key_added: str = "soscope",
     coordinate_system: str | None = None,
@@ -71,6 +72,13 @@ def enhance(
         modality → name.
     sections, section_key, batch_key
         Sections to use (regions, or values of ``obs[section_key]``); per-spot batch labels.
+    segmentation
+        Where nuclei are counted per sub-spot, as image evidence (count, density, nuclear area, eccentricity,
+        intensity): ``"auto"`` (a labels element or nucleus/cell outlines such as Xenium's
+        ``nucleus_boundaries`` in the spots' coordinate system when one is unambiguous, nuclei before cells;
+        else nuclei detected on the image by :func:`soscope.features.segment_nuclei`; else none),
+        ``"segment_nuclei"``, the name of a labels or shapes element, or ``None`` (no nuclei). With a trained
+        ``model=``, ``"auto"`` means the model's own setting. Recorded in ``uns["soscope"]["segmentation"]``.
     model
         None (train on this data), a trained :class:`~soscope.SoScope`, or a path saved by
         :meth:`~soscope.SoScope.save`. A trained model brings its own sub-spot scheme, likelihoods and
@@ -164,7 +172,7 @@ def enhance(
         m = SoScope(
             sdata, subspots=subspots, likelihood=likelihood, batch_key=batch_key, seed=seed, device=device,
             progress=progress, reference=reference, cell_type_key=cell_type_key, labels=labels,
-            **selection, **model_kwargs,
+            segmentation=segmentation, **selection, **model_kwargs,
         )  # fmt: skip
         _check_output_names_early(sdata, m.prepared, key_added, overwrite, m.normaliser.reference is not None)
         # bad features= / dtype=, or outputs that cannot fit in memory, fail before training
@@ -193,6 +201,10 @@ def enhance(
         dtype=dtype,
         # the element choices for this data; batch_key names new batches, calibrated on this data
         **{k: v for k, v in {**selection, "batch_key": batch_key}.items() if v is not None},
+        # "auto" (the default) leaves the model's own setting; anything else is this data's segmentation
+        **(
+            {} if isinstance(segmentation, str) and segmentation == "auto" else {"segmentation": segmentation}
+        ),
     )
 
 

@@ -250,6 +250,13 @@ def test_he_by_colour_deconvolution():
     assert recall >= 0.9 and precision >= 0.9, (precision, recall)
     forced = segment_nuclei(rgb, microns_per_pixel=UM_PER_PX, stain="he", nucleus_diameter_um=DIAMETER_UM)
     pd.testing.assert_frame_equal(table, forced)
+    # the same image as floats in 0..255 (white is then its maximum) and in 0..1: nuclei found alike
+    for scale in (1.0, 1 / 255):
+        as_float = segment_nuclei(
+            rgb.astype(np.float32) * scale, microns_per_pixel=UM_PER_PX, nucleus_diameter_um=DIAMETER_UM
+        )
+        assert as_float.attrs["detector"]["stain"] == "he"
+        assert min(precision_recall(as_float, centres)) >= 0.9 and abs(len(as_float) - len(table)) <= 1
     # read as fluorescence instead (the red channel, bright background), it finds no such nuclei
     wrong = segment_nuclei(rgb, microns_per_pixel=UM_PER_PX, stain="fluorescence", nucleus_diameter_um=8.0)
     assert precision_recall(wrong, centres)[1] < 0.5
@@ -378,3 +385,24 @@ def test_cosmx_recall_precision(fov):
     ia, _ = match_points(np.column_stack([cx, cy]) * COSMX_UM_PER_PX, scored, 5.0)
     recall, precision = len(ia) / len(ids), len(ia) / max(len(scored), 1)
     assert recall >= 0.8 and precision >= 0.8, (recall, precision)
+
+
+def test_seed_peaks_equal_scikit_image():
+    """The vectorised seed finder returns scikit-image's peak_local_max peaks, in the same order."""
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+
+    from soscope.features._nuclei import _seed_peaks
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        h, w = rng.integers(5, 90, 2)
+        img = ndi.gaussian_filter(rng.random((h, w)).astype(np.float32), rng.uniform(0.5, 3))
+        if trial % 7 == 0:
+            img = np.round(img * 20) / 20  # ties between neighbouring maxima
+        if trial % 11 == 0:
+            img[:] = 0.5  # flat: only isolated mask pixels
+        mask = ndi.gaussian_filter(rng.random((h, w)), 2) > rng.uniform(0.3, 0.6)
+        md, thr = int(rng.integers(1, 6)), float(rng.uniform(0, 0.6))
+        want = peak_local_max(img, min_distance=md, threshold_abs=thr, exclude_border=False, labels=mask)
+        np.testing.assert_array_equal(_seed_peaks(img, md, thr, mask), want)

@@ -114,8 +114,9 @@ def _noise_extractor(patches):
 def test_noise_image_gives_the_no_image_model():
     sdata = make_sdata(k=7, image=True)
     with one_thread():
+        # segmentation=None: nuclei counted on the image would be real evidence beside the noise
         noisy = soscope.SoScope(
-            sdata, image_features=_noise_extractor, image_evidence="weighted", **MODEL_ARGS
+            sdata, image_features=_noise_extractor, image_evidence="weighted", segmentation=None, **MODEL_ARGS
         )
         assert noisy.normaliser.image_weights == [0.0]
         assert not noisy.module.use_image

@@ -37,7 +37,7 @@ EXIT_ERROR = 2
 #: Python argument → CLI option, for turning the library's "pass `table=`" hints into CLI terms.
 _OPTIONS = {
     "table", "spots", "image", "layer", "coordinate_system", "sections", "section_key", "subspots",
-    "likelihood", "key_added", "model", "epochs", "batch_size", "device", "seed", "truth",
+    "likelihood", "key_added", "model", "epochs", "batch_size", "device", "seed", "truth", "segmentation",
 }  # fmt: skip
 
 
@@ -322,6 +322,15 @@ EnhanceFeaturesOpt = Annotated[
         "(default: all). The model trains on every feature either way.",
     ),
 ]
+SegmentationOpt = Annotated[
+    str,
+    typer.Option(
+        "--segmentation",
+        help="Where nuclei are counted per sub-spot: auto (a labels element or nucleus/cell outlines when "
+        "unambiguous, else nuclei detected on the image) | segment_nuclei | a labels or shapes element | "
+        "none.",
+    ),
+]
 DtypeOpt = Annotated[
     str,
     typer.Option("--dtype", help="float32 | float16: the enhanced values written (float16: half the size)."),
@@ -349,6 +358,11 @@ def _reference_kwargs(reference: str | None, cell_type_key: str) -> dict:
     if reference.endswith(".h5ad") and not Path(reference).exists():
         _fail(f"No reference file at '{reference}': pass an existing .h5ad or a table name of the store.")
     return {"reference": reference, "cell_type_key": cell_type_key}
+
+
+def _segmentation(value: str) -> str | None:
+    """Return ``segmentation=`` from --segmentation: ``none`` (any case) is None, the rest as given."""
+    return None if value.strip().lower() == "none" else value
 
 
 def _features(values: list[str] | None) -> str | list[str]:
@@ -437,6 +451,7 @@ def info(
     coordinate_system: CsOpt = None,
     sections: SectionsOpt = None,
     section_key: SectionKeyOpt = None,
+    segmentation: SegmentationOpt = "auto",
 ) -> None:
     """List the store's elements and what `soscope enhance` would use (exit 2 if it could not choose)."""
     sdata = _open(store)
@@ -461,6 +476,23 @@ def info(
     mods = ", ".join(f"{m} ({int(mask.sum())})" for m, mask in sel.modalities.items())
     _echo(f"  features: {sel.n_features:,}; modalities: {mods}")
     _echo(f"  sections: {', '.join(sel.section_names)}")
+    for line in _segmentation_lines(sdata, sel, _segmentation(segmentation)):
+        _echo(line)
+
+
+def _segmentation_lines(sdata: Any, sel: Any, segmentation: str | None) -> list[str]:
+    """Return what `enhance` would count nuclei from, per spots element, and what else "auto" found."""
+    from soscope.io import find_segmentation
+
+    choices = find_segmentation(sdata, sel, segmentation)
+    lines = []
+    for spots, choice in choices.items():
+        head = "  segmentation: " if len(choices) == 1 else f"  segmentation of {spots}: "
+        lines.append(head + ("(none)" if choice is None else choice.describe()))
+        others = [] if choice is None else [c for c in choice.candidates if c != choice.element]
+        if others:
+            lines.append(f"    also found: {', '.join(others)} (choose with --segmentation)")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------- enhance
@@ -495,6 +527,7 @@ def enhance(
     dtype: DtypeOpt = "float32",
     reference: ReferenceOpt = None,
     cell_type_key: CellTypeKeyOpt = "cell_type",
+    segmentation: SegmentationOpt = "auto",
 ) -> None:
     """Enhance one store in place: writes shapes <spots>_<key> and table <table>_<key> into it."""
     if model is not None and not model.exists():
@@ -516,6 +549,7 @@ def enhance(
         features=_features(features),
         dtype=dtype,
         **_reference_kwargs(reference, cell_type_key),
+        segmentation=_segmentation(segmentation),
     )
     if model is not None:
         kw["model"] = str(model)
@@ -560,6 +594,7 @@ def train(
     progress: ProgressOpt = True,
     reference: ReferenceOpt = None,
     cell_type_key: CellTypeKeyOpt = "cell_type",
+    segmentation: SegmentationOpt = "auto",
 ) -> None:
     """Train a model on one or more stores and save it (apply it later with `soscope apply`)."""
     if output.exists() and any(output.iterdir()) and not overwrite:
@@ -571,7 +606,10 @@ def train(
 
     setup = _selection_kwargs(table, spots, image, no_image, layer, coordinate_system, sections, section_key)
     setup.update(
-        subspots=subspots, likelihood=_likelihood(likelihood), **_reference_kwargs(reference, cell_type_key)
+        subspots=subspots,
+        likelihood=_likelihood(likelihood),
+        segmentation=_segmentation(segmentation),
+        **_reference_kwargs(reference, cell_type_key),
     )
     extra = {"device": device, "seed": seed, "batch_size": batch_size, "progress": progress}
     extra = {k: v for k, v in extra.items() if v is not None}
@@ -621,6 +659,14 @@ def apply(
     progress: ProgressOpt = True,
     features: EnhanceFeaturesOpt = None,
     dtype: DtypeOpt = "float32",
+    segmentation: Annotated[
+        str,
+        typer.Option(
+            "--segmentation",
+            help="Where nuclei are counted on these stores (models with nuclei features): auto (the model's "
+            "setting) | segment_nuclei | a labels or shapes element.",
+        ),
+    ] = "auto",
 ) -> None:
     """Enhance stores with a trained model (no training): writes <spots>_<key>, <table>_<key> into each."""
     if not model.exists():
@@ -638,6 +684,7 @@ def apply(
         overwrite=overwrite,
         features=_features(features),
         dtype=dtype,
+        segmentation=_segmentation(segmentation),
     )
     for store in stores:
         sdata = _open(store)

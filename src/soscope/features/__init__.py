@@ -16,6 +16,8 @@ Public functions
 * :class:`LabelClassifier`, :func:`label_coverage` — human labels (annotated regions) as sub-spot features.
 * :func:`segment_nuclei` — nucleus detection (fluorescence or H&E), tile by tile; a table per nucleus.
 * :func:`nuclei_per_polygon` — nucleus count, density and nuclear statistics per polygon.
+* :func:`subspot_nuclei_features` — nuclei per sub-spot from a segmentation (labels, outlines or detection).
+* :func:`read_nuclei` — the nuclei of a segmentation as one table (centroids in the coordinate system).
 """
 
 from soscope.features._extract import (
@@ -35,6 +37,12 @@ from soscope.features._nuclei import (
     nuclear_channel,
     nuclei_per_polygon,
     segment_nuclei,
+)
+from soscope.features._segmentation import (
+    NUCLEI_FEATURES,
+    SubspotNuclei,
+    read_nuclei,
+    subspot_nuclei_features,
 )
 from soscope.features._stain import (
     MACENKO_REFERENCE,
@@ -61,6 +69,7 @@ __all__ = [
     "NUCLEI_COLUMNS",
     "REINHARD_REFERENCE",
     "FoundationModel",
+    "NUCLEI_FEATURES",
     "ImageLevel",
     "LabelClassifier",
     "MorphologySpec",
@@ -69,6 +78,7 @@ __all__ = [
     "SectionStandardiser",
     "StainNormaliser",
     "SubspotFeatures",
+    "SubspotNuclei",
     "choose_level",
     "image_levels",
     "image_microns_per_pixel",
@@ -82,8 +92,10 @@ __all__ = [
     "precomputed_features",
     "reinhard_statistics",
     "resolve_label_element",
+    "read_nuclei",
     "segment_nuclei",
     "spots_to_image_pixels",
     "standardise_per_section",
     "subspot_image_features",
+    "subspot_nuclei_features",
 ]

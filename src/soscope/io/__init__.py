@@ -5,6 +5,7 @@ from soscope.io._combine import combine
 from soscope.io._join import TableAnnotation, match_instances, table_annotation
 from soscope.io._platforms import PLATFORM_DEFAULTS, Platform, PlatformDefaults, detect_platform
 from soscope.io._readers import read_dbit, read_soscope_layout
+from soscope.io._segmentation import SEGMENT_NUCLEI, SegmentationChoice, find_segmentation
 from soscope.io._select import (
     MODALITY_COLUMNS,
     SINGLE_MODALITY,
@@ -46,8 +47,10 @@ __all__ = [
     "Platform",
     "PlatformDefaults",
     "SINGLE_MODALITY",
+    "SEGMENT_NUCLEI",
     "SOSCOPE_KEY",
     "Selection",
+    "SegmentationChoice",
     "SelectionRequest",
     "TableAnnotation",
     "check_counts",
@@ -64,6 +67,7 @@ __all__ = [
     "counts_matrix",
     "create_dense_array",
     "detect_platform",
+    "find_segmentation",
     "is_integer_valued",
     "is_soscope_output",
     "layer_names",

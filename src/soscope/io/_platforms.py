@@ -79,6 +79,7 @@ _HD_BIN_SIZES = (2.0, 8.0, 16.0)
 _CELL_NAME = re.compile(r"cell|nucle", re.IGNORECASE)
 #: Visium: 55 µm spots on a 100 µm lattice
 _VISIUM_DIAMETER_PER_SPACING = (0.40, 0.70)
+_VISIUM_DIAMETER_UM = 55.0
 
 
 @dataclass
@@ -108,6 +109,16 @@ class Platform:
     def defaults(self) -> PlatformDefaults:
         """The platform's entry of :data:`PLATFORM_DEFAULTS`."""
         return PLATFORM_DEFAULTS[self.name]
+
+    @property
+    def microns_per_unit(self) -> float:
+        """µm per unit of the spots' coordinate system (for nucleus sizes and densities).
+
+        Known from the spots themselves on Visium (55 µm circles) and Visium HD (the bin size of the
+        barcodes); elsewhere 1: the coordinate system is taken to be in µm, as spatialdata-io's readers of
+        imaging platforms and :func:`soscope.datasets.synthetic` write it.
+        """
+        return float(self.geometry.get("microns_per_unit", 1.0))
 
     @property
     def subspots(self) -> str:
@@ -212,6 +223,8 @@ def detect_platform(sdata, selection) -> Platform:
     hd = [m.group(1) for m in map(_HD_BARCODE.match, names) if m]
     if reader == "visium_hd" or len(hd) > 0.9 * len(names):
         size = f"{int(hd[0])} µm bins" if hd else "square bins"
+        if hd and geo["size_cs"] > 0:
+            geo["microns_per_unit"] = int(hd[0]) / geo["size_cs"]
         return Platform(
             "visium_hd", f"Visium HD {size} ({'reader visium_hd' if reader else 'bin barcodes'})", None, geo
         )
@@ -228,11 +241,14 @@ def detect_platform(sdata, selection) -> Platform:
     if reader == "xenium":  # the cells themselves are the spots: nothing below them to split into
         return Platform("generic", "Xenium cells used as the spots", None, geo)
     if reader in _READERS:
+        if _READERS[reader] == "visium" and geo["kind"] == "circles" and geo["size_cs"] > 0:
+            geo["microns_per_unit"] = _VISIUM_DIAMETER_UM / geo["size_cs"]
         return Platform(_READERS[reader], f"read by spatialdata-io's {reader!r} reader", None, geo)
 
     if geo["kind"] == "circles" and geo["lattice"] == "hex":
         ratio = geo["size"] / geo["spacing"]
         if _VISIUM_DIAMETER_PER_SPACING[0] <= ratio <= _VISIUM_DIAMETER_PER_SPACING[1]:
+            geo["microns_per_unit"] = _VISIUM_DIAMETER_UM / geo["size_cs"]
             return Platform(
                 "visium", f"circles on a hexagonal lattice, diameter/spacing {ratio:.2f}", None, geo
             )
@@ -240,6 +256,7 @@ def detect_platform(sdata, selection) -> Platform:
         side = geo["size_cs"]
         tiles = abs(side - geo["spacing_cs"]) <= 0.05 * geo["spacing_cs"]
         if tiles and any(abs(side - b) <= 0.05 * b for b in _HD_BIN_SIZES):
+            geo["microns_per_unit"] = 1.0  # bins of 2 / 8 / 16 units: the coordinate system is in µm
             return Platform("visium_hd", f"square bins tiling the plane, side {side:.3g}", None, geo)
     if geo["kind"] == "circles" and geo["lattice"] == "irregular":
         return Platform("slide_seq", "circles with no lattice order (beads)", None, geo)

@@ -65,6 +65,9 @@ class SpotData:
     cell_type_abundance: np.ndarray | None = None
     # per-section statistics of image_features, fitted once on whole sections (chunk payloads carry them)
     image_standardiser: SectionStandardiser | None = None
+    # (M,) float32 nuclei whose centroid lies in each sub-spot (the raw count behind the "nuclei:count" image
+    # feature; NaN in a section without segmentation); None: no segmentation (None, or none found)
+    nuclei_count: np.ndarray | None = None
 
     @property
     def n_spots(self) -> int:

@@ -64,6 +64,7 @@ def chunk_payload(data: SpotData, chunk: Chunk, adj=None) -> tuple[SpotData, np.
         edge_index=np.vstack([local.row, local.col]).astype(np.int64),
         image_features=None if data.image_features is None else data.image_features[rows],
         cell_type_abundance=None if data.cell_type_abundance is None else data.cell_type_abundance[nodes],
+        nuclei_count=None if data.nuclei_count is None else data.nuclei_count[rows],
         subspot_size=None,  # the sub-spot graph serves only the training loss (image regulariser)
     )
     return payload, chunk.core_in_nodes

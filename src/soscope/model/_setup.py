@@ -63,6 +63,8 @@ class Prepared:
     # data; and the labelled share of the sub-spots (for uns)
     label_classifier: Any = None
     label_provenance: dict[str, Any] = field(default_factory=dict)
+    # where the nuclei per sub-spot came from (uns["soscope"]["segmentation"]); see _nuclei_features
+    segmentation: dict = field(default_factory=dict)
 
 
 def _to_cs(layout: SubspotLayout, affine: np.ndarray, *, polygons: bool) -> SubspotLayout:
@@ -112,6 +114,7 @@ def prepare(
     likelihood: str | dict = "auto",
     image_features: str | object = "morphology",
     use_image: bool = True,
+    segmentation: str | None = "auto",
     progress: bool = False,
     for_training: bool = True,
     labels: str | None = None,
@@ -123,6 +126,9 @@ def prepare(
     trained model only enhances) leaves out the sub-spot graph, which only the training loss uses.
     ``labels``: annotated regions to learn label features from (training); ``label_classifier``: a trained
     model's classifier that makes them for new data (see :mod:`soscope.features._labels`).
+    ``segmentation``: where nuclei are counted per sub-spot (:func:`soscope.io.find_segmentation`); their
+    features follow the image features (``nuclei:count``, ...), the counts go to ``SpotData.nuclei_count``.
+    With ``use_image=False`` no nuclei are counted (they are image evidence too).
     """
     request = SelectionRequest() if request is None else request
     # a run killed earlier may have left its staging (or a half-done commit) in the store: undo it first,
@@ -248,6 +254,14 @@ def prepare(
         extractor = image_features if isinstance(image_features, str) else repr(image_features)
 
     section_of_subspot = np.asarray(sel.sections, dtype=str)[layout.spot_index]
+    nuclei_values, nuclei_names, nuclei_count, seg_record = _nuclei_features(
+        sdata, sel, layouts, segmentation if use_image else None, platform.microns_per_unit
+    )
+    if not use_image and segmentation is not None:
+        seg_record["why"] = "use_image=False"
+    if nuclei_values is not None:
+        img_values = nuclei_values if img_values is None else np.hstack([img_values, nuclei_values])
+        img_names = [*img_names, *nuclei_names]
     label_provenance: dict[str, Any] = {}
     if labels is not None or label_classifier is not None:
         img_values, img_names, label_classifier, label_provenance = _label_features(
@@ -282,6 +296,7 @@ def prepare(
         image_standardiser=None
         if img_values is None
         else SectionStandardiser.fit(img_values, section_of_subspot),
+        nuclei_count=nuclei_count,
         # the sub-spot graph serves only the image regulariser of the training loss; each minibatch finds
         # its own edges (bounded memory), with tolerances fixed by the whole layout
         subspot_size=subspot_size(layout) if for_training else None,
@@ -298,7 +313,7 @@ def prepare(
     return Prepared(
         data, sel, layouts, scheme, likelihoods, dict(sel.modalities), extractor, platform.name,
         image_provenance=provenance, fitted_extractor=refitted, label_classifier=label_classifier,
-        label_provenance=label_provenance,
+        label_provenance=label_provenance, segmentation=seg_record,
     )  # fmt: skip
 
 
@@ -366,6 +381,72 @@ def _recategorise(cover: np.ndarray, cats: list[str], full: list[str]) -> np.nda
     out = np.zeros((len(cover), len(full)), dtype=cover.dtype)
     out[:, [full.index(c) for c in cats]] = cover
     return out
+
+
+def _nuclei_features(
+    sdata, sel, layouts: dict[str, SubspotLayout], segmentation: str | None, microns_per_unit: float
+) -> tuple[np.ndarray | None, list[str], np.ndarray | None, dict]:
+    """Nucleus features and counts of every sub-spot, and the record of where the nuclei came from.
+
+    Returns ``(values (M, D) float32 or None, names, counts (M,) float32 or None, record)``: rows follow
+    ``sel.spots`` then each layout; sub-spots of spots without a segmentation, or off the raster it was read
+    from, get NaN (features stand at the mean, the count is unknown). ``record`` is ``uns``-ready (no None).
+    """
+    from ..features import NUCLEI_FEATURES, subspot_nuclei_features
+    from ..io import find_segmentation
+
+    record: dict = {"setting": "None" if segmentation is None else str(segmentation)}
+    choices = find_segmentation(sdata, sel, segmentation)
+    if not any(choices.values()):
+        return None, [], None, {**record, "source": "none", "n_nuclei": 0}
+    without = [name for name in sel.spots if choices[name] is None]
+    if without:
+        logger.warning(
+            "spots %s have no segmentation while the others do: their sub-spots get no nuclei features "
+            "(they stand at the mean). Pass `segmentation=` an element that covers them.",
+            without,
+        )
+    parts, per_spots = {}, {}
+    for name in sel.spots:
+        choice = choices[name]
+        if choice is None:
+            per_spots[name] = {"source": "none"}
+            continue
+        part = subspot_nuclei_features(sdata, choice, layouts[name], name, microns_per_unit=microns_per_unit)
+        parts[name] = part
+        per_spots[name] = part.provenance
+    # every feature any part has, in the one order of NUCLEI_FEATURES
+    names = [n for n in NUCLEI_FEATURES.values() if any(n in part.names for part in parts.values())]
+    values, counts = [], []
+    for name in sel.spots:
+        m = layouts[name].n_subspots
+        block = np.full((m, len(names)), np.nan, np.float32)
+        count = np.full(m, np.nan, np.float32)
+        if name in parts:
+            part = parts[name]
+            block[:, [names.index(n) for n in part.names]] = part.values
+            count = part.counts
+        values.append(block)
+        counts.append(count)
+    sources = {(r["source"], r.get("element", "")) for r in per_spots.values() if r["source"] != "none"}
+    record |= {
+        "source": sources.pop()[0] if len(sources) == 1 else "several",
+        "n_nuclei": int(sum(r.get("n_nuclei", 0) for r in per_spots.values())),
+        "features": names,
+        "spots": per_spots,
+    }
+    if len(per_spots) == 1:
+        record["element"] = next(iter(per_spots.values())).get("element", "")
+    return np.vstack(values), names, np.concatenate(counts), _uns_ready(record)
+
+
+def _uns_ready(value):
+    """``value`` with None as ``"None"`` and tuples as lists, so that AnnData can write it to ``uns``."""
+    if isinstance(value, dict):
+        return {str(k): _uns_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_uns_ready(v) for v in value]
+    return "None" if value is None else value
 
 
 def _check_same_transform(sdata, a: str, b: str, cs: str) -> None:

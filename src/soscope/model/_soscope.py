@@ -105,9 +105,17 @@ class SoScope:
         keeps a torch module's (or a foundation model's network's) weights and import path, and a
         foundation model's settings and PCA; a plain callable cannot be saved, so :meth:`load` asks for it
         again. See :func:`soscope.features.subspot_image_features`.
+    segmentation
+        Where nuclei are counted per sub-spot (their count, density, nuclear area, eccentricity and, when
+        detected, stain intensity become image features named ``nuclei:count``, ...): ``"auto"`` (default: a
+        labels element or nucleus/cell outlines such as Xenium's ``nucleus_boundaries`` in the spots'
+        coordinate system when one is unambiguous, nuclei before cells; else nuclei detected on the image
+        with :func:`soscope.features.segment_nuclei`; else none), ``"segment_nuclei"`` (detect on the image),
+        the name of a labels or shapes element, or ``None`` (no nuclei). Where they came from is in
+        ``uns["soscope"]["segmentation"]``. See :func:`soscope.io.find_segmentation`.
     use_image, use_graph
-        Ablations: no image (sub-spots start from the interpolation of neighbouring spots); no graph
-        (spot-only encoder).
+        Ablations: no image (sub-spots start from the interpolation of neighbouring spots; no nuclei either);
+        no graph (spot-only encoder).
     image_evidence
         How the image enters the sub-spot offsets: ``"weighted"`` (default: the interpolation of
         neighbouring spots, on the common scale of the batches, plus the image's evidence beyond it,
@@ -162,6 +170,7 @@ class SoScope:
         modality_key: str | None = None,
         coordinate_system: str | None = None,
         image_features: Any = "morphology",
+        segmentation: str | None = "auto",
         use_image: bool = True,
         use_graph: bool = True,
         image_evidence: str = "weighted",
@@ -182,7 +191,7 @@ class SoScope:
             "table": table, "spots": spots, "image": image, "layer": layer, "subspots": subspots,
             "likelihood": likelihood, "sections": sections, "section_key": section_key,
             "batch_key": batch_key, "modality_key": modality_key, "coordinate_system": coordinate_system,
-            "image_features": image_features,
+            "image_features": image_features, "segmentation": segmentation,
             "use_image": use_image, "use_graph": use_graph, "image_evidence": image_evidence,
             # the reference itself is saved as the fitted profiles (normaliser.reference), not as given
             "reference": describe_reference(reference), "cell_type_key": cell_type_key,
@@ -212,6 +221,7 @@ class SoScope:
             self.prepared = prepare(
                 sdata, self.selection, subspots=subspots, likelihood=likelihood,
                 image_features=image_features, use_image=use_image, progress=progress, labels=labels,
+                segmentation=segmentation,
             )  # fmt: skip
             state = _state_from_data(
                 self.prepared, n_latent=n_latent, n_hidden=n_hidden, n_graph_layers=n_graph_layers,
@@ -357,15 +367,39 @@ class SoScope:
         return self.history
 
     # ------------------------------------------------------------------ outputs
+    @property
+    def uses_nuclei(self) -> bool:
+        """Whether the model's image features include nuclei per sub-spot (``nuclei:count``, ...)."""
+        return bool(_nuclei_names(self.image_feature_names))
+
+    def _segmentation_for(self, selection: dict) -> str | None:
+        """``segmentation=`` for new data: the one given (popped from ``selection``), else the model's own.
+
+        A model without nuclei features counts none (a segmentation given for it is refused: it would do
+        nothing).
+        """
+        given = "segmentation" in selection
+        value = selection.pop("segmentation", None)
+        if not self.uses_nuclei:
+            if given and value is not None:
+                raise SoscopeInputError(
+                    f"segmentation={value!r}: this model was trained without nuclei features (segmentation="
+                    f"{self._init_params['segmentation']!r} found none), so it uses no segmentation: leave "
+                    "`segmentation=` out"
+                )
+            return None
+        return value if given else self._init_params["segmentation"]
+
     def _prepare_other(self, sdata, **selection) -> Prepared:
         """Prepare new data with this model's settings and align its features to the model's."""
         s = self.settings
+        segmentation = self._segmentation_for(selection)
         # the sections of the training data do not carry over: new data is usually other sections
         request = replace(self.selection, sections=None).updated(**selection)
         prepared = prepare(
             sdata, request, subspots=self.scheme if not self.scheme.startswith("cells") else s["subspots"],
             likelihood={m.name: m.likelihood for m in self.module.config.modalities},
-            image_features=self._image_extractor,
+            image_features=self._image_extractor, segmentation=segmentation,
             use_image=s["use_image"], progress=self.progress, for_training=False,
             label_classifier=self.label_classifier,
         )  # fmt: skip
@@ -409,6 +443,14 @@ class SoScope:
                     "or train with use_image=False"
                 )
             if list(data.image_feature_names) != list(self.image_feature_names):
+                nuclei, got = _nuclei_names(self.image_feature_names), _nuclei_names(data.image_feature_names)
+                if nuclei != got:
+                    raise ModelCompatibilityError(
+                        f"the model was trained with the nuclei features {nuclei} but this data gives {got} "
+                        f"(segmentation: {prepared.segmentation.get('source', 'none')}): pass "
+                        "`segmentation=` a segmentation of the same kind as at training ('segment_nuclei' to "
+                        "detect nuclei on the image, or a labels / outlines element)"
+                    )
                 raise ModelCompatibilityError(
                     "the data's image features differ from the model's; use the same image_features "
                     "extractor and image kind"
@@ -460,7 +502,8 @@ class SoScope:
         dtype
             ``"float32"`` (default) or ``"float16"`` (half the size, about three significant digits).
         **selection
-            Element choices for new data (``table=``, ``spots=``, ``image=``, ``sections=`` ...).
+            Element choices for new data (``table=``, ``spots=``, ``image=``, ``sections=`` ...), and
+            ``segmentation=`` (default: the model's setting; only for a model with nuclei features).
 
         Returns
         -------
@@ -497,6 +540,7 @@ class SoScope:
         return latent(self.module, prepared.data, self.normaliser, device=self.device)
 
     def _uns(self, prepared: Prepared | None = None) -> dict:
+        """``uns["soscope"]`` of the outputs; ``prepared``: the data enhanced (where its nuclei came from)."""
         settings = {k: ("None" if v is None else v) for k, v in self.settings.items()}
         settings = {
             k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) else v) for k, v in settings.items()
@@ -518,6 +562,9 @@ class SoScope:
             "reference": {} if self.normaliser.reference is None else self.normaliser.reference.as_uns(),
             "labels": {} if self.label_classifier is None else self._labels_uns(),
             "image_features": _image_features_uns(self._image_extractor, prepared),
+            "segmentation": {"source": "none"}
+            if prepared is None or not prepared.segmentation
+            else prepared.segmentation,
         }
 
     def _labels_uns(self) -> dict:
@@ -748,6 +795,14 @@ def _label_classifier_from_payload(d: dict | None) -> LabelClassifier | None:
     return LabelClassifier(
         json.loads(d["categories"]), d["coef"].numpy(), d["intercept"].numpy(), int(d["n_labelled"])
     )
+
+
+def _nuclei_names(names: Iterable[str]) -> list[str]:
+    """Return the nucleus features (``nuclei:count``, ...) among image feature names."""
+    from ..features import NUCLEI_FEATURES
+
+    known = set(NUCLEI_FEATURES.values())
+    return [n for n in names if n in known]
 
 
 def _known_fields(cls: type, values: dict) -> Any:
