@@ -23,7 +23,9 @@
 
 # %%
 import os
+import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 import shapely
@@ -34,6 +36,7 @@ from soscope.evaluate import pseudo_spots, reference_from_cells, score, score_ce
 
 warnings.filterwarnings("ignore", category=UserWarning)  # zarr / anndata notices, not about soscope
 EPOCHS = int(os.environ.get("SOSCOPE_TUTORIAL_EPOCHS", 0)) or None  # None: soscope's default
+out = Path(os.environ.get("SOSCOPE_TUTORIAL_OUT", tempfile.mkdtemp()))
 merfish = soscope.datasets.load_merfish_mini()
 cells = merfish.tables["table"]
 cells
@@ -70,11 +73,11 @@ east_part = sd.bounding_box_query(
     target_coordinate_system="global",
     filter_table=True,
 )
-spots = pseudo_spots(
+sdata = pseudo_spots(
     east_part, table="table", spacing=30.0, lattice="square", subspots="grid:2", image="dapi",
     cells="cells", cell_type_key="cell_type",
 )  # fmt: skip
-spots
+sdata
 
 # %% [markdown]
 # ## Enhance without and with the reference
@@ -82,12 +85,12 @@ spots
 # to the spots' by name.
 
 # %%
-soscope.enhance(spots, key_added="plain", epochs=EPOCHS, progress=False)
+soscope.enhance(sdata, key_added="plain", epochs=EPOCHS, progress=False)
 soscope.enhance(
-    spots, key_added="with_reference", reference=reference, cell_type_key="cell_type", epochs=EPOCHS,
+    sdata, key_added="with_reference", reference=reference, cell_type_key="cell_type", epochs=EPOCHS,
     progress=False,
 )  # fmt: skip
-enhanced = spots.tables["table_with_reference"]
+enhanced = sdata.tables["table_with_reference"]
 enhanced.uns["soscope"]["reference"]
 
 # %% [markdown]
@@ -101,11 +104,11 @@ enhanced.uns["soscope"]["reference"]
 
 # %%
 features = list(
-    spots.tables["table"].var_names[np.argsort(-np.asarray(spots.tables["table"].X.sum(0)).ravel())[:50]]
+    sdata.tables["table"].var_names[np.argsort(-np.asarray(sdata.tables["table"].X.sum(0)).ravel())[:50]]
 )
 rows = {}
 for key in ("plain", "with_reference"):
-    _, summary = score(spots, key_added=key, features=features, baselines=key == "plain", ssim=False)
+    _, summary = score(sdata, key_added=key, features=features, baselines=key == "plain", ssim=False)
     rows.update({("soscope, " + key if m == "soscope" else m): v for m, v in summary["mean"].items()})
 {method: round(values["pearson"], 3) for method, values in rows.items()}
 
@@ -117,8 +120,15 @@ for key in ("plain", "with_reference"):
 # the true cells in each sub-spot.
 
 # %%
-per_type, type_summary = score_cell_types(enhanced, spots.tables["truth"])
+per_type, type_summary = score_cell_types(enhanced, sdata.tables["truth"])
 per_type
 
 # %%
-spots.tables["table_with_reference_spots"]
+sdata.tables["table_with_reference_spots"]
+
+# %% [markdown]
+# `soscope.pl.cell_types` maps the share of the most abundant types in each spot (top) and each sub-spot
+# (bottom).
+
+# %%
+soscope.pl.cell_types(sdata, key_added="with_reference", save=out / "cell_types.png")

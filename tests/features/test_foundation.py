@@ -396,7 +396,13 @@ def test_soscope_fits_the_pca_on_its_training_data_and_records_provenance(traine
 
     sdata, model, fm, _ = trained
     assert fm.pca is None and model._image_extractor.pca is not None
-    assert model.image_feature_names == ["fm_pc1", "fm_pc2", "fm_pc3", "fm_pc4"]
+    # the foundation model's components, then the nuclei (segmentation="auto" detects them on the image)
+    assert [n for n in model.image_feature_names if not n.startswith("nuclei:")] == [
+        "fm_pc1",
+        "fm_pc2",
+        "fm_pc3",
+        "fm_pc4",
+    ]
     assert model.settings["image_features"] == f"foundation:{__name__}:TinyCNN"
     out = model.enhance(sdata, inplace=False)
     uns = out.tables["table_soscope"].uns["soscope"]["image_features"]

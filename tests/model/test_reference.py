@@ -204,3 +204,15 @@ def test_saved_model_applies_its_reference_to_a_new_section(tmp_path):
     # the section's own spots were deconvolved with the saved profiles and platform effect
     n_b = int((study.tables["table"].obs["region"] == "spots_B").sum())
     assert applied.tables["table_soscope_spots"].n_obs == n_b
+
+
+def test_cell_type_maps_draw_every_spot_and_sub_spot(enhanced, tmp_path):
+    """soscope.pl.cell_types: a row of spots and a row of sub-spots per type, one 0-1 scale."""
+    _, out = enhanced
+    fig = soscope.pl.cell_types(out, n_types=3, save=tmp_path / "types.png")
+    maps = [ax for ax in fig.axes if ax.get_title()]  # the colour bar has no title
+    assert len(maps) == 6 and (tmp_path / "types.png").stat().st_size > 10_000
+    drawn = {len(ax.collections[0].get_array()) for ax in maps}
+    assert drawn == {out.tables["table_soscope_spots"].n_obs, out.tables["table_soscope"].n_obs}
+    with pytest.raises(SoscopeInputError, match="Unknown cell type"):
+        soscope.pl.cell_types(out, types=["nope"])
