@@ -216,3 +216,18 @@ def test_cell_type_maps_draw_every_spot_and_sub_spot(enhanced, tmp_path):
     assert drawn == {out.tables["table_soscope_spots"].n_obs, out.tables["table_soscope"].n_obs}
     with pytest.raises(SoscopeInputError, match="Unknown cell type"):
         soscope.pl.cell_types(out, types=["nope"])
+
+
+def test_segmented_cells_get_a_type_call_and_probabilities():
+    """subspots="cells:...": each cell's type probabilities (abundance shares) and its most likely type."""
+    from soscope.model._output import cell_type_outputs
+
+    abundance = np.array([[3.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.5, 0.5, 4.0]])
+    obsm, obs = cell_type_outputs(abundance, ["a", "b", "c"], cells=True)
+    np.testing.assert_allclose(obsm["cell_type_probability"].sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(obsm["cell_type_probability"][0], [0.75, 0.25, 0.0])
+    np.testing.assert_allclose(obsm["cell_type_probability"][1], [1 / 3] * 3)  # no abundance: uniform
+    assert obs["cell_type"].astype(str).tolist() == ["a", "a", "c"]
+    np.testing.assert_array_equal(obsm["cell_type_abundance"], abundance.astype(np.float32))
+    obsm, obs = cell_type_outputs(abundance, ["a", "b", "c"], cells=False)  # polygons: abundances only
+    assert list(obsm) == ["cell_type_abundance"] and obs.shape[1] == 0
