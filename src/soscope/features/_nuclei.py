@@ -327,10 +327,7 @@ def moment_stats(sums: pd.DataFrame) -> pd.DataFrame:
     var_r = np.maximum(drr / nf - mr * mr, 0.0)
     var_c = np.maximum(dcc / nf - mc * mc, 0.0)
     cov = drc / nf - mr * mc
-    half_sum, half_diff = (var_r + var_c) / 2, np.sqrt(((var_r - var_c) / 2) ** 2 + cov**2)
-    big, small = half_sum + half_diff, np.maximum(half_sum - half_diff, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ecc = np.where(big > 0, np.sqrt(np.clip(1.0 - small / big, 0.0, 1.0)), 0.0)
+    ecc = eccentricity(var_r, var_c, cov)
     return pd.DataFrame(
         {
             "label": sums["label"].to_numpy(np.int64),
@@ -875,3 +872,11 @@ def nuclei_per_polygon(
             }
         )
     return out
+
+
+def eccentricity(var_x: np.ndarray, var_y: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Eccentricity of the ellipse with these second central moments (0: a circle; 0 where degenerate)."""
+    half_sum, half_diff = (var_x + var_y) / 2, np.sqrt(((var_x - var_y) / 2) ** 2 + cov**2)
+    big, small = half_sum + half_diff, np.maximum(half_sum - half_diff, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(big > 0, np.sqrt(np.clip(1.0 - small / big, 0.0, 1.0)), 0.0)

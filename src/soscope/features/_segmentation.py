@@ -28,6 +28,7 @@ from soscope._errors import SoscopeInputError
 from soscope._transforms import affine_xy
 from soscope.features._nuclei import (
     NucleusDetector,
+    eccentricity,
     moment_stats,
     nuclei_per_polygon,
     pixel_sums,
@@ -127,9 +128,7 @@ def _polygon_moments(geoms: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray,
         vxx = np.maximum(sxx / area - cx * cx, 0.0)
         vyy = np.maximum(syy / area - cy * cy, 0.0)
         vxy = sxy / area - cx * cy
-        half_sum, half_diff = (vxx + vyy) / 2, np.sqrt(((vxx - vyy) / 2) ** 2 + vxy**2)
-        big, small = half_sum + half_diff, np.maximum(half_sum - half_diff, 0.0)
-        ecc = np.where(big > 0, np.sqrt(np.clip(1.0 - small / big, 0.0, 1.0)), 0.0)
+        ecc = eccentricity(vxx, vyy, vxy)
     ref = xy[first]
     return ref[:, 0] + cx, ref[:, 1] + cy, area, ecc
 

@@ -398,8 +398,9 @@ def shared_columns(reference: CellTypeReference, data) -> tuple[int, np.ndarray,
     return mi, cols, np.array([ref_pos[names[k]] for k in cols], dtype=np.int64)
 
 
-def _counts_of(data, fit_or_cols, cols: np.ndarray):
-    x = data.counts[fit_or_cols][:, cols]
+def _counts_of(data, modality: int, cols: np.ndarray):
+    """Return the counts of modality ``modality`` at columns ``cols`` (sparse stays sparse)."""
+    x = data.counts[modality][:, cols]
     return x.tocsr() if sp.issparse(x) else np.asarray(x, dtype=np.float64)
 
 
