@@ -102,3 +102,28 @@ def test_training_batch_cache_reads_the_setting():
     assert nocache[0] is not nocache[0]  # rebuilt on every use
     assert cached[0] is cached[0]
     np.testing.assert_array_equal(nocache[0].x[0].numpy(), cached[0].x[0].numpy())
+
+
+def test_cached_batches_hold_wide_offsets_computed_whole():
+    """A kept batch computes its on-demand offsets once, to the values computed per block of columns."""
+    import numpy as np
+    import torch
+
+    from soscope.model._core import build_batches, computed_offsets
+    from soscope.module import LazyColumns
+
+    sdata = soscope.datasets.synthetic(n_spots=60, n_features=8, seed=0)
+    m = soscope.SoScope(sdata, table="table", n_hidden=8, n_latent=2, device="cpu", progress=False)
+    data = m.prepared.data
+    with soscope.settings.override(feature_block_size=3):  # 8 features > 3: offsets computed on demand
+        with soscope.settings.override(batch_cache_bytes=0):
+            _, nocache = build_batches(data, m.normaliser, m.module.config, chunk_spots=20)
+        _, cached = build_batches(data, m.normaliser, m.module.config, chunk_spots=20)
+        lazy = nocache[0].sub_offset[0]
+        assert isinstance(lazy, LazyColumns)
+        whole = cached[0].sub_offset[0]
+        assert isinstance(whole, torch.Tensor) and tuple(whole.shape) == lazy.shape
+        blocks = torch.cat([lazy.columns(slice(a, min(a + 3, 8))) for a in range(0, 8, 3)], dim=1)
+        np.testing.assert_allclose(whole.numpy(), blocks.numpy(), rtol=1e-6, atol=1e-6)
+        # a budget too small for the offsets keeps them on demand
+        assert isinstance(computed_offsets(nocache[0], budget=10).sub_offset[0], LazyColumns)

@@ -147,9 +147,9 @@ class Settings:
         ``"serial"``: one task after another in the calling thread (debugging); ``"dask-distributed"``:
         on a client, which must be given (``client=``) or active. A ``client=`` argument always wins.
     batch_cache_bytes
-        Memory for built training minibatches (256 MiB): within it each minibatch is built once and kept;
-        beyond, batches are rebuilt from their chunk on every use (a whole slide trains in bounded memory,
-        more slowly).
+        Memory for built training minibatches (1 GiB): within it each minibatch is built once and kept,
+        with its offsets computed whole; beyond, batches are rebuilt from their chunk on every use (a whole
+        slide trains in bounded memory, more slowly). Freed when training ends.
     write_buffer_bytes
         Memory for partly filled zarr blocks while results stream into a store (512 MiB); beyond it the
         fullest blocks are merged into what is on disk.
@@ -178,7 +178,7 @@ class Settings:
     device: str = "auto"
     progress: bool = True
     parallel_backend: str | None = None
-    batch_cache_bytes: int = 256 * _MiB
+    batch_cache_bytes: int = 1024 * _MiB
     write_buffer_bytes: int = 512 * _MiB
     stream_min_bytes: int = 512 * _MiB
     stream_block_bytes: int = 16 * _MiB

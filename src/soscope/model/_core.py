@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .._settings import settings
-from ..module import ModuleConfig, SoScopeModule, SpotBatch
+from ..module import LazyColumns, ModuleConfig, SoScopeModule, SpotBatch
 from ..tiling import adjacency, plan_chunks
 from ..train import History, TrainConfig, train_module
 from ._data import Normaliser, SpotData, make_batch
@@ -137,10 +137,33 @@ class ChunkBatches(Sequence[SpotBatch]):
             )
         batch = batch.to(self.device)
         size = batch_bytes(batch)
-        if self._cached_bytes + size <= self.cache_bytes:
+        room = self.cache_bytes - self._cached_bytes
+        if size <= room:
+            # a kept batch gets its wide offsets computed whole where they fit too: recomputing them at every
+            # step cost more than the network's backward pass (4,000 spots x 2,000 features)
+            batch = computed_offsets(batch, room - size)
+            size = batch_bytes(batch)
             self._cache[i] = batch
             self._cached_bytes += size
         return batch
+
+
+def computed_offsets(batch: SpotBatch, budget: int) -> SpotBatch:
+    """Return ``batch`` with its on-demand offsets (:class:`LazyColumns`) computed whole, within ``budget``.
+
+    Every column is computed from its own inputs, so the values are those the columns would be computed
+    with one block at a time.
+    """
+    if batch.sub_offset is None or not any(isinstance(o, LazyColumns) for o in batch.sub_offset):
+        return batch
+    offsets = []
+    for offset in batch.sub_offset:
+        nbytes = 4 * offset.shape[0] * offset.shape[1] if isinstance(offset, LazyColumns) else 0
+        if isinstance(offset, LazyColumns) and nbytes <= budget:
+            offset = offset.columns(None)
+            budget -= nbytes
+        offsets.append(offset)
+    return dataclasses.replace(batch, sub_offset=offsets)
 
 
 def batch_bytes(batch: SpotBatch) -> int:
