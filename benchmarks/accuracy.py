@@ -290,10 +290,15 @@ def image_evidence(uns: dict, has_image: bool) -> str:
     for name, e in ev.items():
         scores = np.asarray(e["cv_scores"], dtype=float)
         best = np.nanmin(scores) if np.isfinite(scores).any() else float("nan")
-        parts.append(
-            (f"{name}: " if len(ev) > 1 else "")
-            + f"β = {float(e['beta']):g}, α = {float(e['alpha']):g}, CV score {fmt(best)}"
-        )
+        text = f"β = {float(e['beta']):g}, α = {float(e['alpha']):g}, CV score {fmt(best)}"
+        nuc = np.asarray(e.get("nuclei_cv_scores", np.nan), dtype=float)
+        if np.isfinite(nuc).any():  # the nucleus term (soscope with nuclei in the prior)
+            dens = float(e["nuclei_density"])
+            text += (
+                f"; nuclei γ = {float(e['gamma']):g}, a = {float(e['nuclei_offset']) / dens:g} × mean "
+                f"nucleus density, CV score {fmt(np.nanmin(nuc))}"
+            )
+        parts.append((f"{name}: " if len(ev) > 1 else "") + text)
     return "; ".join(parts) if parts else "no image"
 
 
@@ -338,6 +343,15 @@ def run_case(name: str, args, cache: dict, outdir: Path) -> dict:
     t_fit, ep = run_soscope(p, use_image=True, key_added="soscope", args=args, scheme=scheme)
     info.update(t_soscope=t_fit, epochs=ep)
     info["evidence"] = image_evidence(p.tables["table_soscope"].uns["soscope"], has_image)
+    seg = p.tables["table_soscope"].uns["soscope"].get("segmentation") or {}
+    if has_image and seg.get("source", "none") != "none":
+        # detection recall: the nuclei soscope counted beside the true cells (the count oracle's)
+        n_sub = int(np.nansum(np.asarray(tru.obs["n_cells"], dtype=float))) if "n_cells" in tru.obs else None
+        spots_rec = seg.get("spots") or {}
+        n_in = sum(int(r.get("n_nuclei_in_subspots", 0)) for r in spots_rec.values())
+        info["evidence"] += f"; nuclei: {seg['source']}, {n_in:,} in the sub-spots" + (
+            f" (true cells in the sub-spots: {n_sub:,})" if n_sub is not None else ""
+        )
     log(
         f"{name}: soscope (defaults{', with image' if has_image else ', no image'}): "
         f"{ep} epochs, {t_fit:.1f} s"
