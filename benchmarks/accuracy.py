@@ -133,6 +133,12 @@ NOTES = """\
   interpolation alone: "CV score", < 1 when the image helps). β = 0 makes soscope the no-image model.
   This is soscope's default (`image_evidence="weighted"`); `--offsets legacy` runs soscope 0.1's offsets
   (the image ridge alone, α = 1e-4, floored: no image weight, none chosen).
+- Nucleus weight: with nuclei (here detected on the image by `segmentation="auto"`), each count modality's
+  offsets also get γ × (log(n + a) − log of the interpolation of the spots' nucleus densities + a), n the
+  sub-spot's nuclei per area unit; a (a multiple of the mean nucleus density) and γ are chosen by the same
+  cross-validation after β ("nuclei γ, a, CV score" in the cases table; CV score relative to γ = 0, γ = 0
+  unless it helps by two standard errors). "Nuclei … in the sub-spots" counts what soscope found beside the
+  true cells (the count oracle's) in the same sub-spots.
 - Tissue domains: the synthetic truth domains are `obs["cell_type"]` of the truth table (each sub-spot's
   dominant simulated cell type). The real cases have no annotation: their truth domains are
   `soscope.evaluate.cluster_truth` of the true sub-spot profiles over the scored features (normalise to
