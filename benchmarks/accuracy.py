@@ -15,7 +15,14 @@ Cases (all read from disk; nothing is downloaded):
   Visium-size lattice (100 µm / 55 µm) is run too when it leaves >= 40 interior spots.
 * ``verafish_hex100``: VeraFISH mouse hippocampus (10,994 cells, 120 genes, no image); 1 coordinate unit
   = 0.0628 µm is an ASSUMPTION of the loader; 55 µm circles on a 100 µm hexagonal lattice, hex7.
+* ``verafish_hex100_nuclei``: ``verafish_hex100`` with a nuclear (DAPI-like) image RENDERED from the cell
+  centres (:func:`loaders.render_nuclei`: one 5-7 µm noisy ellipse per cell, blur, background noise, 1 µm/px,
+  seed 0), so soscope's ``segmentation="auto"`` detects nuclei on it: a Visium-scale case with nuclei
+  whose positions are those of the cells (not a real stain).
 * ``verafish_sq50``: the same cells in 50 µm square bins, split grid:2 (25 µm sub-spots).
+* ``cosmx_sq16``: CosMx lung mini (two fields side by side, :func:`loaders.load_cosmx`; 0.18 µm/px assumed),
+  every transcript in 2 µm bins, 16 µm squares split 2 x 2, with the IF composite (channels named red /
+  membrane / nuclei after PROVENANCE.txt, so the nuclei are detected on the blue one).
 
 Spots whose sub-spots reach beyond the data's bounding box are dropped (the MERFISH field is a crop of a
 larger section: counts there would be zero for an artificial reason that an image extent would reveal).
@@ -53,7 +60,25 @@ from pathlib import Path
 
 import numpy as np
 
-CASES = ("synthetic", "merfish_hex50", "merfish_hex100", "verafish_hex100", "verafish_sq50")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loaders import (  # noqa: E402  (the benchmarks folder is not a package)
+    cell_bounds,
+    crop_interior,
+    load_cosmx,
+    merfish_bins,
+    render_nuclei,
+    transcript_bins,
+)
+
+CASES = (
+    "synthetic",
+    "merfish_hex50",
+    "merfish_hex100",
+    "verafish_hex100",
+    "verafish_hex100_nuclei",
+    "verafish_sq50",
+    "cosmx_sq16",
+)
 QUICK_CASES = ("synthetic", "merfish_hex50", "verafish_hex100")
 METRICS = ("pearson", "spearman", "rmse", "ssim")
 BASELINE_LABELS = {
@@ -70,6 +95,7 @@ ORACLE_CELLS = {
     "synthetic": "the simulated cells (truth `obs['n_cells']`)",
     "merfish": "centroids of the 498 cell outlines (the truth itself is every transcript)",
     "verafish": "the cells (table rows) whose centre lies in each sub-spot",
+    "cosmx": "the centroids of the CellLabels cell masks (the truth itself is every transcript)",
 }
 #: margin of the "never hurts" check: soscope with the image against the best other method, per metric
 MARGIN = 0.005
@@ -87,8 +113,10 @@ NOTES = """\
   counts split among its sub-spots in proportion to the true number of cells whose centre lies in each
   (inside the footprint, as the other splits; a spot with no cell is split evenly) — what knowing exactly
   where the cells are gives a split of the counts. Cells: synthetic — the simulated cells; VeraFISH — the
-  cells themselves; MERFISH — the centroids of the 498 cell outlines, while the truth is every transcript
-  (61% of them outside the outlines), so there it is an oracle of cell positions, not of the transcripts.
+  cells themselves (also on verafish_hex100_nuclei, whose image is rendered from the same cells); CosMx —
+  the centroids of the CellLabels masks (the truth is every transcript); MERFISH — the centroids of the
+  498 cell outlines, while the truth is every transcript (61% of them outside the outlines), so there it
+  is an oracle of cell positions, not of the transcripts.
 - MERFISH: the truth is every transcript (2 µm bins), not cells: only ~39% of transcripts fall inside the
   498 cell outlines. The field is 500 × 450 µm, so the main lattice is 27.5 µm circles every 50 µm; the
   Visium-size lattice is run only when it leaves ≥ {min_spots} interior spots.
@@ -105,6 +133,12 @@ NOTES = """\
   interpolation alone: "CV score", < 1 when the image helps). β = 0 makes soscope the no-image model.
   This is soscope's default (`image_evidence="weighted"`); `--offsets legacy` runs soscope 0.1's offsets
   (the image ridge alone, α = 1e-4, floored: no image weight, none chosen).
+- Nucleus weight: with nuclei (here detected on the image by `segmentation="auto"`), each count modality's
+  offsets also get γ × (log(n + a) − log of the interpolation of the spots' nucleus densities + a), n the
+  sub-spot's nuclei per area unit; a (a multiple of the mean nucleus density) and γ are chosen by the same
+  cross-validation after β ("nuclei γ, a, CV score" in the cases table; CV score relative to γ = 0, γ = 0
+  unless it helps by two standard errors). "Nuclei … in the sub-spots" counts what soscope found beside the
+  true cells (the count oracle's) in the same sub-spots.
 - Tissue domains: the synthetic truth domains are `obs["cell_type"]` of the truth table (each sub-spot's
   dominant simulated cell type). The real cases have no annotation: their truth domains are
   `soscope.evaluate.cluster_truth` of the true sub-spot profiles over the scored features (normalise to
@@ -131,109 +165,6 @@ def log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ data building
-def merfish_bins(sdata, bin_um: float = 2.0):
-    """Bin every MERFISH transcript in ``bin_um`` squares (see :func:`transcript_bins`; image ``"dapi"``)."""
-    return transcript_bins(sdata, bin_um, image="dapi", blank_prefix="Blank-")
-
-
-def transcript_bins(sdata, bin_um: float = 2.0, *, image: str = "dapi", blank_prefix: str = "Blank-"):
-    """Bin every transcript (points ``"transcripts"``: x, y, categorical gene) in ``bin_um`` squares.
-
-    Returns a SpatialData with shapes ``"bins"`` (circles at the bin centres), a count table annotating them
-    (empty bins left out; ``var["blank"]`` marks the control probes named ``blank_prefix*``), the cell
-    outlines ``"cells"`` and the image ``image`` (when present), and the transcripts' bounds
-    ``(x0, x1, y0, y1)``.
-    """
-    import anndata as ad
-    import geopandas as gpd
-    import pandas as pd
-    import scipy.sparse as sp
-    import shapely
-    from spatialdata import SpatialData
-    from spatialdata.models import ShapesModel, TableModel
-    from spatialdata.transformations import Identity
-
-    tx = sdata.points["transcripts"].compute()
-    genes = pd.Index(tx["gene"].cat.categories.astype(str), dtype=object)
-    x, y = tx["x"].to_numpy(float), tx["y"].to_numpy(float)
-    x0, y0 = x.min(), y.min()
-    ix = np.floor((x - x0) / bin_um).astype(np.int64)
-    iy = np.floor((y - y0) / bin_um).astype(np.int64)
-    nx = int(ix.max()) + 1
-    key, inv = np.unique(iy * nx + ix, return_inverse=True)
-    X = sp.coo_matrix(
-        (np.ones(len(tx), np.float32), (inv, tx["gene"].cat.codes.to_numpy())), shape=(len(key), len(genes))
-    ).tocsr()
-    X.sum_duplicates()
-    cx = x0 + (key % nx + 0.5) * bin_um
-    cy = y0 + (key // nx + 0.5) * bin_um
-    n = len(key)
-    gdf = gpd.GeoDataFrame(
-        {"radius": np.full(n, bin_um / 2)}, geometry=shapely.points(cx, cy), index=pd.RangeIndex(n)
-    )
-    obs = pd.DataFrame(
-        {"region": pd.Categorical(["bins"] * n), "bin_id": np.arange(n, dtype=np.int64)},
-        index=pd.Index([f"bin_{i}" for i in range(n)]),
-    )
-    var = pd.DataFrame({"blank": genes.str.startswith(blank_prefix)}, index=genes)
-    table = TableModel.parse(
-        ad.AnnData(X=X, obs=obs, var=var), region="bins", region_key="region", instance_key="bin_id"
-    )
-    images = {image: sdata.images[image]} if image in sdata.images else {}
-    bounds = (x.min(), x.max(), y.min(), y.max())
-    return (
-        SpatialData(
-            images=images,
-            shapes={
-                "bins": ShapesModel.parse(gdf, transformations={"global": Identity()}),
-                "cells": sdata.shapes["cells"],
-            },
-            tables={"table": table},
-        ),
-        bounds,
-    )
-
-
-def cell_bounds(sdata) -> tuple[float, float, float, float]:
-    """Bounds ``(x0, x1, y0, y1)`` of the cell centres."""
-    import shapely
-
-    c = shapely.get_coordinates(shapely.centroid(np.asarray(sdata.shapes["cells"].geometry.values)))
-    return c[:, 0].min(), c[:, 0].max(), c[:, 1].min(), c[:, 1].max()
-
-
-def crop_interior(p, bounds):
-    """Keep the pseudo-spots whose sub-spot polygons all lie inside ``bounds`` (x0, x1, y0, y1).
-
-    ``bounds`` may also be a list of such rectangles (separate fields of view laid side by side): a spot is
-    kept when all its sub-spots lie inside one of them.
-    """
-    import pandas as pd
-    from spatialdata import SpatialData
-
-    rects = [bounds] if np.ndim(bounds) == 1 else list(bounds)
-    sub = p.shapes["spots_truth_subspots"]
-    b = sub.geometry.bounds
-    inside = np.zeros((len(sub), len(rects)), dtype=bool)
-    for j, (x0, x1, y0, y1) in enumerate(rects):
-        ok = (b["minx"] >= x0) & (b["maxx"] <= x1) & (b["miny"] >= y0) & (b["maxy"] <= y1)
-        inside[:, j] = ok.to_numpy()
-    spot_of = sub["spot_id"].to_numpy()
-    whole = pd.DataFrame(inside).groupby(spot_of).all().any(axis=1)  # all sub-spots inside one rectangle
-    bad = whole.index.to_numpy()[~whole.to_numpy()]
-    spots = p.shapes["spots"]
-    keep_spot = ~spots.index.isin(bad)
-    keep_sub = ~sub["spot_id"].isin(bad).to_numpy()
-    tab, tru = p.tables["table"], p.tables["truth"]
-    t_keep = ~tab.obs["spot_id"].isin(bad).to_numpy()
-    r_keep = ~tru.obs["spot_id"].isin(bad).to_numpy()
-    return SpatialData(
-        images=dict(p.images),
-        shapes={"spots": spots.loc[keep_spot], "spots_truth_subspots": sub.loc[keep_sub]},
-        tables={"table": tab[t_keep].copy(), "truth": tru[r_keep].copy()},
-    )
-
-
 def build_case(name: str, args, cache: dict):
     """Return ``(sdata, features, description)`` for a case, or ``(None, None, reason)`` when skipped."""
     from soscope.datasets import load_merfish_mini, load_verafish, synthetic
@@ -278,10 +209,43 @@ def build_case(name: str, args, cache: dict):
         if name == "verafish_hex100":
             p = pseudo_spots(v, table="table", spacing=100.0, spot_diameter=55.0, lattice="hex")
             desc = "VeraFISH cells (1 unit = 0.0628 µm, assumed); 55 µm circles on a 100 µm hex lattice, hex7"
+        elif name == "verafish_hex100_nuclei":
+            import shapely
+            from spatialdata import SpatialData
+
+            xy = shapely.get_coordinates(shapely.centroid(np.asarray(v.shapes["cells"].geometry.values)))
+            image, what = render_nuclei(xy, um_per_px=1.0, seed=args.seed)
+            vi = SpatialData(images={"dapi": image}, shapes=dict(v.shapes), tables=dict(v.tables))
+            p = pseudo_spots(
+                vi, table="table", spacing=100.0, spot_diameter=55.0, lattice="hex", image="dapi"
+            )
+            desc = (
+                "VeraFISH cells (1 unit = 0.0628 µm, assumed); 55 µm circles on a 100 µm hex lattice, hex7; "
+                f"nuclear image RENDERED from the {what['nuclei']:,} cell centres "
+                f"({what['um_per_px']:g} µm/px, "
+                f"{what['shape'][1]} x {what['shape'][0]} px, nucleus radius {what['radius_um'][0]:g}-"
+                f"{what['radius_um'][1]:g} µm, seed {what['seed']})"
+            )
         else:
             p = pseudo_spots(v, table="table", spacing=50.0, lattice="square", subspots="grid:2")
             desc = "VeraFISH cells (1 unit = 0.0628 µm, assumed); 50 µm square bins, grid:2"
         p = crop_interior(p, bounds)
+        return p, top_features(p), desc
+    if name == "cosmx_sq16":
+        from soscope.datasets import shared_data_dir
+
+        if "cosmx" not in cache:
+            sdata, _, rects = load_cosmx(shared_data_dir(), channels=("red", "membrane", "nuclei"))
+            cache["cosmx"] = (transcript_bins(sdata, 2.0, image="if", blank_prefix="NegPrb")[0], rects)
+        units, rects = cache["cosmx"]
+        p = pseudo_spots(
+            units, table="table", spacing=16.0, lattice="square", subspots="grid:2", image="if", cells="cells"
+        )
+        p = crop_interior(p, rects)
+        desc = (
+            "CosMx lung mini (2 fields side by side; 0.18 µm/px assumed), all transcripts in 2 µm bins; "
+            "16 µm squares, grid:2; IF composite (nuclei channel named)"
+        )
         return p, top_features(p), desc
     raise ValueError(name)
 
@@ -332,10 +296,15 @@ def image_evidence(uns: dict, has_image: bool) -> str:
     for name, e in ev.items():
         scores = np.asarray(e["cv_scores"], dtype=float)
         best = np.nanmin(scores) if np.isfinite(scores).any() else float("nan")
-        parts.append(
-            (f"{name}: " if len(ev) > 1 else "")
-            + f"β = {float(e['beta']):g}, α = {float(e['alpha']):g}, CV score {fmt(best)}"
-        )
+        text = f"β = {float(e['beta']):g}, α = {float(e['alpha']):g}, CV score {fmt(best)}"
+        nuc = np.asarray(e.get("nuclei_cv_scores", np.nan), dtype=float)
+        if np.isfinite(nuc).any():  # the nucleus term (soscope with nuclei in the prior)
+            dens = float(e["nuclei_density"])
+            text += (
+                f"; nuclei γ = {float(e['gamma']):g}, a = {float(e['nuclei_offset']) / dens:g} × mean "
+                f"nucleus density, CV score {fmt(np.nanmin(nuc))}"
+            )
+        parts.append((f"{name}: " if len(ev) > 1 else "") + text)
     return "; ".join(parts) if parts else "no image"
 
 
@@ -380,6 +349,15 @@ def run_case(name: str, args, cache: dict, outdir: Path) -> dict:
     t_fit, ep = run_soscope(p, use_image=True, key_added="soscope", args=args, scheme=scheme)
     info.update(t_soscope=t_fit, epochs=ep)
     info["evidence"] = image_evidence(p.tables["table_soscope"].uns["soscope"], has_image)
+    seg = p.tables["table_soscope"].uns["soscope"].get("segmentation") or {}
+    if has_image and seg.get("source", "none") != "none":
+        # detection recall: the nuclei soscope counted beside the true cells (the count oracle's)
+        n_sub = int(np.nansum(np.asarray(tru.obs["n_cells"], dtype=float))) if "n_cells" in tru.obs else None
+        spots_rec = seg.get("spots") or {}
+        n_in = sum(int(r.get("n_nuclei_in_subspots", 0)) for r in spots_rec.values())
+        info["evidence"] += f"; nuclei: {seg['source']}, {n_in:,} in the sub-spots" + (
+            f" (true cells in the sub-spots: {n_sub:,})" if n_sub is not None else ""
+        )
     log(
         f"{name}: soscope (defaults{', with image' if has_image else ', no image'}): "
         f"{ep} epochs, {t_fit:.1f} s"

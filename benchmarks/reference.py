@@ -68,21 +68,22 @@ from accuracy import (  # noqa: E402  (the benchmarks folder is not a package)
     BASELINE_LABELS,
     ORACLE_LABELS,
     code_state,
-    crop_interior,
     fmt,
     log,
     rename_method,
     top_features,
+)
+from loaders import (  # noqa: E402
+    COSMX_GAP_PX,
+    COSMX_UM_PER_PX,
+    crop_interior,
+    load_cosmx,
     transcript_bins,
 )
 
 CASES = ("merfish_hex50", "merfish_sq30", "cosmx_sq16", "cosmx_hex30", "cosmx_hex25")
 #: the smallest number of spots a CosMx hex case must leave to be run
 MIN_SPOTS_COSMX_HEX = 30
-#: CosMx instrument pixel size (µm), an assumption stated in the data's PROVENANCE.txt
-COSMX_UM_PER_PX = 0.18
-#: gap (image pixels) between the two CosMx fields laid side by side
-COSMX_GAP_PX = 200
 CELL_TYPE_KEY = "cell_type"
 #: methods of the type-abundance table: label, and whether it uses the truth
 TYPE_METHODS = {
@@ -106,108 +107,6 @@ METHOD_LABELS = {
 
 
 # ------------------------------------------------------------------------------------------------- data
-def load_cosmx(root: Path):
-    """Load the two CosMx fields side by side: transcripts, cells (mask centroids), RGB composite; µm.
-
-    Returns a SpatialData (points ``"transcripts"``, shapes ``"cells"``, image ``"if"``), the cells × targets
-    AnnData (transcripts with the cell's id; obs ``cell_id`` = the shapes' index) and the rectangles
-    ``(x0, x1, y0, y1)`` of the two fields' transcripts.
-    """
-    import anndata as ad
-    import geopandas as gpd
-    import pandas as pd
-    import scipy.sparse as sp
-    import shapely
-    import tifffile
-    from PIL import Image
-    from scipy import ndimage as ndi
-    from spatialdata import SpatialData
-    from spatialdata.models import Image2DModel, PointsModel, ShapesModel
-    from spatialdata.transformations import Identity, Scale
-
-    folder = root / "cosmx_lung_mini"
-    tx = pd.read_csv(folder / "Lung12_tx_file.csv.gz")
-    um = COSMX_UM_PER_PX
-    # registration (PROVENANCE.txt): column = x_local_px - x0 (x0 from the .aux.xml), row = 3648 - y_local_px
-    fields = {2: 4800.0, 3: 0.0}
-    images, cell_rows, xs, ys, rects = [], [], np.zeros(len(tx)), np.zeros(len(tx)), []
-    offset = 0
-    for fov, x0 in fields.items():
-        img = np.asarray(Image.open(folder / "CellComposite" / f"CellComposite_F00{fov}.jpg"))
-        labels = tifffile.imread(folder / "CellLabels" / f"CellLabels_F00{fov}.tif").astype(np.int64)
-        here = (tx["fov"] == fov).to_numpy()
-        col = tx.loc[here, "x_local_px"].to_numpy() - x0 + offset
-        row = 3648.0 - tx.loc[here, "y_local_px"].to_numpy()
-        xs[here], ys[here] = col * um, row * um
-        rects.append((xs[here].min(), xs[here].max(), ys[here].min(), ys[here].max()))
-        ids = np.unique(labels)
-        ids = ids[ids > 0]
-        cy, cx = np.asarray(ndi.center_of_mass(np.ones_like(labels), labels, ids)).T
-        area = np.asarray(ndi.sum(np.ones_like(labels), labels, ids))
-        cell_rows.append(
-            pd.DataFrame(
-                {
-                    "cell_id": fov * 10_000 + ids,  # cell ids are per field
-                    "fov": fov,
-                    "x": (cx + 0.5 + offset) * um,  # pixel i spans [i, i + 1)
-                    "y": (cy + 0.5) * um,
-                    "radius": np.sqrt(area / np.pi) * um,
-                }
-            )
-        )
-        images.append((offset, img))
-        offset += img.shape[1] + COSMX_GAP_PX
-    height = max(im.shape[0] for _, im in images)
-    mosaic = np.zeros((height, offset - COSMX_GAP_PX, 3), dtype=np.uint8)
-    for off, im in images:
-        mosaic[: im.shape[0], off : off + im.shape[1]] = im
-    cells = pd.concat(cell_rows, ignore_index=True)
-    gdf = gpd.GeoDataFrame(
-        {"radius": cells["radius"].to_numpy()},
-        geometry=shapely.points(cells["x"].to_numpy(), cells["y"].to_numpy()),
-        index=pd.Index(cells["cell_id"].to_numpy()),
-    )
-    genes = pd.Index(np.sort(tx["target"].astype(str).unique()), dtype=object)
-    gene = pd.Categorical(tx["target"].astype(str), categories=genes)
-    tr = {"global": Identity()}
-    points = PointsModel.parse(
-        pd.DataFrame({"x": xs, "y": ys, "gene": gene}),
-        coordinates={"x": "x", "y": "y"},
-        feature_key="gene",
-        transformations=tr,
-    )
-    image = Image2DModel.parse(
-        mosaic.transpose(2, 0, 1),
-        dims=("c", "y", "x"),
-        c_coords=["red", "green", "blue"],
-        transformations={"global": Scale([um, um], axes=("x", "y"))},
-    )
-    sdata = SpatialData(
-        images={"if": image},
-        shapes={"cells": ShapesModel.parse(gdf, transformations=tr)},
-        points={"transcripts": points},
-    )
-    # cells x targets from the transcripts' cell ids (0: outside every cell)
-    key = (tx["fov"].to_numpy() * 10_000 + tx["cell_ID"].to_numpy()).astype(np.int64)
-    inside = tx["cell_ID"].to_numpy() > 0
-    row_of = pd.Index(cells["cell_id"].to_numpy()).get_indexer(key[inside])
-    ok = row_of >= 0
-    x = sp.coo_matrix(
-        (np.ones(int(ok.sum()), np.float32), (row_of[ok], gene.codes[inside][ok])),
-        shape=(len(cells), len(genes)),
-    ).tocsr()
-    x.sum_duplicates()
-    cell_table = ad.AnnData(
-        X=x,
-        obs=pd.DataFrame(
-            {"cell_id": cells["cell_id"].to_numpy(), "fov": cells["fov"].to_numpy()},
-            index=cells["cell_id"].astype(str).to_numpy(),
-        ),
-        var=pd.DataFrame({"blank": genes.str.startswith("NegPrb")}, index=genes),
-    )
-    return sdata, cell_table, rects
-
-
 def load_data(kind: str, cache: dict):
     """``(units, cells, cell_xy, rects, image)`` of ``"merfish"`` or ``"cosmx"``, cached.
 

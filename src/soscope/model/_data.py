@@ -23,7 +23,10 @@ from ._evidence import (
     footprint_design,
     image_term,
     kernel_matrix,
+    nuclei_term,
+    select_nuclei_weight,
     select_weights,
+    spot_nuclei_density,
 )
 from ._reference import (
     SMOOTHNESS,
@@ -184,11 +187,18 @@ class Normaliser:
         return [float(e.beta) for e in self.evidence]
 
     @property
+    def nuclei_weights(self) -> list[float]:
+        """Per modality the weight of the nucleus term in the offsets (all 0 without a segmentation)."""
+        if self.evidence is None:
+            return [0.0] * len(self.input_mean)
+        return [float(e.gamma) for e in self.evidence]
+
+    @property
     def image_informative(self) -> bool:
-        """Whether the image predicts held-out spots for at least one modality (a weight above 0)."""
+        """Whether the image or its nuclei predict held-out spots for at least one modality (a weight > 0)."""
         if self.offsets == "legacy":
             return self.image_ridge is not None
-        return any(b > 0 for b in self.image_weights)
+        return any(b > 0 for b in self.image_weights) or any(g > 0 for g in self.nuclei_weights)
 
     def standardise_image(self, features: np.ndarray) -> np.ndarray:
         """Standardised image features, missing values at the mean, clipped to ±8."""
@@ -254,9 +264,14 @@ def _fit_image_evidence(data: SpotData, norm: Normaliser) -> tuple[list, list[Ev
     """Per modality the closed-form image ridge and the weight of its term in the offsets.
 
     The ridge penalty and the weight are chosen together by cross-validation over spots (see
-    :func:`soscope.model._evidence.select_weights`); the ridge is then refitted on every spot.
+    :func:`soscope.model._evidence.select_weights`); the ridge is then refitted on every spot. With a
+    segmentation, a count modality's nucleus term is weighted by the same cross-validation (see
+    :func:`soscope.model._evidence.select_nuclei_weight`).
     """
     z = standardised_image(data, norm)
+    nuclei = None
+    if data.nuclei_count is not None and np.isfinite(data.nuclei_count).any():
+        nuclei = spot_nuclei_density(data.nuclei_count, data.layout, norm.area_unit)
     design = footprint_design(z, data.layout)
     area = data.layout.footprint_area / norm.area_unit
     every = np.arange(data.n_spots)
@@ -278,6 +293,22 @@ def _fit_image_evidence(data: SpotData, norm: Normaliser) -> tuple[list, list[Ev
             is_count=spec.is_count,
         )  # fmt: skip
         logger.info("image evidence for modality %r: %s", spec.name, w.reason)
+        if spec.is_count and nuclei is not None:
+            select_nuclei_weight(
+                w,
+                y,
+                prior,
+                design,
+                area,
+                data.centres,
+                np.asarray(data.sections),
+                data.spacing,
+                floor,
+                nuclei,
+            )
+            logger.info("nucleus evidence for modality %r: %s", spec.name, w.nuclei_reason)
+        elif nuclei is not None:
+            w.nuclei_reason = "values (not counts): no nucleus term"
         ridge = fit_footprint_ridge(y, z, data.layout, alpha=w.alpha)
         ridges.append(tuple(a.astype(np.float32) for a in ridge))
         weights.append(w)
@@ -542,8 +573,9 @@ def subspot_offset(
     """Return the fixed offsets ``(m, len(cols))`` of modality ``mi`` at the sub-spots of a chunk, float32.
 
     Each column depends on its feature alone (the spatial prior interpolates that feature's spot
-    densities; the image term applies that feature's ridge coefficients), so ``cols`` (None: all) gives
-    the same values as the same columns of all offsets, up to the float rounding of dense products.
+    densities; the image term applies that feature's ridge coefficients; the nucleus term of a count
+    modality is the same for every column), so ``cols`` (None: all) gives the same values as the same
+    columns of all offsets, up to the float rounding of dense products.
 
     Parameters
     ----------
@@ -602,6 +634,14 @@ def subspot_offset(
         ridge = norm.image_ridge[mi] if cols is None else (xm, pick(ym), pick(coef))
         mean_density = np.asarray(ridge[1], dtype=np.float64) if spec.is_count else None
         offset = offset + beta * image_term(img, ridge, sub, kernel, mean_density)
+    ev = None if norm.evidence is None else norm.evidence[mi]
+    if not legacy and img is not None and spec.is_count and ev is not None and ev.gamma > 0:
+        if data.nuclei_count is not None:
+            # the nuclei beyond the spatial prior, weighted by how well they predicted held-out spots; the
+            # same term for every feature column
+            count = data.nuclei_count[data.layout.rows_of(nodes)]
+            term = nuclei_term(count, sub, kernel, norm.area_unit, ev.nuclei_offset)
+            offset = offset + ev.gamma * term[:, None]
     return np.asarray(offset, dtype=np.float32)
 
 
