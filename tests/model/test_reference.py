@@ -13,6 +13,7 @@ from store_helpers import tree_digest
 import soscope
 from soscope._errors import SoscopeInputError
 from soscope.model import CellTypeReference, deconvolve
+from soscope.model._reference import ReferenceFit, cells_from_counts
 
 ARGS = dict(table="table", n_hidden=32, n_latent=8, device="cpu", progress=False, seed=0)
 
@@ -119,13 +120,16 @@ def test_outputs_hold_type_abundances(sample, enhanced):
     assert list(tab.uns["soscope"]["reference"]["cell_types"]) == types
     assert spots.n_obs == sample.tables["table"].n_obs
     w = spots.obsm["cell_type_abundance"]
-    # a spot's types are placed inside it: the footprint share of its sub-spots' abundances is the spot's
+    # the sub-spots deconvolve the enhanced counts, which sum to their spot's: summed over each spot's
+    # footprint they agree with the spot-level deconvolution (the same cells, up to the two fits)
     inside = np.zeros_like(w)
     rows = spots.obs["instance_id"].astype(str).to_numpy()
     pos = {r: i for i, r in enumerate(rows)}
     spot_of = np.array([pos[s] for s in tab.obs["spot_id"].astype(str)])
     np.add.at(inside, spot_of, n_kt * tab.obs["footprint_weight"].to_numpy()[:, None])
-    np.testing.assert_allclose(inside, w, rtol=1e-4, atol=1e-3)
+    agreement = [np.corrcoef(inside[:, t], w[:, t])[0, 1] for t in range(w.shape[1])]
+    assert np.mean(agreement) > 0.9, agreement
+    np.testing.assert_allclose(inside.sum(), w.sum(), rtol=0.2)
     # the spot table annotates the spots element and validates
     from spatialdata.models import TableModel
 
@@ -231,3 +235,23 @@ def test_segmented_cells_get_a_type_call_and_probabilities():
     np.testing.assert_array_equal(obsm["cell_type_abundance"], abundance.astype(np.float32))
     obsm, obs = cell_type_outputs(abundance, ["a", "b", "c"], cells=False)  # polygons: abundances only
     assert list(obsm) == ["cell_type_abundance"] and obs.shape[1] == 0
+
+
+def test_cells_from_counts_recovers_planted_cells():
+    """Sub-spot deconvolution: counts made from known cells of each type give those cells back."""
+    rng = np.random.default_rng(3)
+    n_types, n_genes = 4, 80
+    x = rng.gamma(0.5, size=(n_types * 20, n_genes)) * np.repeat(rng.uniform(50, 400, n_types), 20)[:, None]
+    ref = CellTypeReference.from_anndata(
+        ad.AnnData(X=x, obs={"t": np.repeat([f"t{i}" for i in range(n_types)], 20)}), "t"
+    )
+    # counts per cell are the mean row totals of each type
+    np.testing.assert_allclose(
+        ref.cells_scale(), [x[i * 20 : (i + 1) * 20].sum(1).mean() for i in range(n_types)], rtol=1e-10
+    )
+    cols = np.arange(n_genes)
+    fit = ReferenceFit(ref, 0, cols, cols, np.ones(n_genes))
+    cells = rng.poisson(1.0, size=(200, n_types)).astype(float)
+    y = cells @ (fit.profiles * ref.cells_scale()[:, None])
+    est = cells_from_counts(y, fit, n_iter=3000)
+    np.testing.assert_allclose(est, cells, atol=0.05)

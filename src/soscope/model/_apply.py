@@ -86,12 +86,14 @@ def enhance_and_write(
         inplace=inplace, stream=stream, workers=local_workers(resolve_device(device), data.n_spots),
     )  # fmt: skip
     uns = {**uns, "output": plan.as_uns()}
-    cell_types = subspot_cell_types(data, norm, module)
     run = dict(
         device=device, n_samples=n_samples, progress=progress, client=client, chunk_spots=plan.chunk_spots,
         with_mean=False,  # not written back: it would double the results held in memory
         features=plan.features, dtype=plan.dtype,
     )  # fmt: skip
+    cell_types = subspot_cell_types(
+        data, norm, module, device=device, client=client, chunk_spots=plan.chunk_spots
+    )
     if not plan.stream:
         preds = predict(module, data, norm, **run)
         shapes, tables = results_to_elements(
@@ -161,9 +163,8 @@ def enhance_and_write(
             writer.close()
 
     if cell_types is not None:  # each spot's type abundances, beside its sub-spots'
-        tables[spot_table_name(prepared, key_added)] = spot_table(
-            sdata, prepared, data.cell_type_abundance, uns=uns
-        )
+        cells = data.cell_type_abundance / norm.reference.reference.cells_scale()[None, :]
+        tables[spot_table_name(prepared, key_added)] = spot_table(sdata, prepared, cells, uns=uns)
     if not inplace:
         import spatialdata as sd
 
@@ -178,13 +179,20 @@ def enhance_and_write(
     return sdata
 
 
-def subspot_cell_types(data, norm: Normaliser, module: SoScopeModule) -> tuple[np.ndarray, list[str]] | None:
-    """``((M, T) sub-spot type abundances, type names)`` with a single-cell reference, else None.
+def subspot_cell_types(
+    data, norm: Normaliser, module: SoScopeModule, *, device, client=None, chunk_spots: int | None = None
+) -> tuple[np.ndarray, list[str]] | None:
+    """``((M, T) sub-spot cells of each type, type names)`` with a single-cell reference, else None.
 
-    The same placement of each spot's types as the offsets use (neighbours' type densities and, when the
-    network uses the image, the image's weighted evidence on types); linear in sub-spots (a sparse kernel).
+    Each sub-spot's enhanced counts of the features shared with the reference are deconvolved
+    (:func:`~soscope.model._reference.cells_from_counts`), starting from its spot's cells placed among its
+    sub-spots as the offsets place them (neighbours' type densities and, when the network uses the image,
+    the image's weighted evidence on types). The enhanced counts already join the spot's counts, the
+    neighbours and the image: deconvolving them placed types better than the placement alone (MERFISH
+    mini, cross-fitted references). One extra inference pass over the shared features, one chunk at a
+    time: memory holds sub-spots x types, never sub-spots x features.
     """
-    from ._reference import subspot_abundance
+    from ._reference import cells_from_counts, subspot_abundance
 
     fit = norm.reference
     if fit is None or data.cell_type_abundance is None:
@@ -194,8 +202,22 @@ def subspot_cell_types(data, norm: Normaliser, module: SoScopeModule) -> tuple[n
     if module.use_image and data.image_features is not None and norm.image_mean is not None:
         img = standardised_image(data, norm)
     kernel = kernel_matrix(data.centres, layout.centroid, data.spacing)
-    n_kt = subspot_abundance(
+    placed = subspot_abundance(
         fit, data.cell_type_abundance, layout, data.centres, data.spacing, norm.area_unit, img=img,
         kernel=kernel,
+    ) / fit.reference.cells_scale()[None, :]  # fmt: skip
+    mi = fit.modality
+    shared = [
+        np.asarray(fit.data_columns, dtype=np.int64) if k == mi else np.zeros(0, dtype=np.int64)
+        for k in range(len(data.modalities))
+    ]
+    cells = np.zeros_like(placed)
+
+    def deconvolve_chunk(rows: np.ndarray, res) -> None:
+        cells[rows] = cells_from_counts(res[mi]["enhanced"], fit, init=placed[rows])
+
+    predict(
+        module, data, norm, device=device, client=client, chunk_spots=chunk_spots, sink=deconvolve_chunk,
+        with_mean=False, features=shared,
     )  # fmt: skip
-    return n_kt, list(fit.reference.cell_types)
+    return cells, list(fit.reference.cell_types)
