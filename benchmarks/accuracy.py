@@ -13,6 +13,8 @@ Cases (all read from disk; nothing is downloaded):
   every transcript (binned in 2 µm bins, not only the 39% inside cell outlines); 27.5 µm circles on a
   50 µm hexagonal lattice (the field is too small for many Visium-size spots), hex7 sub-spots. The
   Visium-size lattice (100 µm / 55 µm) is run too when it leaves >= 40 interior spots.
+* ``merfish_sq16``: the same transcripts and DAPI image in 16 µm square bins split grid:2 (8 µm sub-spots,
+  Visium HD-like bins: the scale at which a cell's molecules spread past its nucleus).
 * ``verafish_hex100``: VeraFISH mouse hippocampus (10,994 cells, 120 genes, no image); 1 coordinate unit
   = 0.0628 µm is an ASSUMPTION of the loader; 55 µm circles on a 100 µm hexagonal lattice, hex7.
 * ``verafish_hex100_nuclei``: ``verafish_hex100`` with a nuclear (DAPI-like) image RENDERED from the cell
@@ -73,6 +75,7 @@ from loaders import (  # noqa: E402  (the benchmarks folder is not a package)
 CASES = (
     "synthetic",
     "merfish_hex50",
+    "merfish_sq16",
     "merfish_hex100",
     "verafish_hex100",
     "verafish_hex100_nuclei",
@@ -179,21 +182,24 @@ def build_case(name: str, args, cache: dict):
         if "merfish" not in cache:
             cache["merfish"] = merfish_bins(load_merfish_mini(), bin_um=2.0)
         bins, bounds = cache["merfish"]
-        spacing, diam = (50.0, 27.5) if name == "merfish_hex50" else (100.0, 55.0)
-        p = pseudo_spots(
-            bins,
-            table="table",
-            spacing=spacing,
-            spot_diameter=diam,
-            lattice="hex",
-            image="dapi",
-            cells="cells",  # obs n_cells: the cell outlines' centroids (the count oracle's cells)
-        )
+        # obs n_cells: the cell outlines' centroids (the count oracle's cells)
+        if name == "merfish_sq16":
+            p = pseudo_spots(
+                bins, table="table", spacing=16.0, lattice="square", subspots="grid:2", image="dapi",
+                cells="cells",
+            )  # fmt: skip
+            desc = "MERFISH mini, all transcripts in 2 µm bins; 16 µm square bins, grid:2; DAPI image"
+        else:
+            spacing, diam = (50.0, 27.5) if name == "merfish_hex50" else (100.0, 55.0)
+            p = pseudo_spots(
+                bins, table="table", spacing=spacing, spot_diameter=diam, lattice="hex", image="dapi",
+                cells="cells",
+            )  # fmt: skip
+            desc = (
+                f"MERFISH mini, all transcripts in 2 µm bins; {diam:g} µm circles on a {spacing:g} µm "
+                "hex lattice, hex7; DAPI image"
+            )
         p = crop_interior(p, bounds)
-        desc = (
-            f"MERFISH mini, all transcripts in 2 µm bins; {diam:g} µm circles on a {spacing:g} µm "
-            "hex lattice, hex7; DAPI image"
-        )
         if p.tables["table"].n_obs < MIN_SPOTS:
             return (
                 None,
