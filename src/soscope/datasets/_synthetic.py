@@ -937,7 +937,9 @@ def synthetic(
     gap_um = 2 * spacing
     for si, sec in enumerate(sections):
         sec_rng = np.random.default_rng([seed, si + 1])
-        real_rng = np.random.default_rng([seed, si + 1, 7])  # the options' draws; sec_rng's stay the same
+        # each option draws from its own generator: sec_rng's draws stay those of the painted style, and
+        # switching one option off leaves the others' draws (e.g. the depth field) unchanged
+        real_rng = np.random.default_rng([seed, si + 1, 7])
         cells_um, ctype = _tissue(
             sec_rng, width, height, roles, look, cell_spacing=cell_spacing, domain_size=domain_size
         )
@@ -945,10 +947,13 @@ def synthetic(
         capture_field = _Field(sec_rng, width, height, 800.0)
         states = None
         if state_sd > 0:
-            states = (_cell_states(real_rng, cells_um, ctype, n_types, width, height), loadings, state_sd)
+            state_rng = np.random.default_rng([seed, si + 1, 8])
+            states = (_cell_states(state_rng, cells_um, ctype, n_types, width, height), loadings, state_sd)
         spot_depth = None
         if depth_range is not None:
-            spot_depth = _spot_depth(real_rng, xy_um, width, height, *depth_range)
+            spot_depth = _spot_depth(
+                np.random.default_rng([seed, si + 1, 9]), xy_um, width, height, *depth_range
+            )
         cells_px = cells_um / mpp
         spot_px = xy_um / mpp
         ids = np.arange(spot_offset, spot_offset + n_spots)
