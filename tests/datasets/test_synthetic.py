@@ -141,3 +141,145 @@ def test_bad_arguments():
         synthetic(n_spots=10, n_features=5, k=5)
     with pytest.raises(SoscopeInputError):
         synthetic(n_spots=10, n_features=5, n_types=1)
+
+
+# ----------------------------------------------------------------------------------- style="realistic"
+@pytest.fixture(scope="module")
+def realistic():
+    return synthetic(n_spots=150, n_features=40, seed=3, style="realistic")
+
+
+@pytest.fixture(scope="module")
+def realistic_flat():
+    """Make the same tissue and counts with a uniform stain (no gradient, no section factor)."""
+    return synthetic(n_spots=150, n_features=40, seed=3, style="realistic", stain_gradient=0.0)
+
+
+def _image(sd, name="image"):
+    return sd[name]["scale0"]["image"].values
+
+
+def test_realistic_records_options_and_keeps_painted_default(realistic, small):
+    p = realistic["table"].uns["synthetic"]
+    assert p["style"] == "realistic" and p["look_alike_types"]
+    assert p["stain_gradient"] == 0.25 and p["expression_states"] == 0.5 and list(p["depth"]) == [100, 3000]
+    q = small["table"].uns["synthetic"]
+    assert q["style"] == "painted" and q["stain_gradient"] == 0 and q["expression_states"] == 0
+    assert len(q["depth"]) == 0
+    with pytest.raises(SoscopeInputError):
+        synthetic(n_spots=10, n_features=5, look_alike_types=True)  # painted has no such image
+    with pytest.raises(SoscopeInputError):
+        synthetic(n_spots=10, n_features=5, style="photo")
+    with pytest.raises(SoscopeInputError):
+        synthetic(n_spots=10, n_features=5, depth=(300, 100))
+
+
+def test_realistic_deterministic(realistic):
+    again = synthetic(n_spots=150, n_features=40, seed=3, style="realistic")
+    np.testing.assert_array_equal(_dense(again["table"].X), _dense(realistic["table"].X))
+    np.testing.assert_array_equal(_dense(again["truth"].X), _dense(realistic["truth"].X))
+    np.testing.assert_array_equal(_image(again), _image(realistic))
+    other = synthetic(n_spots=150, n_features=40, seed=4, style="realistic", image=False)
+    assert not np.array_equal(_dense(other["table"].X), _dense(realistic["table"].X))
+
+
+def test_realistic_spot_counts_are_sums_of_inside_parts(realistic):
+    tab, truth = realistic["table"], realistic["truth"]
+    inside = _per_spot(truth, "footprint").loc[tab.obs["spot_id"].to_numpy()].to_numpy()
+    np.testing.assert_array_equal(_dense(tab.X), inside)  # exactly, as in the painted style
+    assert (_dense(truth.X) >= _dense(truth.layers["footprint"])).all()
+
+
+def test_realistic_depth_spans_100_to_3000():
+    # a slide large enough for the smooth depth field to sweep its range (a small patch sees part of it)
+    sd = synthetic(n_spots=800, n_features=40, seed=3, style="realistic", image=False)
+    tot = _dense(sd["table"].X).sum(axis=1)
+    lo, med, hi = np.percentile(tot, [5, 50, 95])
+    # depth is log-uniform in [100, 3000] for a spot of median content; totals also follow the cells
+    assert lo < 200 and 300 < med < 1500 and hi > 2000
+    painted = _dense(synthetic(n_spots=800, n_features=40, seed=3, image=False)["table"].X).sum(axis=1)
+    assert np.percentile(painted, 95) / np.percentile(painted, 5) < 4 < 8 < hi / lo
+    fixed = synthetic(n_spots=150, n_features=40, seed=3, style="realistic", image=False, depth=(500, 500))
+    assert 300 < np.median(_dense(fixed["table"].X).sum(axis=1)) < 800
+
+
+def _pure(truth, t, least=0.8):
+    return (truth.obs["cell_type"] == f"type_{t}").to_numpy() & (
+        truth.obs["cell_type_fraction"] > least
+    ).to_numpy()
+
+
+def test_look_alike_types_share_colour_but_not_nucleus_size(realistic_flat):
+    from shapely import STRtree, points
+
+    from soscope.features import segment_nuclei
+    from soscope.features._morphology import rgb_to_hed
+
+    sd = realistic_flat
+    looks = list(sd["table"].uns["synthetic"]["cell_type_looks"])
+    assert looks[1] == "epithelial (twin: nucleus size)" and looks[3].startswith("stroma (twin")
+    img = _image(sd)
+    truth = sd["truth"]
+    cent = np.array([g.centroid.coords[0] for g in sd["spots_truth_subspots"].geometry])
+    haem = rgb_to_hed(img.astype(np.float32) / 255, channel_axis=0)[0]
+    low_h = haem < np.median(haem)  # cytoplasm, not nuclei
+
+    def cytoplasm_rgb(t):
+        sel = _pure(truth, t, 0.9)
+        assert sel.sum() >= 8, t
+        vals = []
+        for x, y in cent[sel]:
+            win = (slice(None), slice(int(y) - 5, int(y) + 6), slice(int(x) - 5, int(x) + 6))
+            vals.append(img[win][:, low_h[win[1:]]].mean(axis=1))
+        return np.mean(vals, axis=0)
+
+    c0, c1, c2 = cytoplasm_rgb(0), cytoplasm_rgb(1), cytoplasm_rgb(2)
+    assert np.abs(c0 - c1).max() < 3  # the look-alike pair: the same colour
+    assert np.abs(c0 - c2).max() > 8  # another look: a visibly different colour
+
+    mpp = sd["table"].uns["synthetic"]["microns_per_pixel"]
+    nuc = segment_nuclei(img, microns_per_pixel=mpp, stain="he")
+    hit, sub = STRtree(sd["spots_truth_subspots"].geometry.values).query(
+        points(nuc[["x_px", "y_px"]].to_numpy()), predicate="within"
+    )
+    area = nuc["area_um2"].to_numpy()
+
+    def median_area(t):
+        sel = _pure(truth, t)[sub]
+        assert sel.sum() >= 100, t
+        return np.median(area[hit[sel]])
+
+    assert median_area(0) > 1.3 * median_area(1)  # the twin's nuclei are smaller (radius x 0.7)
+
+
+def test_stain_gradient_varies_across_the_slide_and_sections(realistic, realistic_flat):
+    def block_od(img, n=6):
+        od = -np.log(np.maximum(img.astype(float), 1.0) / 255).sum(axis=0)
+        h, w = od.shape
+        return np.array(
+            [
+                od[i * h // n : (i + 1) * h // n, j * w // n : (j + 1) * w // n].mean()
+                for i in range(n)
+                for j in range(n)
+            ]
+        )
+
+    # same tissue, same cells: the ratio of the blocks' optical densities is the stain field
+    ratio = block_od(_image(realistic)) / block_od(_image(realistic_flat))
+    assert ratio.max() / ratio.min() > 1.15
+    two = synthetic(n_spots=60, n_features=20, n_sections=2, seed=2, style="realistic", stain_gradient=0.5)
+    a, b = (block_od(_image(two, f"image_{s}"), 3).mean() for s in "AB")
+    assert abs(np.log(a / b)) > 0.05  # each section has its own stain
+
+
+def test_expression_states_vary_within_a_type():
+    kw = {"n_spots": 150, "n_features": 40, "seed": 3, "style": "realistic", "image": False, "depth": False}
+    with_states, without = synthetic(**kw), synthetic(**kw, expression_states=0.0)
+
+    def within_type_cv(sd):
+        truth = sd["truth"]
+        sel = _pure(truth, 0, 0.999) & (truth.obs["n_cells"] >= 3).to_numpy()
+        per_cell = _dense(truth.layers["mean"])[sel] / truth.obs["n_cells"].to_numpy()[sel, None]
+        return np.percentile(per_cell.std(axis=0) / per_cell.mean(axis=0), 90)  # the loaded features
+
+    assert within_type_cv(with_states) > within_type_cv(without) + 0.05

@@ -28,6 +28,15 @@ Design (all lengths in µm unless said otherwise)
   distance transform); the background colour, fibre-like streaks and nucleus size/colour/visibility
   follow that cell's type (two domain types look alike but for nucleus size and density), plus per-cell
   and pixel noise. The image carries sub-spot information, not a perfect type label.
+* **Realistic style** (``style="realistic"``; the default ``"painted"`` is the image above). The image is
+  not a colouring by type: it is rendered in stain space (Beer–Lambert with H and E stain vectors); each
+  cell has an elliptic nucleus (size, aspect, orientation, chromatin texture, haematoxylin) and a
+  cytoplasm whose eosin follows its type's *look*. Look-alike types (``look_alike_types``) come in pairs
+  with the same look and different expression, told apart only by nucleus size and/or chromatin texture;
+  stain strengths and illumination vary smoothly across the slide and between sections
+  (``stain_gradient``); cells of one type differ by a continuous expression program (``expression_states``,
+  not visible in the image); each spot has its own sequencing depth (``depth``, 100–3,000 counts).
+  Its draws come from generators of their own, so ``style="painted"`` gives the same data as before.
 * **Calibration.** With the defaults, ``synthetic(1200, 300)``, scored over the informative features, gives
   mean per-feature Pearson ≈ 0.61 (even split), 0.64 (Gaussian interpolation), 0.81 (linear image
   regression on the morphology features), 0.92 (the expected counts themselves: the noise ceiling).
@@ -310,7 +319,16 @@ def _truth(
     capture_field: _Field,
     mpp: float,
     chunk: int = 2048,
+    states: tuple[np.ndarray, np.ndarray, float] | None = None,
+    depth: np.ndarray | None = None,
 ):
+    """Sample the sub-spots' counts from the cells in them (see the module's observation model).
+
+    ``states``: ``(cell_state (n,), loadings (n_types, F), sigma)``: each cell's expected counts are its
+    type's profile times ``exp(sigma * state * loading - sigma**2 * loading**2 / 2)`` (mean preserving).
+    ``depth``: per-spot depth (expected counts of a spot of median cell content): every sub-spot's expected
+    counts are scaled by its spot's ``depth / median content``.
+    """
     n_types = prof["profiles"].shape[0]
     m = layout.n_subspots
     tree = shapely.STRtree(layout.geometry)
@@ -335,6 +353,23 @@ def _truth(
     g_sub = grad_field(cx, cy).astype(np.float32)
     cap = np.exp(0.1 * capture_field(cx, cy)).astype(np.float32)
 
+    if depth is not None:
+        # the spot's content: expected footprint counts at the profiles' scale (no gradient / states)
+        content = np.bincount(layout.spot_index, tc_in @ P.sum(axis=1).astype(np.float64) * cap, len(depth))
+        eff = depth / np.median(content[content > 0]) if (content > 0).any() else np.ones(len(depth))
+        cap = (cap * eff[layout.spot_index]).astype(np.float32)
+    if states is not None:
+        state, loadings, sigma = states
+        by_sub = np.argsort(si, kind="stable")  # cells grouped by sub-spot, so a chunk's cells are contiguous
+        c_sub, c_cell, c_in = si[by_sub], ci[by_sub], inside[by_sub]
+        expo = (sigma * state[c_cell]).astype(np.float32)
+        c_type = ctype[c_cell].astype(np.int64)
+        L = loadings.astype(np.float32)
+        corr = np.float32(-0.5 * sigma**2) * L * L
+        # bounded memory: a chunk's cells times features stay below ~8 M values
+        per_sub = max(1.0, len(c_sub) / max(m, 1))
+        chunk = int(max(64, min(chunk, 8e6 / (per_sub * P.shape[1]))))
+
     n_in, n_out = tc_in.sum(axis=1), tc_out.sum(axis=1)
     f = P.shape[1]
     x = np.empty((m, f), dtype=np.int32)
@@ -348,8 +383,19 @@ def _truth(
         e = min(m, s + chunk)
         crng = np.random.default_rng(seeds[i])
         factor = np.exp(g_sub[s:e, None] * a[None, :]) * cap[s:e, None]
-        mu_in = (tc_in[s:e].astype(np.float32) @ P) * factor
-        mu_out = (tc_out[s:e].astype(np.float32) @ P) * factor
+        if states is None:
+            mu_in = (tc_in[s:e].astype(np.float32) @ P) * factor
+            mu_out = (tc_out[s:e].astype(np.float32) @ P) * factor
+        else:
+            lo, hi = np.searchsorted(c_sub, [s, e])
+            tt = c_type[lo:hi]
+            cell_mu = P[tt] * np.exp(expo[lo:hi, None] * L[tt] + corr[tt])  # (cells, F)
+            rows, cols = c_sub[lo:hi] - s, np.arange(hi - lo)
+            part_in = c_in[lo:hi].astype(np.float32)
+            a_in = sp.csr_matrix((part_in, (rows, cols)), shape=(e - s, hi - lo))
+            a_out = sp.csr_matrix((1.0 - part_in, (rows, cols)), shape=(e - s, hi - lo))
+            mu_in = np.asarray(a_in @ cell_mu) * factor
+            mu_out = np.asarray(a_out @ cell_mu) * factor
         x_in = _nb(crng, mu_in, theta, n_in[s:e])
         x_out = _nb(crng, mu_out, theta, n_out[s:e])
         foot[s:e] = x_in
@@ -419,7 +465,239 @@ def _render(
     return out
 
 
+# ------------------------------------------------------------------------------- realistic appearance
+# style="realistic": the image is rendered in stain space (Beer-Lambert), not painted per type.
+# Archetypes: eosin of the cytoplasm, haematoxylin of the cytoplasm, haematoxylin of the nucleus, nucleus
+# radius (µm), chromatin texture amplitude (relative), chromatin grain (µm), fibre strength, fraction of
+# nuclei in the section plane, density (lattice keep probability).
+_STAINED = {
+    "epithelial": (0.45, 0.12, 1.70, 3.4, 0.12, 0.45, 0.0, 0.95, 0.85),
+    "stroma": (0.65, 0.05, 1.80, 2.6, 0.12, 0.45, 1.0, 0.90, 0.55),
+    "pale": (0.25, 0.06, 1.50, 3.0, 0.12, 0.45, 0.25, 0.90, 0.45),
+    "dense": (0.50, 0.14, 1.75, 3.0, 0.12, 0.45, 0.1, 0.95, 0.95),
+    "muscle": (0.80, 0.05, 1.70, 2.4, 0.12, 0.45, 0.8, 0.90, 0.80),
+    "immune": (0.30, 0.16, 2.30, 2.3, 0.10, 0.45, 0.0, 1.00, 1.00),
+}
+_STAINED_DOMAIN_ORDER = ["epithelial", "stroma", "pale", "dense"]
+#: what tells the second type of a look-alike pair from the first, by pair (cycled)
+_TWIN_KINDS = ("nucleus size", "chromatin texture", "nucleus size and chromatin texture")
+#: Ruifrok & Johnston optical densities per unit stain (haematoxylin, eosin), RGB
+_H_VEC = np.array([0.650, 0.704, 0.286])
+_E_VEC = np.array([0.072, 0.990, 0.105])
+#: correlation length (µm) of the per-cell expression-state fields, and their share of a state's variance
+_STATE_LENGTH = 150.0
+_STATE_SPATIAL = 0.5
+#: share of the features that each type's expression program moves
+_STATE_FEATURES = 0.3
+#: correlation length (µm) of the depth field, and its share of the (probit) depth variance
+_DEPTH_LENGTH = 600.0
+_DEPTH_SPATIAL = 0.7
+
+
+def _appearance_stained(
+    rng: np.random.Generator, roles: _Roles, n_types: int, look_alike: bool
+) -> dict[str, np.ndarray]:
+    """Per-type stain-space appearance; look-alike pairs share all of it but nucleus size / texture."""
+    names, arch = [], []
+    for t in range(n_types):
+        if t == roles.island:
+            name, twin = "immune", None
+        elif roles.layer is not None and t == roles.layer:
+            name, twin = "muscle", None
+        elif look_alike and not (t % 2 == 0 and t + 1 >= roles.n_domain):  # an unpaired last domain type
+            pair = t // 2
+            name = _STAINED_DOMAIN_ORDER[pair % len(_STAINED_DOMAIN_ORDER)]
+            twin = _TWIN_KINDS[pair % len(_TWIN_KINDS)] if t % 2 == 1 else None
+        else:
+            name, twin = _STAINED_DOMAIN_ORDER[t % len(_STAINED_DOMAIN_ORDER)], None
+        e, h_cyto, h_nuc, r, amp, grain, fibre, visible, density = _STAINED[name]
+        if twin is not None and "size" in twin:
+            r = r * 0.7 if r >= 3.0 else r * 1.4
+        if twin is not None and "texture" in twin:
+            amp, grain = 0.45, 1.1  # coarse, clumped chromatin
+        names.append(name if twin is None else f"{name} (twin: {twin})")
+        arch.append((e, h_cyto, h_nuc, r, amp, grain, fibre, visible, density))
+    arch_a = np.array(arch, dtype=np.float64)
+    # jitter per look (shared by twins): the twins' colours stay identical
+    base = [n.split(" (")[0] for n in names]
+    looks = sorted(set(base), key=base.index)
+    jit = {n: rng.normal(0.0, 0.03, 3) for n in looks}
+    stain_jit = np.array([jit[b] for b in base])
+    return {
+        "name": np.array(names),
+        "e": np.clip(arch_a[:, 0] + stain_jit[:, 0], 0.05, None),
+        "h_cyto": np.clip(arch_a[:, 1] + stain_jit[:, 1] / 3, 0.0, None),
+        "h_nuc": np.clip(arch_a[:, 2] + 2 * stain_jit[:, 2], 0.3, None),
+        "nuc_r": arch_a[:, 3],
+        "tex_amp": arch_a[:, 4],
+        "tex_grain": arch_a[:, 5],
+        "fibre": arch_a[:, 6].astype(np.float32),
+        "fibre_dir": np.array([rng.integers(0, 2) for _ in range(n_types)]),
+        "visible": arch_a[:, 7],
+        "density": arch_a[:, 8],
+    }
+
+
+class _Stain:
+    """A section's stain: H and E vectors, slide-scale stain strengths, illumination (``stain_gradient``)."""
+
+    def __init__(self, rng: np.random.Generator, width: float, height: float, amount: float):
+        self.amount = float(amount)
+        self.width, self.height = width, height
+        if self.amount <= 0:
+            self.h_vec, self.e_vec = _H_VEC.copy(), _E_VEC.copy()
+            return
+        a = self.amount
+
+        def vec(v: np.ndarray) -> np.ndarray:
+            v = np.clip(v + rng.normal(0.0, 0.2 * a, 3), 0.01, None)
+            return v / np.linalg.norm(v)
+
+        self.h_vec, self.e_vec = vec(_H_VEC), vec(_E_VEC)
+        self.offset = rng.normal(0.0, a, 2)  # the section's overall H and E strengths (log)
+        self.dir_thick, self.dir_light = rng.uniform(0.0, 2 * np.pi, 2)
+        length = max(width, height) / 2
+        self.f_h = _Field(rng, width, height, length)
+        self.f_e = _Field(rng, width, height, length)
+
+    def _ramp(self, x: np.ndarray, y: np.ndarray, angle: float) -> np.ndarray:
+        """Return a linear ramp across the slide, from about -1 to 1 along ``angle``."""
+        proj = (x - self.width / 2) * np.cos(angle) + (y - self.height / 2) * np.sin(angle)
+        return proj / (0.5 * np.hypot(self.width, self.height))
+
+    def at(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return the H and E strength factors and the illumination (transmitted share) at ``x, y`` µm."""
+        if self.amount <= 0:
+            one = np.ones(np.shape(x), dtype=np.float32)
+            return one, one, np.float32(0.97) * one
+        a = self.amount
+        thick = 0.8 * self._ramp(x, y, self.dir_thick)  # section thickness: both stains
+        s_h = np.exp(a * (thick + 0.6 * self.f_h(x, y)) + self.offset[0])
+        s_e = np.exp(a * (thick + 0.6 * self.f_e(x, y)) + self.offset[1])
+        light = 0.97 * np.exp(-0.5 * a * (1.0 + self._ramp(x, y, self.dir_light)))
+        return s_h.astype(np.float32), s_e.astype(np.float32), light.astype(np.float32)
+
+
+def _cell_states(
+    rng: np.random.Generator,
+    cells_um: np.ndarray,
+    ctype: np.ndarray,
+    n_types: int,
+    width: float,
+    height: float,
+) -> np.ndarray:
+    """Per-cell expression state ``(n,)``, N(0, 1): a smooth per-type field plus the cell's own part."""
+    z = np.empty(len(ctype))
+    for t in range(n_types):
+        sel = ctype == t
+        field = _Field(rng, width, height, _STATE_LENGTH)
+        z[sel] = field(cells_um[sel, 0], cells_um[sel, 1])
+    own = rng.standard_normal(len(ctype))
+    return np.sqrt(_STATE_SPATIAL) * z + np.sqrt(1.0 - _STATE_SPATIAL) * own
+
+
+def _spot_depth(
+    rng: np.random.Generator, xy_um: np.ndarray, width: float, height: float, low: float, high: float
+) -> np.ndarray:
+    """Per-spot depth in ``[low, high]``, log-uniform: a smooth field plus spot noise, through the probit."""
+    from scipy.special import ndtr
+
+    field = _Field(rng, width, height, _DEPTH_LENGTH)(xy_um[:, 0], xy_um[:, 1])
+    z = np.sqrt(_DEPTH_SPATIAL) * field + np.sqrt(1.0 - _DEPTH_SPATIAL) * rng.standard_normal(len(xy_um))
+    return low * (high / low) ** ndtr(z)
+
+
+def _render_stained(
+    rng: np.random.Generator,
+    cells_px: np.ndarray,
+    ctype: np.ndarray,
+    look: dict[str, np.ndarray],
+    shape: tuple[int, int],
+    mpp: float,
+    stain: _Stain,
+    band: int = 256,
+) -> np.ndarray:
+    """``(3, H, W)`` uint8 H&E image rendered in stain space: per-cell nuclei, cytoplasm, stain fields."""
+    h, w = shape
+    n = len(cells_px)
+    ix = np.clip(np.floor(cells_px[:, 0]).astype(np.int64), 0, w - 1)
+    iy = np.clip(np.floor(cells_px[:, 1]).astype(np.int64), 0, h - 1)
+    canvas = np.zeros((h, w), dtype=np.int32)
+    canvas[iy, ix] = np.arange(1, n + 1, dtype=np.int32)
+    idx = ndimage.distance_transform_edt(canvas == 0, return_distances=False, return_indices=True)
+    nearest = canvas[idx[0], idx[1]] - 1
+    del idx, canvas
+    # per-cell appearance: elliptic nuclei (size, aspect, orientation), stain amounts
+    t = ctype.astype(np.int64)
+    r_nuc = (look["nuc_r"][t] / mpp * rng.uniform(0.8, 1.2, n)).astype(np.float32)
+    r_nuc[rng.random(n) >= look["visible"][t]] = -1.0  # nucleus out of the section plane
+    aspect = np.sqrt(rng.uniform(1.0, 1.5, n)).astype(np.float32)
+    angle = rng.uniform(0.0, np.pi, n)
+    cos_a, sin_a = np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+    e_cell = (look["e"][t] * (1.0 + 0.08 * rng.standard_normal(n))).astype(np.float32)
+    h_cyto = look["h_cyto"][t].astype(np.float32)
+    h_nuc = (look["h_nuc"][t] * (1.0 + 0.10 * rng.standard_normal(n))).astype(np.float32)
+    amp = look["tex_amp"][t].astype(np.float32)
+    grains = np.unique(look["tex_grain"])
+    grain_of = np.searchsorted(grains, look["tex_grain"])[t]
+    fibre = look["fibre"][t]
+    fdir = look["fibre_dir"][t]
+    cx, cy = cells_px[:, 0].astype(np.float32), cells_px[:, 1].astype(np.float32)
+    # chromatin texture (one unit-variance noise per grain size) and fibre-like streaks
+    tex = []
+    for g in grains:
+        z = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), sigma=max(g / mpp, 0.3))
+        tex.append(z / (z.std() + 1e-12))
+    noise = rng.standard_normal((h, w), dtype=np.float32)
+    streak_h = ndimage.gaussian_filter(noise, sigma=(0.7, 6.0 / mpp))
+    streak_v = ndimage.gaussian_filter(noise, sigma=(6.0 / mpp, 0.7))
+    del noise
+    streak_h /= streak_h.std() + 1e-12
+    streak_v /= streak_v.std() + 1e-12
+    h_vec, e_vec = stain.h_vec.astype(np.float32), stain.e_vec.astype(np.float32)
+    rgb_all = np.empty((3, h, w), dtype=np.float32)
+    starts = list(range(0, h, band))
+
+    def work(i: int) -> None:
+        s = starts[i]
+        e = min(h, s + band)
+        nb = nearest[s:e]
+        yy = (np.arange(s, e, dtype=np.float32) + 0.5)[:, None]
+        xx = (np.arange(w, dtype=np.float32) + 0.5)[None, :]
+        dx, dy = xx - cx[nb], yy - cy[nb]
+        u = (dx * cos_a[nb] + dy * sin_a[nb]) / aspect[nb]
+        v = (-dx * sin_a[nb] + dy * cos_a[nb]) * aspect[nb]
+        alpha = np.clip(r_nuc[nb] - np.sqrt(u * u + v * v) + 0.5, 0.0, 1.0)
+        tx = tex[0][s:e] if len(tex) == 1 else np.choose(grain_of[nb], [z[s:e] for z in tex])
+        h_amt = h_cyto[nb] + alpha * (h_nuc[nb] * np.maximum(1.0 + amp[nb] * tx, 0.0) - h_cyto[nb])
+        st = np.where(fdir[nb] == 0, streak_h[s:e], streak_v[s:e])
+        e_amt = e_cell[nb] * (1.0 + fibre[nb] * 0.3 * np.tanh(st)) * (1.0 - 0.6 * alpha)
+        s_h, s_e, light = stain.at(np.broadcast_to(xx * mpp, nb.shape), np.broadcast_to(yy * mpp, nb.shape))
+        h_amt *= s_h
+        e_amt *= s_e
+        for c in range(3):
+            rgb_all[c, s:e] = 255.0 * light * np.exp(-(h_amt * h_vec[c] + e_amt * e_vec[c] + 0.02))
+
+    _parallel(work, len(starts))
+    for c in range(3):  # optics: a slight blur
+        rgb_all[c] = ndimage.gaussian_filter(rgb_all[c], sigma=0.5)
+    out = np.empty((3, h, w), dtype=np.uint8)
+    seeds = rng.integers(0, 2**63 - 1, size=len(starts))
+
+    def noise_band(i: int) -> None:  # bands own their generator: the result does not depend on threading
+        s = starts[i]
+        e = min(h, s + band)
+        z = np.random.default_rng(seeds[i]).standard_normal((3, e - s, w), dtype=np.float32)
+        out[:, s:e] = np.clip(rgb_all[:, s:e] + 4.0 * z, 0, 255).astype(np.uint8)
+
+    _parallel(noise_band, len(starts))
+    return out
+
+
 _OBSERVATIONS = ("counts", "poisson", "binary", "gaussian")
+_STYLES = ("painted", "realistic")
+#: the realistic style's default depth range (expected counts per spot)
+_DEPTH = (100.0, 3000.0)
 
 
 def _as_gaussian(rng: np.random.Generator, x: np.ndarray, layout, agg: sp.csr_matrix, bias: float):
@@ -461,6 +739,11 @@ def synthetic(
     counts_per_cell: float = 400.0,
     domain_size: float = 200.0,
     observation: str = "counts",
+    style: str = "painted",
+    look_alike_types: bool | None = None,
+    stain_gradient: float | None = None,
+    expression_states: float | None = None,
+    depth: tuple[float, float] | bool | None = None,
 ):
     """Make a synthetic spatial omics sample with an H&E-like image and the true sub-spot counts.
 
@@ -510,6 +793,46 @@ def synthetic(
           ``log1p(counts / relative area)`` and a spot observes the area-weighted mean of its sub-spots'
           values over its footprint, plus N(0, 0.05) noise (``section_bias`` then shifts each section's
           values by ``N(0, s)`` per feature and overall).
+    style
+        How realistic the sample is; it sets the defaults of the four options below.
+
+        * ``"painted"`` (default, the data of soscope <= 0.1): the image paints each cell's Voronoi region
+          with its type's colour (plus its nucleus, fibres and noise), a colouring a linear model of the
+          pixels' colour reads the types from; no expression states; depth set by ``counts_per_cell``.
+        * ``"realistic"``: the image is rendered in stain space (Beer-Lambert, haematoxylin and eosin):
+          every cell has an elliptic nucleus whose size, chromatin texture and haematoxylin follow its
+          type, and a cytoplasm whose eosin follows its type's *look*; defaults
+          ``look_alike_types=True``, ``stain_gradient=0.25``, ``expression_states=0.5``,
+          ``depth=(100, 3000)``.
+    look_alike_types
+        ``style="realistic"`` only. Pair the domain types (0 with 1, 2 with 3, ...): the two types of a
+        pair have different expression profiles but the same cytoplasm colour, density, fibres and nuclear
+        stain; they differ only by nucleus size (first pair), chromatin texture (second pair) or both
+        (third; then cycling). ``uns["synthetic"]["cell_type_looks"]`` names each type's look. ``None``:
+        as the style.
+    stain_gradient
+        ``style="realistic"`` only. Amount ``a`` of stain and illumination variation (``0``: none): the
+        haematoxylin and eosin strengths vary as ``exp(a * (0.8 * ramp + 0.6 * field))`` across the slide
+        (``ramp`` a linear ramp in a random direction from about -1 to 1, as a section thickening across
+        the slide; ``field`` a smooth unit field per stain, correlation length half the slide) times a
+        per-section factor ``exp(N(0, a))`` per stain; each section's stain vectors are perturbed by
+        ``N(0, 0.2 a)`` per RGB component (hue), and the illumination falls by up to ``1 - exp(-a)``
+        along another ramp. ``None``: as the style.
+    expression_states
+        Standard deviation ``s`` (log scale) of within-type expression states (``0``: none). Each type has
+        a program (loadings ``N(0, 1)`` on a random 30 % of the features) and each cell a state
+        ``z ~ N(0, 1)``, half of whose variance is a smooth per-type field (correlation length 150 µm) and
+        half the cell's own; the cell's expected counts are its type's profile times
+        ``exp(s z loading - s**2 loading**2 / 2)`` (the type's mean is kept). States do not show in the
+        image. ``None``: as the style (``0`` for ``"painted"``).
+    depth
+        ``(low, high)``: sequencing depth per spot, the expected total counts of a spot of median cell
+        content: log-uniform in ``[low, high]`` through the probit of a smooth field (correlation length
+        600 µm, 70 % of the variance) plus per-spot noise, per section. A spot's expected counts (and its
+        sub-spots' truth) are scaled by its depth over the section's median content, so spot totals also
+        follow the cells in the footprint; ``counts_per_cell`` then has no effect. ``True``:
+        ``(100, 3000)``. ``False``: none (the library size is set by ``counts_per_cell``). ``None``: as the
+        style.
 
     Returns
     -------
@@ -559,12 +882,38 @@ def synthetic(
     if observation not in _OBSERVATIONS:
         raise SoscopeInputError(f"`observation` must be one of {_OBSERVATIONS}, got {observation!r}.")
 
+    if style not in _STYLES:
+        raise SoscopeInputError(f"`style` must be one of {_STYLES}, got {style!r}.")
+    realistic = style == "realistic"
+    if not realistic and (look_alike_types or stain_gradient):
+        raise SoscopeInputError("`look_alike_types` and `stain_gradient` need `style='realistic'`.")
+    look_alike = bool(realistic if look_alike_types is None else look_alike_types)
+    stain_amount = float((0.25 if realistic else 0.0) if stain_gradient is None else stain_gradient)
+    state_sd = float((0.5 if realistic else 0.0) if expression_states is None else expression_states)
+    if depth is None:
+        depth_range = _DEPTH if realistic else None
+    else:
+        depth_range = _DEPTH if depth is True else None if depth is False else depth
+    if stain_amount < 0 or state_sd < 0:
+        raise SoscopeInputError("`stain_gradient` and `expression_states` must be >= 0.")
+    if depth_range is not None:
+        depth_range = tuple(float(d) for d in depth_range)
+        if len(depth_range) != 2 or not 0 < depth_range[0] <= depth_range[1]:
+            raise SoscopeInputError("`depth` must be `(low, high)` with 0 < low <= high, or False.")
+
     rng = np.random.default_rng(seed)
     roles = _Roles.make(n_types)
-    look = _appearance(rng, roles, n_types)
+    look = _appearance(rng, roles, n_types)  # drawn in every style: the draws below stay the same
+    if realistic:  # its own generator: the painted style's draws are untouched
+        look = _appearance_stained(np.random.default_rng([seed, 0, 7]), roles, n_types, look_alike)
     prof = _profiles(rng, n_types, n_features, informative_fraction, counts_per_cell)
     if observation == "poisson":
         prof["theta"] = np.full_like(prof["theta"], 1e6)  # NB with infinite inverse dispersion
+    if state_sd > 0:
+        srng = np.random.default_rng([seed, 0, 8])
+        loadings = srng.standard_normal((n_types, n_features)) * (
+            srng.random((n_types, n_features)) < _STATE_FEATURES
+        )
     xy_um, rows, cols, spacing, size, kind, width, height = _spot_lattice(n_spots, k, spot_size)
     scheme = "hex7" if k == 7 else f"grid:{int(round(np.sqrt(k)))}"
     mpp = float(microns_per_pixel)
@@ -588,11 +937,23 @@ def synthetic(
     gap_um = 2 * spacing
     for si, sec in enumerate(sections):
         sec_rng = np.random.default_rng([seed, si + 1])
+        # each option draws from its own generator: sec_rng's draws stay those of the painted style, and
+        # switching one option off leaves the others' draws (e.g. the depth field) unchanged
+        real_rng = np.random.default_rng([seed, si + 1, 7])
         cells_um, ctype = _tissue(
             sec_rng, width, height, roles, look, cell_spacing=cell_spacing, domain_size=domain_size
         )
         grad_field = _Field(sec_rng, width, height, 1500.0)
         capture_field = _Field(sec_rng, width, height, 800.0)
+        states = None
+        if state_sd > 0:
+            state_rng = np.random.default_rng([seed, si + 1, 8])
+            states = (_cell_states(state_rng, cells_um, ctype, n_types, width, height), loadings, state_sd)
+        spot_depth = None
+        if depth_range is not None:
+            spot_depth = _spot_depth(
+                np.random.default_rng([seed, si + 1, 9]), xy_um, width, height, *depth_range
+            )
         cells_px = cells_um / mpp
         spot_px = xy_um / mpp
         ids = np.arange(spot_offset, spot_offset + n_spots)
@@ -617,6 +978,8 @@ def synthetic(
             grad_field,
             capture_field,
             mpp,
+            states=states,
+            depth=spot_depth,
         )
         agg = sp.csr_matrix(
             (np.ones(layout.n_subspots, dtype=np.int64), (layout.spot_index, np.arange(layout.n_subspots))),
@@ -686,8 +1049,12 @@ def synthetic(
         truth_regions.append(truth_name)
         if image:
             hpx, wpx = int(np.ceil(height / mpp)), int(np.ceil(width / mpp))
-            stain = np.exp(sec_rng.normal(0.0, 0.03, 3))
-            arr = _render(sec_rng, cells_px, ctype, look, (hpx, wpx), mpp, stain)
+            if realistic:
+                sec_stain = _Stain(real_rng, width, height, stain_amount)
+                arr = _render_stained(real_rng, cells_px, ctype, look, (hpx, wpx), mpp, sec_stain)
+            else:
+                stain = np.exp(sec_rng.normal(0.0, 0.03, 3))
+                arr = _render(sec_rng, cells_px, ctype, look, (hpx, wpx), mpp, stain)
             images[image_name] = Image2DModel.parse(
                 arr,
                 dims=("c", "y", "x"),
@@ -726,6 +1093,11 @@ def synthetic(
         "counts_per_cell": float(counts_per_cell),
         "domain_size_um": float(domain_size),
         "observation": observation,
+        "style": style,
+        "look_alike_types": look_alike,
+        "stain_gradient": stain_amount,
+        "expression_states": state_sd,
+        "depth": list(depth_range) if depth_range is not None else [],  # uns keeps no None
         "sections": sections,
         "regions": regions,
         "cell_types": [f"type_{i}" for i in range(n_types)],
