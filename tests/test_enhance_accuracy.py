@@ -11,7 +11,7 @@ from soscope.datasets import synthetic
 from soscope.evaluate import score
 
 N_SPOTS, N_FEATURES = 1000, 200
-DECAY_SPOTS, DECAY_FEATURES = 400, 60
+DECAY_SPOTS, DECAY_FEATURES = 250, 60
 
 
 @pytest.fixture(scope="module")

@@ -214,10 +214,18 @@ def _assert_enhanced(store: Path, key: str = "soscope") -> None:
 
 def test_enhance_then_evaluate(store_a, tmp_path):
     """`enhance` writes sub-spot shapes + table into the store; `evaluate` scores them."""
-    proc = run("enhance", store_a, "--table", "table", "--epochs", EPOCHS, "--device", "cpu", "--no-progress")
+    proc = run("enhance", store_a, "--table", "table", "--epochs", EPOCHS, "--batch-size", "50",
+               "--device", "cpu", "--no-progress")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "table_soscope" in proc.stdout
     _assert_enhanced(store_a)
+    import numpy as np
+    import spatialdata as sd
+
+    # --batch-size N: N spots per training step (200 spots: at least 4 steps per epoch)
+    info = sd.read_zarr(store_a).tables["table_soscope"].uns["soscope"]
+    assert int(info["train"]["batch_size"]) == 50
+    assert int(np.asarray(info["history"]["steps"])[0]) >= 4
 
     report, png = tmp_path / "report.csv", tmp_path / "acc.png"
     proc = run("evaluate", store_a, "--truth", "truth", "--out", report, "--plot", png, "--no-ssim")
@@ -231,12 +239,25 @@ def test_enhance_then_evaluate(store_a, tmp_path):
 
 
 def test_train_then_apply(stores, store_a, tmp_path):
-    """A model trained on one store enhances another through the installed script."""
+    """A model trained on one store enhances another through the installed script.
+
+    Also: ``train --batch-size N`` trains with N spots per step, and ``enhance --model`` refuses training
+    options.
+    """
+    import math
+
+    import soscope
+
     model = tmp_path / "model"
-    proc = run("train", store_a, "-o", model, "--table", "table", "--epochs", EPOCHS, "--device", "cpu",
-               "--no-progress")  # fmt: skip
+    proc = run("train", store_a, "-o", model, "--table", "table", "--epochs", EPOCHS, "--batch-size", "50",
+               "--device", "cpu", "--no-progress")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert model.exists() and any(model.iterdir())
+    trained = soscope.SoScope.load(model, device="cpu", progress=False)
+    assert trained.train_config.batch_size == 50
+    assert trained.history.steps[0] >= math.ceil(200 / 50), "200 spots: one step would mean 256 per step"
+    error = _one_line_error(run("enhance", store_a, "--model", model, "--batch-size", "50", "--no-progress"))
+    assert "`--batch-size`" in error and "only apply when training" in error
 
     b = tmp_path / "b.zarr"
     shutil.copytree(stores["b"], b)
@@ -289,37 +310,6 @@ def test_demo_writes_store_and_figure(tmp_path):
     assert "pixels_soscope" in sdata.shapes
     # one enhanced table per modality: proteins and RNA
     assert {"table_soscope_antibody_capture", "table_soscope_gene_expression"} <= set(sdata.tables)
-
-
-# --------------------------------------------------------------------------------------------- --batch-size
-def test_train_batch_size_sets_the_steps_then_a_model_refuses_it(stores, store_a, tmp_path):
-    """`train --batch-size N` trains with N spots per step; `enhance --model` refuses training options."""
-    import math
-
-    import soscope
-
-    model = tmp_path / "model"
-    proc = run("train", stores["a"], "-o", model, "--table", "table", "--epochs", EPOCHS,
-               "--batch-size", "50", "--device", "cpu", "--no-progress")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    trained = soscope.SoScope.load(model, device="cpu", progress=False)
-    assert trained.train_config.batch_size == 50
-    assert trained.history.steps[0] >= math.ceil(200 / 50), "200 spots: one step would mean 256 per step"
-
-    error = _one_line_error(run("enhance", store_a, "--model", model, "--batch-size", "50", "--no-progress"))
-    assert "`--batch-size`" in error and "only apply when training" in error
-
-
-def test_enhance_batch_size(store_a):
-    proc = run("enhance", store_a, "--table", "table", "--epochs", EPOCHS, "--batch-size", "50",
-               "--device", "cpu", "--no-progress")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    import numpy as np
-    import spatialdata as sd
-
-    info = sd.read_zarr(store_a).tables["table_soscope"].uns["soscope"]
-    assert int(info["train"]["batch_size"]) == 50
-    assert int(np.asarray(info["history"]["steps"])[0]) >= 4
 
 
 def test_train_with_a_reference_then_apply_without_it(stores, store_a, tmp_path):
