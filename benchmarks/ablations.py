@@ -38,7 +38,7 @@ off by default. A second seed of the full model shows how much of a difference t
 
     python benchmarks/ablations.py                                   # default cases (about 25 min)
     python benchmarks/ablations.py --cases cosmx_sq16 merfish_hex50  # some cases
-    python benchmarks/ablations.py --variants "no graph"             # some variants (and the full model)
+    python benchmarks/ablations.py --variants graph --no-noise       # some variants (and the full model)
 
 Writes ``benchmarks/results/ablations.md``.
 """
@@ -66,6 +66,8 @@ CASES = ("merfish_hex50", "cosmx_sq16", "verafish_hex100_nuclei", "verafish_sq50
 RULE = 0.005
 #: epochs of graph-autoencoder pretraining in the variant that switches it on (as the published two-step)
 PRETRAIN_EPOCHS = 30
+#: weight of the image regulariser in the variant that switches it on (soscope's default before 2026-12)
+REG_WEIGHT = 0.1
 #: the seed of the second run of the full model (training noise)
 NOISE_SEED = 1
 
@@ -88,28 +90,64 @@ class Variant:
     adds: bool = False
 
 
-VARIANTS = (
-    Variant("graph", "no graph (spot-only encoder)", model_kw={"use_graph": False}),
-    Variant("spot latent", "no spot deviations (latent off)", train_kw={"image_warmup": 1.0}),
-    Variant("image (all)", "no image", model_kw={"image": False, "use_image": False}, needs="image"),
-    Variant("image head", "no image head (h = 0)", knob="image_head_off", needs="image"),
-    Variant("image regulariser", "no image regulariser", train_kw={"image_reg_weight": 0.0}, needs="image"),
-    Variant("nuclei prior", "no nucleus term (γ = 0)", knob="nuclei_off", needs="nuclei"),
-    Variant("spatial prior", "no spatial prior (even split offsets)", knob="flat_prior"),
-    Variant(
-        "network (graph + latent + image head + regulariser)",
-        "network off: the offsets' split alone (only per-feature levels trained)",
-        model_kw={"use_graph": False},
-        train_kw={"image_warmup": 1.0, "image_reg_weight": 0.0},
-        knob="image_head_off",
-    ),
-    Variant(
-        "pretraining",
-        f"with pretraining ({PRETRAIN_EPOCHS} epochs)",
-        train_kw={"pretrain_epochs": PRETRAIN_EPOCHS},
-        adds=True,
-    ),
-)
+def variants() -> tuple[Variant, ...]:
+    """Return the variants, each switching its component away from soscope's current default.
+
+    A component on by default is switched off (its contribution is the full model minus the variant); one
+    off by default (pretraining; the graph and the image regulariser where the defaults turn them off) is
+    switched on, at :data:`PRETRAIN_EPOCHS` epochs, ``use_graph=True`` or :data:`REG_WEIGHT`.
+    """
+    import inspect
+
+    import soscope
+
+    init = inspect.signature(soscope.SoScope).parameters
+    train = inspect.signature(soscope.SoScope.train).parameters
+    if init["use_graph"].default:
+        graph = Variant("graph", "no graph (spot-only encoder)", model_kw={"use_graph": False})
+    else:
+        graph = Variant(
+            "graph", "with the graph encoder (use_graph=True)", model_kw={"use_graph": True}, adds=True
+        )
+    if train["image_reg_weight"].default > 0:
+        reg = Variant(
+            "image regulariser", "no image regulariser", train_kw={"image_reg_weight": 0.0}, needs="image"
+        )
+    else:
+        reg = Variant(
+            "image regulariser",
+            f"with the image regulariser (image_reg_weight={REG_WEIGHT:g})",
+            train_kw={"image_reg_weight": REG_WEIGHT},
+            needs="image",
+            adds=True,
+        )
+    if train["pretrain_epochs"].default > 0:
+        pre = Variant("pretraining", "no pretraining", train_kw={"pretrain_epochs": 0})
+    else:
+        pre = Variant(
+            "pretraining",
+            f"with pretraining ({PRETRAIN_EPOCHS} epochs)",
+            train_kw={"pretrain_epochs": PRETRAIN_EPOCHS},
+            adds=True,
+        )
+    return (
+        graph,
+        Variant("spot latent", "no spot deviations (latent off)", train_kw={"image_warmup": 1.0}),
+        Variant("image (all)", "no image", model_kw={"image": False, "use_image": False}, needs="image"),
+        Variant("image head", "no image head (h = 0)", knob="image_head_off", needs="image"),
+        reg,
+        Variant("nuclei prior", "no nucleus term (γ = 0)", knob="nuclei_off", needs="nuclei"),
+        Variant("spatial prior", "no spatial prior (even split offsets)", knob="flat_prior"),
+        Variant(
+            "network (graph + latent + image head + regulariser)",
+            "network off: the offsets' split alone (only per-feature levels trained)",
+            model_kw={"use_graph": False},
+            train_kw={"image_warmup": 1.0, "image_reg_weight": 0.0},
+            knob="image_head_off",
+        ),
+        pre,
+    )
+
 
 T_START = time.perf_counter()
 
@@ -235,10 +273,14 @@ def run_case(name: str, args, cache: dict) -> dict:
     out["baselines"] = {k: v for k, v in base["mean"].items() if k != "soscope"}
     out["full"] = full
     log(f"{name}: full model {full['scores']['pearson']:.4f} ({full['epochs']} epochs, {full['time']:.0f} s)")
-    noise = run_variant(p, feats, scheme, args, seed=NOISE_SEED)
+    noise = None
+    if not args.no_noise:
+        noise = run_variant(p, feats, scheme, args, seed=NOISE_SEED)
+        log(
+            f"{name}: full model, seed {NOISE_SEED}: {noise['scores']['pearson']:.4f} ({noise['time']:.0f} s)"
+        )
     out["noise"] = noise
-    log(f"{name}: full model, seed {NOISE_SEED}: {noise['scores']['pearson']:.4f} ({noise['time']:.0f} s)")
-    for v in VARIANTS:
+    for v in args.variant_list:
         if args.variants and v.label not in args.variants and v.component not in args.variants:
             continue
         why = applies(v, has_image, full["model"])
@@ -254,7 +296,7 @@ def run_case(name: str, args, cache: dict) -> dict:
             f"(Δ {r['scores']['pearson'] - full['scores']['pearson']:+.4f}; {r['epochs']} epochs, "
             f"{r['time']:.0f} s)"
         )
-    for r in (full, noise, *out["rows"]):
+    for r in (full, noise or {}, *out["rows"]):
         r.pop("model", None)  # the models hold the case's data: free them with the case
     out["t_total"] = time.perf_counter() - t_case
     return out
@@ -286,7 +328,9 @@ def report(results: list[dict], args, t_all: float) -> str:
     ran = [r for r in results if "skipped" not in r]
     load_now = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     variants = [
-        v for v in VARIANTS if not args.variants or v.label in args.variants or v.component in args.variants
+        v
+        for v in args.variant_list
+        if not args.variants or v.label in args.variants or v.component in args.variants
     ]
     lines = [
         "# Ablations: does each component earn its place?",
@@ -324,13 +368,16 @@ def report(results: list[dict], args, t_all: float) -> str:
             if "skipped" in row:
                 cells.append("n/a" if row["skipped"].startswith("n/a") else "0 (inactive)")
             else:
-                cells.append(f"{c:+.3f}")
+                cells.append(f"{c:+.4f}")
             any_ok |= bool(np.isfinite(c) and c >= RULE)
         lines.append(f"| {v.component} | " + " | ".join(cells) + f" | {'yes' if any_ok else '**no**'} |")
-    noise = [abs(r["noise"]["scores"]["pearson"] - r["full"]["scores"]["pearson"]) for r in ran]
+    noise = [
+        abs(r["noise"]["scores"]["pearson"] - r["full"]["scores"]["pearson"]) if r["noise"] else np.nan
+        for r in ran
+    ]
     lines.append(
         f"| *training noise: \\|seed {NOISE_SEED} − seed {args.seed}\\| of the full model* | "
-        + " | ".join(f"{n:.3f}" for n in noise)
+        + " | ".join(fmt(n) for n in noise)
         + " | |"
     )
     lines += [
@@ -374,7 +421,8 @@ def report(results: list[dict], args, t_all: float) -> str:
             + " | ".join(fmt(f[k]) for k in METRICS)
             + f" | | | | | {r['full']['epochs']} | {r['full']['time']:.0f} |"
         )
-        lines.append(line(f"full model, seed {NOISE_SEED} (training noise)", r["noise"]))
+        if r["noise"]:
+            lines.append(line(f"full model, seed {NOISE_SEED} (training noise)", r["noise"]))
         for row in r["rows"]:
             if "skipped" in row:
                 lines.append(
@@ -441,12 +489,16 @@ def main() -> None:
         "--variants", nargs="+", default=None, help="variants to run, by label or component (default: all)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-noise", action="store_true", help=f"skip the second seed (seed {NOISE_SEED}) of the full model"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ablations.md")
     args = parser.parse_args()
     args.quick = False  # build_case's full-size synthetic case
     args.load_at_start = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     args.code_state = code_state()
     args.machine = machine()
+    args.variant_list = variants()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here downloads
     warnings.filterwarnings("ignore", category=FutureWarning)
