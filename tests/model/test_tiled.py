@@ -96,7 +96,7 @@ def test_tiled_std_is_finite(hex_model):
 @pytest.mark.parametrize("n_graph_layers", [3])
 def test_tiled_equals_untiled_deeper_encoder(hex_sdata, n_graph_layers):
     """A deeper encoder needs a deeper halo; the plan follows the module's receptive field."""
-    model = train_model(hex_sdata, epochs=1, n_graph_layers=n_graph_layers)
+    model = train_model(hex_sdata, epochs=1, n_graph_layers=n_graph_layers, use_graph=True)
     assert receptive_hops(model.module.config) == n_graph_layers
     _check_tiled_equals_untiled(model)
 

@@ -32,7 +32,7 @@ class TrainConfig:
     image_weight_decay: float = 1e-4
     kl_weight: float = 1.0
     kl_warmup_fraction: float = 0.2
-    image_reg_weight: float = 0.1
+    image_reg_weight: float = 0.0  # off by default, as SoScope.train: it added nothing measurable
     image_warmup_fraction: float = 0.0  # first share of steps with spot deviations off (image explains first)
     max_features: int | None = 512  # features per modality scored per step (a random subset when more)
     early_stopping: bool = True
