@@ -418,7 +418,7 @@ def run_case(name: str, args, cache: dict, outdir: Path) -> dict:
         )
         fig.suptitle(f"{name}: spots | soscope | truth (per unit area)", y=1.03)
         fig.savefig(outdir / f"accuracy_{name}_maps.png", dpi=80, bbox_inches="tight")
-        if name == "synthetic_painted":  # the README's figure (made on the painted data)
+        if name == "merfish_hex50":  # the README's figure: a real case with its real DAPI image
             fig.savefig(
                 Path(__file__).resolve().parents[1] / "docs" / "_static" / "demo.png",
                 dpi=80,
