@@ -408,6 +408,16 @@ def _truth(
 
 
 # ------------------------------------------------------------------------------------------------ image
+def _cell_canvas(cells_px: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` int32 canvas holding cell ``k + 1`` at the pixel of its centre (0 elsewhere)."""
+    h, w = shape
+    ix = np.clip(np.floor(cells_px[:, 0]).astype(np.int64), 0, w - 1)
+    iy = np.clip(np.floor(cells_px[:, 1]).astype(np.int64), 0, h - 1)
+    canvas = np.zeros((h, w), dtype=np.int32)
+    canvas[iy, ix] = np.arange(1, len(cells_px) + 1, dtype=np.int32)
+    return canvas
+
+
 def _render(
     rng: np.random.Generator,
     cells_px: np.ndarray,
@@ -421,10 +431,7 @@ def _render(
     """``(3, H, W)`` uint8 H&E-like image of the cells (pixel (i, j) covers [j, j+1) × [i, i+1))."""
     h, w = shape
     n = len(cells_px)
-    ix = np.clip(np.floor(cells_px[:, 0]).astype(np.int64), 0, w - 1)
-    iy = np.clip(np.floor(cells_px[:, 1]).astype(np.int64), 0, h - 1)
-    canvas = np.zeros((h, w), dtype=np.int32)
-    canvas[iy, ix] = np.arange(1, n + 1, dtype=np.int32)
+    canvas = _cell_canvas(cells_px, shape)
     dist, idx = ndimage.distance_transform_edt(canvas == 0, return_indices=True)
     nearest = canvas[idx[0], idx[1]] - 1
     del idx, canvas
@@ -620,10 +627,7 @@ def _render_stained(
     """``(3, H, W)`` uint8 H&E image rendered in stain space: per-cell nuclei, cytoplasm, stain fields."""
     h, w = shape
     n = len(cells_px)
-    ix = np.clip(np.floor(cells_px[:, 0]).astype(np.int64), 0, w - 1)
-    iy = np.clip(np.floor(cells_px[:, 1]).astype(np.int64), 0, h - 1)
-    canvas = np.zeros((h, w), dtype=np.int32)
-    canvas[iy, ix] = np.arange(1, n + 1, dtype=np.int32)
+    canvas = _cell_canvas(cells_px, shape)
     idx = ndimage.distance_transform_edt(canvas == 0, return_distances=False, return_indices=True)
     nearest = canvas[idx[0], idx[1]] - 1
     del idx, canvas
