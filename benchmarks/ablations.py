@@ -9,24 +9,25 @@ mean over the scored features of the per-feature Pearson, Spearman, RMSE (log1p)
 Components and how each variant removes it:
 
 * graph: ``SoScope(use_graph=False)`` (the encoder sees each spot alone).
-* spot latent: ``train(image_warmup=1.0)`` (the spot deviations decoded from the latent stay off for every
-  step: spots differ only through the offsets and the image head).
+* spot latent: ``SoScope(spot_latent=...)`` (off by default since 2026-12: the variant switches it on; off,
+  spots differ only through the offsets and the image head; before, the variant was
+  ``train(image_warmup=1.0)``, the deviations kept off for every step).
 * image (all of it: the image evidence in the offsets, the image head, the regulariser, the nuclei):
   ``SoScope(image=False, use_image=False)``.
 * image head: the learned correction ``h`` from the sub-spot's image features is held at 0 (its output
   layer zeroed and frozen before training; a benchmark-only knob, there is no public switch).
 * image regulariser: ``train(image_reg_weight=0)``.
-* nuclei prior: the nucleus term's weight γ chosen by cross-validation is set to 0 after setup (the
-  nuclei features stay among the image features; a benchmark-only knob).
+* nuclei prior: ``SoScope(nuclei_prior=...)`` (off by default since 2026-12: the variant switches it on and
+  its weight γ is chosen by cross-validation; when the default is on, γ is set to 0 after set-up, a
+  benchmark-only knob). The nuclei features stay among the image features either way.
 * spatial prior: the interpolation of neighbouring spots in the offsets is replaced by the spot's own
   density (each sub-spot starts from an even split; the image and nucleus terms are then relative to the
   spot itself; β and γ as chosen with the interpolation). A benchmark-only knob: the kernel that makes the
   training and enhancing offsets (``soscope.model._data.kernel_matrix``) maps each sub-spot to its nearest
   spot centre, which is its own spot on these lattices.
-* the network as a whole (graph, spot latent, image head, regulariser together): ``use_graph=False``,
-  ``image_warmup=1.0``, ``image_reg_weight=0`` and the image head at 0, so each spot's counts are split by
-  the fixed offsets alone (only the per-feature levels and likelihood shapes are trained; they set the part
-  of a sub-spot outside its spot's footprint).
+* the network as a whole is no longer a separate variant: with the graph, the spot latent and the
+  regulariser off by default, what remains trained of it is the image head (its variant) and the
+  per-feature levels and likelihood shapes.
 * pretraining: ``train(pretrain_epochs=30)`` (off by default: the variant adds it).
 
 A component that the case does not have (no image) is "n/a"; one that the model switched off by itself
@@ -122,30 +123,46 @@ def variants() -> tuple[Variant, ...]:
             needs="image",
             adds=True,
         )
+    if init["spot_latent"].default:
+        latent = Variant("spot latent", "no spot latent (spot_latent=False)", model_kw={"spot_latent": False})
+    else:
+        latent = Variant(
+            "spot latent",
+            "with the spot latent (spot_latent=True)",
+            model_kw={"spot_latent": True},
+            adds=True,
+        )
+    if init["nuclei_prior"].default:
+        nuclei = Variant("nuclei prior", "no nucleus term (γ = 0)", knob="nuclei_off", needs="nuclei")
+    else:
+        nuclei = Variant(
+            "nuclei prior",
+            "with the nucleus term (nuclei_prior=True)",
+            model_kw={"nuclei_prior": True},
+            needs="image",
+            adds=True,
+        )
     if train["pretrain_epochs"].default > 0:
         pre = Variant("pretraining", "no pretraining", train_kw={"pretrain_epochs": 0})
     else:
+        # pretraining fits the spot latent's encoder: the variant needs the latent (when it is off by
+        # default, this variant adds both)
         pre = Variant(
             "pretraining",
-            f"with pretraining ({PRETRAIN_EPOCHS} epochs)",
+            f"with pretraining ({PRETRAIN_EPOCHS} epochs)"
+            + ("" if init["spot_latent"].default else " and the spot latent it pretrains"),
+            model_kw={} if init["spot_latent"].default else {"spot_latent": True},
             train_kw={"pretrain_epochs": PRETRAIN_EPOCHS},
             adds=True,
         )
     return (
         graph,
-        Variant("spot latent", "no spot deviations (latent off)", train_kw={"image_warmup": 1.0}),
+        latent,
         Variant("image (all)", "no image", model_kw={"image": False, "use_image": False}, needs="image"),
         Variant("image head", "no image head (h = 0)", knob="image_head_off", needs="image"),
         reg,
-        Variant("nuclei prior", "no nucleus term (γ = 0)", knob="nuclei_off", needs="nuclei"),
+        nuclei,
         Variant("spatial prior", "no spatial prior (even split offsets)", knob="flat_prior"),
-        Variant(
-            "network (graph + latent + image head + regulariser)",
-            "network off: the offsets' split alone (only per-feature levels trained)",
-            model_kw={"use_graph": False},
-            train_kw={"image_warmup": 1.0, "image_reg_weight": 0.0},
-            knob="image_head_off",
-        ),
         pre,
     )
 

@@ -113,7 +113,7 @@ def test_grid6_36_subspots_per_square_spot_beat_baselines():
 
 def test_pretraining_is_switchable():
     sdata = synthetic(n_spots=120, n_features=20, seed=1)
-    model = soscope.SoScope(sdata, table="table", progress=False, n_hidden=32)
+    model = soscope.SoScope(sdata, table="table", progress=False, n_hidden=32, spot_latent=True)
     history = model.train(epochs=3, pretrain_epochs=6)
     assert len(history.pretrain_loss) == 6 and history.pretrain_loss[-1] < history.pretrain_loss[0]
     off = soscope.SoScope(sdata, table="table", progress=False, n_hidden=32).train(

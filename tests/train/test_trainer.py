@@ -115,8 +115,8 @@ def test_without_resume_a_checkpoint_is_ignored(new_model, tmp_path):
 # ------------------------------------------------------------------------------------ divergence
 def test_non_finite_loss_raises_training_diverged(new_model):
     model = new_model()
-    with torch.no_grad():  # a NaN weight makes every loss NaN from the first step
-        next(model.module.parameters()).fill_(float("nan"))
+    with torch.no_grad():  # a NaN feature level makes every loss NaN from the first step
+        model.module.spot_heads[0].bias.fill_(float("nan"))
     with pytest.raises(soscope.TrainingDivergedError, match="lower lr") as err:
         model.train(epochs=3)
     assert "epoch 0" in str(err.value)
@@ -127,7 +127,7 @@ def test_non_finite_loss_raises_training_diverged(new_model):
 # ------------------------------------------------------------------------------------ latent space
 @pytest.fixture(scope="module")
 def trained(small_sdata):
-    model = soscope.SoScope(small_sdata, **MODEL_ARGS, seed=0)
+    model = soscope.SoScope(small_sdata, **MODEL_ARGS, seed=0, spot_latent=True)
     model.train(epochs=3)
     return model
 
@@ -150,9 +150,23 @@ def test_latent_is_deterministic(trained, small_sdata, tmp_path):
 
 
 def test_latent_follows_the_seed(trained, small_sdata):
-    same = soscope.SoScope(small_sdata, **MODEL_ARGS, seed=0)
+    same = soscope.SoScope(small_sdata, **MODEL_ARGS, seed=0, spot_latent=True)
     same.train(epochs=3)
     assert np.array_equal(same.get_latent(), trained.get_latent())
-    other = soscope.SoScope(small_sdata, **MODEL_ARGS, seed=1)
+    other = soscope.SoScope(small_sdata, **MODEL_ARGS, seed=1, spot_latent=True)
     other.train(epochs=3)
     assert not np.allclose(other.get_latent(), trained.get_latent())
+
+
+def test_without_a_spot_latent_nothing_is_encoded_and_the_latent_is_refused(small_sdata):
+    model = soscope.SoScope(small_sdata, **MODEL_ARGS, seed=0)  # spot_latent=False: the default
+    assert not model.module.config.spot_latent
+    encoder = {k: v.clone() for k, v in model.module.state_dict().items() if k.startswith("input_proj")}
+    model.train(epochs=2)
+    # the posterior is the prior and its draws never reach the output: the encoder is never updated
+    after = model.module.state_dict()
+    assert encoder and all(torch.equal(v, after[k]) for k, v in encoder.items())
+    with pytest.raises(soscope.SoscopeInputError, match="spot_latent=True"):
+        model.get_latent()
+    with pytest.raises(soscope.SoscopeInputError, match="spot_latent=True"):
+        soscope.SoScope(small_sdata, **MODEL_ARGS).train(epochs=1, pretrain_epochs=2)

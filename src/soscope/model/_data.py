@@ -125,12 +125,15 @@ class Normaliser:
         offsets: str | None = None,
         reference: CellTypeReference | None = None,
         reference_smoothness: float = SMOOTHNESS,
+        nuclei_prior: bool = False,
     ) -> Normaliser:
         """Fit the statistics on ``data`` (all its spots).
 
         ``offsets``: ``"weighted"`` or ``"legacy"`` (see :data:`soscope.model._evidence.OFFSETS`, the
         default). ``reference``: a single-cell reference; its deconvolution of ``data``'s spots is stored in
-        ``data.cell_type_abundance`` (see :func:`soscope.model._reference.fit_reference`).
+        ``data.cell_type_abundance`` (see :func:`soscope.model._reference.fit_reference`). ``nuclei_prior``:
+        whether a count modality's offsets may gain the nucleus term (its weight still chosen by
+        cross-validation, see :func:`soscope.model._evidence.select_nuclei_weight`).
         """
         footprint = data.layout.footprint_area
         area_unit = float(np.mean(footprint))
@@ -172,7 +175,7 @@ class Normaliser:
         # the spatial prior is the same with or without an image (an image weighted 0 changes nothing)
         norm.cross_reference = _fit_cross_reference(data, norm)
         if data.image_features is not None:
-            norm.image_ridge, norm.evidence = _fit_image_evidence(data, norm)
+            norm.image_ridge, norm.evidence = _fit_image_evidence(data, norm, nuclei_prior=nuclei_prior)
         if reference is not None:
             norm.reference, data.cell_type_abundance = fit_reference(
                 data, norm, reference, smoothness=reference_smoothness
@@ -260,17 +263,20 @@ def _fit_image_ridge(data: SpotData, norm: Normaliser, alpha: float) -> list:
     return ridges
 
 
-def _fit_image_evidence(data: SpotData, norm: Normaliser) -> tuple[list, list[EvidenceWeights]]:
+def _fit_image_evidence(
+    data: SpotData, norm: Normaliser, *, nuclei_prior: bool = False
+) -> tuple[list, list[EvidenceWeights]]:
     """Per modality the closed-form image ridge and the weight of its term in the offsets.
 
     The ridge penalty and the weight are chosen together by cross-validation over spots (see
     :func:`soscope.model._evidence.select_weights`); the ridge is then refitted on every spot. With a
-    segmentation, a count modality's nucleus term is weighted by the same cross-validation (see
-    :func:`soscope.model._evidence.select_nuclei_weight`).
+    segmentation and ``nuclei_prior``, a count modality's nucleus term is weighted by the same
+    cross-validation (see :func:`soscope.model._evidence.select_nuclei_weight`).
     """
     z = standardised_image(data, norm)
     nuclei = None
-    if data.nuclei_count is not None and np.isfinite(data.nuclei_count).any():
+    has_nuclei = data.nuclei_count is not None and np.isfinite(data.nuclei_count).any()
+    if has_nuclei and nuclei_prior:
         nuclei = spot_nuclei_density(data.nuclei_count, data.layout, norm.area_unit)
     design = footprint_design(z, data.layout)
     area = data.layout.footprint_area / norm.area_unit
@@ -309,6 +315,8 @@ def _fit_image_evidence(data: SpotData, norm: Normaliser) -> tuple[list, list[Ev
             logger.info("nucleus evidence for modality %r: %s", spec.name, w.nuclei_reason)
         elif nuclei is not None:
             w.nuclei_reason = "values (not counts): no nucleus term"
+        elif has_nuclei:
+            w.nuclei_reason = "nucleus term off (nuclei_prior=False, the default): nucleus weight 0"
         ridge = fit_footprint_ridge(y, z, data.layout, alpha=w.alpha)
         ridges.append(tuple(a.astype(np.float32) for a in ridge))
         weights.append(w)

@@ -120,6 +120,20 @@ class SoScope:
         (default). Off by default: on the ablation benchmark's five cases (four real) the graph changed the
         enhanced sub-spots' mean Pearson by less than 0.002 on every case, within training noise, and costs
         time (``benchmarks/results/ablations.md``).
+    spot_latent
+        Let each spot's profile deviate from the per-feature level through a latent encoded from its counts
+        (the published VAE; needed for :meth:`get_latent` and pretraining). Off by default: the deviation
+        is shared by a spot's sub-spots, so it cannot change how the spot is split, and training with it
+        changed the enhanced sub-spots' mean Pearson by -0.004 to +0.000 on the ablation benchmark's cases
+        (``benchmarks/results/ablations.md``). Without it, a spot's split is set by the offsets (spatial
+        prior, image evidence) and the image head, and training is faster.
+    nuclei_prior
+        Let a count modality's offsets gain the nucleus term ``gamma * (log(n + a) - log(interp[n + a]))``
+        (``n`` the nucleus density of the sub-spot, ``interp`` its interpolation from neighbouring spots),
+        with ``gamma`` and ``a`` chosen by cross-validation over spots beside the image weight. Off by
+        default: it changed the enhanced sub-spots' mean Pearson by less than 0.005 on every case of the
+        ablation benchmark (the nucleus count stays among the image features, ``nuclei:count``, where the
+        image evidence weighs it). See :func:`soscope.model._evidence.select_nuclei_weight`.
     image_evidence
         How the image enters the sub-spot offsets: ``"weighted"`` (default: the interpolation of
         neighbouring spots, on the common scale of the batches, plus the image's evidence beyond it,
@@ -177,6 +191,8 @@ class SoScope:
         segmentation: str | None = "auto",
         use_image: bool = True,
         use_graph: bool = False,
+        spot_latent: bool = False,
+        nuclei_prior: bool = False,
         image_evidence: str = "weighted",
         reference: Any = None,
         cell_type_key: str = "cell_type",
@@ -196,7 +212,8 @@ class SoScope:
             "likelihood": likelihood, "sections": sections, "section_key": section_key,
             "batch_key": batch_key, "modality_key": modality_key, "coordinate_system": coordinate_system,
             "image_features": image_features, "segmentation": segmentation,
-            "use_image": use_image, "use_graph": use_graph, "image_evidence": image_evidence,
+            "use_image": use_image, "use_graph": use_graph, "spot_latent": spot_latent,
+            "nuclei_prior": nuclei_prior, "image_evidence": image_evidence,
             # the reference itself is saved as the fitted profiles (normaliser.reference), not as given
             "reference": describe_reference(reference), "cell_type_key": cell_type_key,
             "reference_smoothness": reference_smoothness, "labels": labels,
@@ -230,7 +247,8 @@ class SoScope:
             state = _state_from_data(
                 self.prepared, n_latent=n_latent, n_hidden=n_hidden, n_graph_layers=n_graph_layers,
                 use_graph=use_graph, use_image=use_image, image_evidence=image_evidence,
-                reference=resolved, reference_smoothness=reference_smoothness,
+                reference=resolved, reference_smoothness=reference_smoothness, spot_latent=spot_latent,
+                nuclei_prior=nuclei_prior,
             )  # fmt: skip
             if self.prepared.fitted_extractor is not None:
                 # a foundation model's PCA, fitted on these (training) sub-spots: kept, saved, and used
@@ -298,8 +316,9 @@ class SoScope:
             optimizer steps).
         pretrain_epochs
             Epochs of graph-autoencoder pretraining of the encoder before the full model (the published
-            two-step training). Default 0 (off): 30 epochs of it changed the enhanced sub-spots' mean
-            Pearson by less than 0.005 on every case of the ablation benchmark, and it costs time.
+            two-step training; needs ``spot_latent=True``). Default 0 (off): 30 epochs of it changed the
+            enhanced sub-spots' mean Pearson by less than 0.005 on every case of the ablation benchmark, and
+            it costs time.
         lr
             Peak learning rate (warm-up, then cosine decay).
         validation_fraction
@@ -313,8 +332,9 @@ class SoScope:
         kl_weight
             Weight of the KL term (warmed up over the first 20% of steps).
         image_warmup
-            Share of the steps during which spots may differ only through their image and the spatial prior
-            (the latent's deviations are switched on afterwards), so the image explains what it can first.
+            With ``spot_latent=True``: share of the steps during which spots may differ only through their
+            image and the spatial prior (the latent's deviations are switched on afterwards), so the image
+            explains what it can first.
         image_weight_decay
             Weight decay of the image head (shared by all sub-spots), which keeps it from fitting spot noise.
         checkpoint_dir, checkpoint_every, resume
@@ -350,6 +370,11 @@ class SoScope:
             raise SoscopeInputError(f"epochs must be ≥ 1, got {epochs}")
         if pretrain_epochs < 0:
             raise SoscopeInputError(f"pretrain_epochs must be ≥ 0, got {pretrain_epochs}")
+        if pretrain_epochs > 0 and not self.module.config.spot_latent:
+            raise SoscopeInputError(
+                "pretraining fits the spot latent's encoder, and this model has none (spot_latent=False, "
+                "the default); set it up with SoScope(sdata, spot_latent=True) or leave pretrain_epochs at 0"
+            )
         self.train_config = TrainConfig(
             epochs=epochs, pretrain_epochs=int(pretrain_epochs), lr=lr, early_stopping=early_stopping,
             image_reg_weight=image_reg_weight, kl_weight=kl_weight, image_warmup_fraction=image_warmup,
@@ -539,7 +564,15 @@ class SoScope:
         )  # fmt: skip
 
     def get_latent(self, sdata=None, **selection) -> np.ndarray:
-        """Posterior mean latent of every spot, ``(N, n_latent)``, in the order of the spots element(s)."""
+        """Posterior mean latent of every spot, ``(N, n_latent)``, in the order of the spots element(s).
+
+        Needs a model with a spot latent (``SoScope(..., spot_latent=True)``).
+        """
+        if not self.module.config.spot_latent:
+            raise SoscopeInputError(
+                "this model has no spot latent (spot_latent=False, the default); set it up with "
+                "SoScope(sdata, spot_latent=True) and train it to get one"
+            )
         prepared = self.prepared if sdata is None else self._prepare_other(sdata, **selection)
         if prepared is None:
             raise SoscopeInputError("pass the SpatialData: this model was loaded without data")
@@ -726,6 +759,10 @@ class SoScope:
                 params["image_features"] = {"kind": "callable", "name": params["image_features"]}
         cfg = json.loads(payload["config"])
         cfg["modalities"] = [ModalitySpec(**m) for m in cfg["modalities"]]
+        # models saved before these switches were trained with a spot latent and the nucleus term allowed
+        cfg.setdefault("spot_latent", True)
+        params.setdefault("spot_latent", cfg["spot_latent"])
+        params.setdefault("nuclei_prior", True)
         image_feature_names = json.loads(payload["image_feature_names"])
         params["image_features"] = _resolve_extractor(
             params["image_features"], payload.get("image_extractor_state"), image_features,
@@ -766,12 +803,15 @@ def _state_from_data(
     image_evidence: str = "weighted",
     reference: CellTypeReference | None = None,
     reference_smoothness: float = SMOOTHNESS,
+    spot_latent: bool = False,
+    nuclei_prior: bool = False,
 ) -> _ModelState:
     """Build the state of a fresh model on ``prepared``: normalisation fitted on it, network sized to it."""
     data = prepared.data
     normaliser = Normaliser.fit(
-        data, offsets=image_evidence, reference=reference, reference_smoothness=reference_smoothness
-    )
+        data, offsets=image_evidence, reference=reference, reference_smoothness=reference_smoothness,
+        nuclei_prior=nuclei_prior,
+    )  # fmt: skip
     config = ModuleConfig(
         modalities=data.modalities,
         n_input=n_encoder_inputs(data.modalities),
@@ -781,6 +821,7 @@ def _state_from_data(
         n_hidden=n_hidden,
         n_graph_layers=n_graph_layers,
         use_graph=use_graph,
+        spot_latent=spot_latent,
         # an image that predicts no modality's held-out spots (weight 0) is left out: the no-image model
         use_image=use_image and normaliser.image_informative,
     )

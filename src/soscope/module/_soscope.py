@@ -168,6 +168,10 @@ class ModuleConfig:
     dropout: float = 0.1
     use_graph: bool = True
     use_image: bool = True
+    # spot deviations decoded from a latent; off, every spot's profile is the per-feature level alone (the
+    # split is then set by the offsets and the image head). True here so models saved before the switch
+    # load as they were trained; SoScope builds new models with it off (see its ``spot_latent``)
+    spot_latent: bool = True
     profile_prior_sd: float | None = 0.3
     extra: dict = field(default_factory=dict)
 
@@ -230,7 +234,14 @@ class SoScopeModule(nn.Module):
 
     # ----------------------------------------------------------------- inference
     def encode(self, batch: SpotBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance of the spot latents, ``(n, n_latent)`` each."""
+        """Posterior mean and log-variance of the spot latents, ``(n, n_latent)`` each.
+
+        Without a spot latent (``config.spot_latent=False``) both are 0: a posterior equal to the prior (KL
+        exactly 0), whose draws never reach the output (the spot deviations are off).
+        """
+        if not self.config.spot_latent:
+            zeros = batch.x_in.new_zeros((batch.n_spots, self.config.n_latent))
+            return zeros, zeros
         h = self.input_proj(batch.x_in)
         for layer, norm in zip(self.graph_layers, self.graph_norms, strict=True):
             h = norm(h + layer(h, batch.edge_index))
@@ -256,6 +267,14 @@ class SoScopeModule(nn.Module):
         module) for the loss's Gaussian prior on them.
         """
         features = features or [None] * len(self.spot_heads)
+        if not self.config.spot_latent:
+            # no spot latent: the per-feature level alone (nothing decoded, no deviation to penalise)
+            profiles, deltas = [], []
+            for head, idx in zip(self.spot_heads, features, strict=True):
+                bias = head.bias if idx is None else head.bias[idx]
+                deltas.append(z.new_zeros((z.shape[0], bias.shape[0])))
+                profiles.append(bias.expand(z.shape[0], -1))
+            return profiles, deltas
         t = self.spot_trunk(z + self.batch_embed(batch_codes))
         profiles, deltas = [], []
         for head, idx in zip(self.spot_heads, features, strict=True):
