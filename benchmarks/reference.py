@@ -29,6 +29,11 @@ Cases (read from disk; nothing is downloaded):
   scored cells are in it).
 * ``cosmx_hex30``, ``cosmx_hex25``: the same with 16.5 µm circles on a 30 µm hexagonal lattice and 13.75 µm
   circles on a 25 µm one (the Visium ratio), hex7 — each run only when it leaves >= 30 spots in the fields.
+* ``verafish_hex100_nuclei``: VeraFISH mouse hippocampus (10,994 cells x 120 genes; 1 unit = 0.0628 µm, an
+  assumption of the loader), 55 µm circles on a 100 µm hex lattice (Visium), hex7, with a nuclear image
+  RENDERED from the cell centres (as accuracy.py's case of that name: nuclei carry position, not type). The
+  table's rows are the cells (no transcripts): the truth is the cells in each sub-spot. Halves: west / east
+  of the median spot centre.
 
 Methods per case, each scored by mean Pearson / Spearman / RMSE (log1p) / SSIM over the 100 most abundant
 features: soscope with the reference (``soscope.enhance(..., reference=ref, cell_type_key="cell_type")``;
@@ -41,6 +46,11 @@ sub-spot), beside NNLS of each spot's counts on the reference's mean profiles (t
 every sub-spot inherits), NNLS of the interpolation split's and of soscope's (without a reference) sub-spot
 counts, and NNLS of the TRUE sub-spot counts (an oracle: what a sub-spot's own expression says about its
 types).
+
+A second expression oracle, the *type oracle*, splits each spot's observed counts in proportion to
+``sum_t n_kt P_tg``: the true cells of each type in the sub-spot times the (cross-fitted) reference's mean
+counts per cell of the type — the ceiling of a split guided by the reference and the cell counts.
+``--n-types`` fixes the number of reference types (default: k by silhouette).
 
 Writes ``benchmarks/results/reference.md`` and, per case, ``reference_<case>.csv`` (per-feature scores) and
 ``reference_<case>_types.csv`` (per-type scores of every type method, reference variant and fold) next to it.
@@ -76,12 +86,23 @@ from accuracy import (  # noqa: E402  (the benchmarks folder is not a package)
 from loaders import (  # noqa: E402
     COSMX_GAP_PX,
     COSMX_UM_PER_PX,
+    cell_bounds,
     crop_interior,
     load_cosmx,
+    render_nuclei,
     transcript_bins,
 )
 
-CASES = ("merfish_hex50", "merfish_sq30", "cosmx_sq16", "cosmx_hex30", "cosmx_hex25")
+CASES = (
+    "merfish_hex50",
+    "merfish_sq30",
+    "cosmx_sq16",
+    "cosmx_hex30",
+    "cosmx_hex25",
+    "verafish_hex100_nuclei",
+)
+#: the cells element of each data kind (None: the table's rows are the cells, as VeraFISH's)
+CELLS_ELEMENT = {"merfish": "cells", "cosmx": "cells", "verafish": None}
 #: the smallest number of spots a CosMx hex case must leave to be run
 MIN_SPOTS_COSMX_HEX = 30
 CELL_TYPE_KEY = "cell_type"
@@ -103,22 +124,36 @@ METHOD_LABELS = {
     "soscope": "soscope without a reference",
     **BASELINE_LABELS,
     **ORACLE_LABELS,
+    "type_oracle": "*oracle (uses the truth's typed cells)*: counts split by the true cells of each type x "
+    "the reference's type profile (cross-fitted)",
 }
 
 
 # ------------------------------------------------------------------------------------------------- data
 def load_data(kind: str, cache: dict):
-    """``(units, cells, cell_xy, rects, image)`` of ``"merfish"`` or ``"cosmx"``, cached.
+    """``(units, cells, cell_xy, rects, image)`` of ``"merfish"``, ``"cosmx"`` or ``"verafish"``, cached.
 
     ``units``: 2 µm transcript bins (table ``"table"``) with the cells' shapes and the image; ``cells``:
     cells × genes (controls dropped) whose ``obs["cell_id"]`` is the shapes' index; ``cell_xy`` the cells'
-    centres in the same order.
+    centres in the same order. VeraFISH: the cells are the table's rows (``units.tables["table"]`` itself)
+    and the image is a nuclear image rendered from their centres (as accuracy.py's verafish_hex100_nuclei).
     """
     import shapely
 
-    from soscope.datasets import load_merfish_mini, shared_data_dir
+    from soscope.datasets import load_merfish_mini, load_verafish, shared_data_dir
 
     if kind in cache:
+        return cache[kind]
+    if kind == "verafish":
+        from spatialdata import SpatialData
+
+        v = load_verafish()
+        xy = shapely.get_coordinates(shapely.centroid(np.asarray(v.shapes["cells"].geometry.values)))
+        img, _ = render_nuclei(xy, um_per_px=1.0, seed=0)
+        units = SpatialData(images={"dapi": img}, shapes=dict(v.shapes), tables=dict(v.tables))
+        cells = units.tables["table"]
+        assert np.array_equal(cells.obs["cell_id"].to_numpy(), np.arange(cells.n_obs)), "rows are cells"
+        cache[kind] = (units, cells, xy, [cell_bounds(v)], "dapi")
         return cache[kind]
     if kind == "merfish":
         m = load_merfish_mini()
@@ -159,16 +194,22 @@ GEOMETRY = {
         dict(spacing=25.0, spot_diameter=13.75, lattice="hex"),
         "13.75 µm circles on a 25 µm hex lattice, hex7",
     ),
+    "verafish_hex100_nuclei": (
+        "verafish",
+        dict(spacing=100.0, spot_diameter=55.0, lattice="hex"),
+        "55 µm circles on a 100 µm hex lattice (Visium), hex7",
+    ),
 }
 
 
-def build_pseudo(units, rects, image, geometry, cell_type_key=None):
-    """Pseudo-spots of the transcript bins, cropped to the fields (cells: the segmented ones)."""
+def build_pseudo(units, rects, image, geometry, cell_type_key=None, cells="cells"):
+    """Pseudo-spots of the transcript bins (or cells), cropped to the fields (cells: the segmented ones).
+
+    ``cells=None``: the table's rows are the cells (VeraFISH); the type is then an obs column of the table.
+    """
     from soscope.evaluate import pseudo_spots
 
-    p = pseudo_spots(
-        units, table="table", image=image, cells="cells", cell_type_key=cell_type_key, **geometry
-    )
+    p = pseudo_spots(units, table="table", image=image, cells=cells, cell_type_key=cell_type_key, **geometry)
     return crop_interior(p, rects)
 
 
@@ -283,6 +324,53 @@ def subspot_rows(truth, spot_ids, subspot) -> np.ndarray:
     return at
 
 
+def type_oracle(p, folds: list[dict]):
+    """ORACLE: each spot's observed counts split by the true cells of each type times the type's profile.
+
+    Sub-spot ``k`` of a spot gets ``x_ig * w_k mu_kg / sum_j w_j mu_jg`` with ``mu_kg = sum_t n_kt P_tg``:
+    ``n_kt`` the truth's cells of type ``t`` whose centre lies in sub-spot ``k`` (``n_cells`` times the type
+    fraction) and ``P_tg`` the mean counts per cell of type ``t`` in the fold's (cross-fitted) reference;
+    each fold's reference for the sub-spots it holds out. The ceiling of a split that knows where each
+    type's cells are and what a cell of each type expresses (the count oracle with typed cells). A spot
+    whose sub-spots hold no typed cell is split evenly; a feature missing from the reference is split by the
+    cells. Returns an enhanced-like table (obs ``spot_id``, ``subspot``) over every truth sub-spot.
+    """
+    import anndata as ad
+    import pandas as pd
+
+    from soscope.evaluate._baselines import _split_observed
+    from soscope.geometry import make_subspots
+
+    tab, truth_all = p.tables["table"], p.tables["truth"]
+    gdf = p.shapes["spots"].loc[tab.obs["spot_id"].to_numpy()]
+    layout = make_subspots(
+        gdf, str(truth_all.uns["subspots"]["scheme"]), spacing=float(truth_all.uns["subspots"]["spacing"])
+    )
+    spot_ids = gdf.index.to_numpy()[layout.spot_index]
+    spot_x = dense(tab.X)
+    mu = np.zeros((layout.n_subspots, tab.n_vars))
+    covered = np.zeros(layout.n_subspots, dtype=bool)
+    for fd in folds:
+        truth, ref = fd["truth"], fd["ref"]
+        names = [str(c) for c in truth.uns["cell_type_fraction"]["cell_types"]]
+        genes = [g for g in tab.var_names if g in ref.var_names]
+        prof, ref_names = type_profiles(ref, genes)
+        prof = prof[[ref_names.index(n) for n in names]]  # the truth's type order
+        n_kt = np.nan_to_num(truth.obsm["cell_type_fraction"]) * truth.obs["n_cells"].to_numpy(float)[:, None]
+        at = subspot_rows(truth, spot_ids, layout.subspot)
+        gi = tab.var_names.get_indexer(genes)
+        mu[np.ix_(at, gi)] = n_kt @ prof
+        missing = np.setdiff1d(np.arange(tab.n_vars), gi)
+        mu[np.ix_(at, missing)] = truth.obs["n_cells"].to_numpy(float)[:, None]
+        covered[at] = True
+    assert covered.all(), "the folds' held-out sub-spots cover every sub-spot"
+    dens = mu / np.maximum(layout.area, 1e-12)[:, None]
+    split = _split_observed(spot_x, dens, layout)
+    obs = pd.DataFrame({"spot_id": spot_ids, "subspot": layout.subspot.astype(np.int64)})
+    obs.index = [f"o{i}" for i in range(len(obs))]
+    return ad.AnnData(X=split, obs=obs, var=tab.var[[]].copy())
+
+
 def type_baselines(p, truth, ref, soscope_table=None) -> dict:
     """NNLS type baselines and the truth oracle on the rows of ``truth``.
 
@@ -350,15 +438,19 @@ def make_fold(tag: str, use: np.ndarray, held: np.ndarray, ctx: dict, args) -> d
     from soscope.evaluate import reference_from_cells
 
     cells, units, tab, tru = ctx["cells"], ctx["units"], ctx["tab"], ctx["tru"]
-    ref = reference_from_cells(cells, exclude=~use, cell_type_key=CELL_TYPE_KEY, seed=args.seed)
+    ref = reference_from_cells(
+        cells, exclude=~use, cell_type_key=CELL_TYPE_KEY, seed=args.seed, n_types=args.n_types
+    )
     col = f"cell_type_{tag}"
     labels = cells.obs[CELL_TYPE_KEY].copy()
     labels.index = cells.obs["cell_id"].to_numpy()
     shapes = units.shapes["cells"]
     shapes[col] = labels.reindex(shapes.index).to_numpy()  # pseudo_spots reads the cells' type column
-    truth = build_pseudo(units, ctx["rects"], ctx["image"], ctx["geometry"], cell_type_key=col).tables[
-        "truth"
-    ]
+    if ctx["cells_element"] is None:  # the table's rows are the cells: the type is its obs column
+        units.tables["table"].obs[col] = cells.obs[CELL_TYPE_KEY].to_numpy()
+    truth = build_pseudo(
+        units, ctx["rects"], ctx["image"], ctx["geometry"], cell_type_key=col, cells=ctx["cells_element"]
+    ).tables["truth"]
     assert truth.obs[["spot_id", "subspot"]].equals(tru.obs[["spot_id", "subspot"]]), "the same sub-spots"
     held_ids = id_index(tab.obs["spot_id"].to_numpy()[held])
     rows = np.flatnonzero(id_index(truth.obs["spot_id"]).isin(held_ids))
@@ -428,11 +520,13 @@ def run_case(name: str, args, cache: dict, outdir: Path) -> dict:
     log(f"{name}: building pseudo-spots")
     t0 = time.perf_counter()
     units, cells, xy, rects, image = load_data(kind, cache)
-    p = build_pseudo(units, rects, image, geometry)
+    p = build_pseudo(units, rects, image, geometry, cells=CELLS_ELEMENT[kind])
     tab, tru = p.tables["table"], p.tables["truth"]
     data_desc = {
         "merfish": "MERFISH mini, every transcript in 2 µm bins; DAPI image",
         "cosmx": "CosMx lung mini (2 fields side by side), every transcript in 2 µm bins; IF composite (RGB)",
+        "verafish": "VeraFISH cells (1 unit = 0.0628 µm, assumed); nuclear image RENDERED from the cell "
+        "centres (1 µm/px, seed 0)",
     }[kind]
     desc = f"{data_desc}; {geo_desc}"
     if name.startswith("cosmx_hex") and tab.n_obs < MIN_SPOTS_COSMX_HEX:
@@ -459,7 +553,7 @@ def run_case(name: str, args, cache: dict, outdir: Path) -> dict:
     # references: fold f from the cells of half f outside the other half's sub-spots, scored on the other
     # half; CosMx also from every cell, scored everywhere (optimistic)
     ctx = {"cells": cells, "units": units, "tab": tab, "tru": tru, "rects": rects, "image": image}
-    ctx["geometry"] = geometry
+    ctx["geometry"], ctx["cells_element"] = geometry, CELLS_ELEMENT[kind]
     variants = {
         "crossfit": [
             make_fold(
@@ -527,6 +621,10 @@ def run_case(name: str, args, cache: dict, outdir: Path) -> dict:
             if res and all(r is not None for r in res):
                 type_frames += [r[0].assign(reference=v, method=m, fold=f) for f, r in enumerate(res)]
     info.update(t_reference=t_ref, t_types=t_types)
+    # the type oracle: the observed counts split by the true typed cells x the cross-fitted profiles
+    p.tables["table_type_oracle"] = type_oracle(p, variants["crossfit"])
+    oracle, _ = score(p, key_added="type_oracle", features=feats, baselines=False, ssim=True)
+    per_feature = per_feature.join(rename_method(oracle.drop(columns="truth_mean"), "soscope", "type_oracle"))
     pd.concat(type_frames).to_csv(outdir / f"reference_{name}_types.csv", float_format="%.5g")
 
     info["summary"] = summary(per_feature, reference="soscope")
@@ -729,6 +827,12 @@ def main() -> None:
         type=float,
         default=None,
         help="SoScope(reference_smoothness=) (default: its own)",
+    )
+    parser.add_argument(
+        "--n-types",
+        type=int,
+        default=None,
+        help="reference_from_cells(n_types=): clusters of the references (default: k by silhouette)",
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "reference.md")
     args = parser.parse_args()
