@@ -108,7 +108,7 @@ def enhance(
     features
         The features to enhance: ``"all"`` (default), a list of feature names, or the name of a boolean
         ``var`` column such as ``"highly_variable"``. The model trains on every feature of the table
-        either way (its latent needs them); only the requested ones are computed and written.
+        either way (its image programs are shared by them); only the requested ones are computed and written.
     dtype
         ``"float32"`` (default) or ``"float16"``: the enhanced values written, half the size on disk and
         in memory with about three significant digits (values up to 65,504). See :doc:`/scale`.
