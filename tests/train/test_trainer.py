@@ -159,7 +159,8 @@ def test_latent_follows_the_seed(trained, small_sdata):
 
 
 def test_without_a_spot_latent_nothing_is_encoded_and_the_latent_is_refused(small_sdata):
-    model = soscope.SoScope(small_sdata, **MODEL_ARGS, seed=0)  # spot_latent=False: the default
+    assert soscope.SoScope(small_sdata, **MODEL_ARGS).module.config.spot_latent  # on by default
+    model = soscope.SoScope(small_sdata, **MODEL_ARGS, seed=0, spot_latent=False)
     assert not model.module.config.spot_latent
     encoder = {k: v.clone() for k, v in model.module.state_dict().items() if k.startswith("input_proj")}
     model.train(epochs=2)
@@ -169,4 +170,4 @@ def test_without_a_spot_latent_nothing_is_encoded_and_the_latent_is_refused(smal
     with pytest.raises(soscope.SoscopeInputError, match="spot_latent=True"):
         model.get_latent()
     with pytest.raises(soscope.SoscopeInputError, match="spot_latent=True"):
-        soscope.SoScope(small_sdata, **MODEL_ARGS).train(epochs=1, pretrain_epochs=2)
+        soscope.SoScope(small_sdata, **MODEL_ARGS, spot_latent=False).train(epochs=1, pretrain_epochs=2)

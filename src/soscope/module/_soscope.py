@@ -169,8 +169,7 @@ class ModuleConfig:
     use_graph: bool = True
     use_image: bool = True
     # spot deviations decoded from a latent; off, every spot's profile is the per-feature level alone (the
-    # split is then set by the offsets and the image head). True here so models saved before the switch
-    # load as they were trained; SoScope builds new models with it off (see its ``spot_latent``)
+    # split is then set by the offsets and the image head); models saved before the switch had it on
     spot_latent: bool = True
     profile_prior_sd: float | None = 0.3
     extra: dict = field(default_factory=dict)
