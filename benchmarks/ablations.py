@@ -375,14 +375,24 @@ def report(results: list[dict], args, t_all: float) -> str:
         f"Contribution of a component = mean Pearson with it − without it (for pretraining, off by default: "
         f"with − without). A component that adds less than {RULE} on every case is removed or off by "
         "default. *inactive*: the model switched the component off by itself on that case (its weight "
-        "chosen 0 by cross-validation), so it adds exactly 0 there; *n/a*: the case has no image.",
+        "chosen 0 by cross-validation), so it adds exactly 0 there; *n/a*: the case has no image. The last "
+        "column also asks that the contribution exceed the case's training noise (the change a second seed "
+        "of the full model makes): a component that passes the rule only within noise is treated as failing "
+        "it.",
         "",
-        "| component | " + " | ".join(r["name"] for r in ran) + f" | adds ≥ {RULE} on some case? |",
-        "|---|" + "---:|" * len(ran) + "---|",
+        "| component | "
+        + " | ".join(r["name"] for r in ran)
+        + f" | adds ≥ {RULE} on some case? |"
+        + ("" if args.no_noise else " … and more than training noise there? |"),
+        "|---|" + "---:|" * len(ran) + "---|" + ("" if args.no_noise else "---|"),
+    ]
+    noise = [
+        abs(r["noise"]["scores"]["pearson"] - r["full"]["scores"]["pearson"]) if r["noise"] else np.nan
+        for r in ran
     ]
     for v in variants:
-        cells, any_ok = [], False
-        for r in ran:
+        cells, any_ok, beyond_noise = [], False, False
+        for r, n in zip(ran, noise, strict=True):
             row = next((x for x in r["rows"] if x["variant"] is v), None)
             if row is None:
                 cells.append("–")
@@ -392,17 +402,19 @@ def report(results: list[dict], args, t_all: float) -> str:
                 cells.append("n/a" if row["skipped"].startswith("n/a") else "0 (inactive)")
             else:
                 cells.append(f"{c:+.4f}")
-            any_ok |= bool(np.isfinite(c) and c >= RULE)
-        lines.append(f"| {v.component} | " + " | ".join(cells) + f" | {'yes' if any_ok else '**no**'} |")
-    noise = [
-        abs(r["noise"]["scores"]["pearson"] - r["full"]["scores"]["pearson"]) if r["noise"] else np.nan
-        for r in ran
-    ]
+            ok = bool(np.isfinite(c) and c >= RULE)
+            any_ok |= ok
+            # a contribution no larger than what a second seed alone changes is not told apart from noise
+            beyond_noise |= ok and bool(np.isfinite(n) and c > n)
+        verdict = f" | {'yes' if any_ok else '**no**'} |"
+        if not args.no_noise:
+            verdict += f" {'yes' if beyond_noise else '**no**'} |"
+        lines.append(f"| {v.component} | " + " | ".join(cells) + verdict)
     if not args.no_noise:
         lines.append(
             f"| *training noise: \\|seed {NOISE_SEED} − seed {args.seed}\\| of the full model* | "
             + " | ".join(fmt(n) for n in noise)
-            + " | |"
+            + " | | |"
         )
     lines += [
         "",
