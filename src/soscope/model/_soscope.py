@@ -122,13 +122,12 @@ class SoScope:
         time (``benchmarks/results/ablations.md``).
     spot_latent
         Let each spot's profile deviate from the per-feature level through a latent encoded from its counts
-        (the published VAE; needed for :meth:`get_latent` and pretraining). The deviation is shared by a
-        spot's sub-spots, so it changes the split only through what the image head learns beside it: on
-        the ablation benchmark it added +0.016 mean Pearson on the synthetic case (twice its training noise)
-        and cost 0.008 on the MERFISH hex case and 0.003 on the Visium-scale one
-        (``benchmarks/results/ablations.md``), so it stays on by default. ``False``: nothing is encoded, a
-        spot's split is set by the offsets (spatial prior, image evidence) and the image head, and training
-        is faster.
+        (the published VAE; needed for :meth:`get_latent` and pretraining). Off by default: the deviation
+        is shared by a spot's sub-spots, so it changes the split only through what the image head learns
+        beside it, and on the ablation benchmark's real cases it never helped (−0.008 mean Pearson on the
+        MERFISH hex case, −0.003 at Visium scale, 0 on the others; +0.016 on the synthetic case only;
+        ``benchmarks/results/ablations.md``). Off, nothing is encoded: a spot's split is set by the offsets
+        (spatial prior, image evidence) and the image head, and training is faster.
     nuclei_prior
         Let a count modality's offsets gain the nucleus term ``gamma * (log(n + a) - log(interp[n + a]))``
         (``n`` the nucleus density of the sub-spot, ``interp`` its interpolation from neighbouring spots),
@@ -193,7 +192,7 @@ class SoScope:
         segmentation: str | None = "auto",
         use_image: bool = True,
         use_graph: bool = False,
-        spot_latent: bool = True,
+        spot_latent: bool = False,
         nuclei_prior: bool = False,
         image_evidence: str = "weighted",
         reference: Any = None,
@@ -572,7 +571,7 @@ class SoScope:
         """
         if not self.module.config.spot_latent:
             raise SoscopeInputError(
-                "this model has no spot latent (it was set up with spot_latent=False); set it up with "
+                "this model has no spot latent (spot_latent=False, the default); set it up with "
                 "SoScope(sdata, spot_latent=True) and train it to get one"
             )
         prepared = self.prepared if sdata is None else self._prepare_other(sdata, **selection)
@@ -805,7 +804,7 @@ def _state_from_data(
     image_evidence: str = "weighted",
     reference: CellTypeReference | None = None,
     reference_smoothness: float = SMOOTHNESS,
-    spot_latent: bool = True,
+    spot_latent: bool = False,
     nuclei_prior: bool = False,
 ) -> _ModelState:
     """Build the state of a fresh model on ``prepared``: normalisation fitted on it, network sized to it."""
