@@ -98,7 +98,11 @@ BASELINE_LABELS = {
     "image_ridge_split": "image-ridge split of the counts",
 }
 #: methods that use the truth (ceilings to read beside the baselines, never compared as "the best baseline")
-ORACLE_LABELS = {"count_oracle": "*oracle (uses the truth's cell counts)*: counts split by true cells"}
+ORACLE_LABELS = {
+    "count_oracle": "*oracle (uses the truth's cell counts)*: counts split by true cells",
+    "expected_counts_oracle": "*oracle (uses the truth's expected counts; simulated data only)*: "
+    "counts split by the true expected counts",
+}
 #: where each case's true cells per sub-spot (for the count oracle) come from
 ORACLE_CELLS = {
     "synthetic": "the simulated cells (truth `obs['n_cells']`)",
@@ -126,6 +130,10 @@ NOTES = """\
   the centroids of the CellLabels masks (the truth is every transcript); MERFISH — the centroids of the
   498 cell outlines, while the truth is every transcript (61% of them outside the outlines), so there it
   is an oracle of cell positions, not of the transcripts.
+- Expected-counts oracle (simulated data only; uses the truth): each spot's observed counts split in
+  proportion to the expected counts its sub-spots were drawn from (`soscope.evaluate.expected_counts_oracle`)
+  — it knows every sub-spot's cell types, states and numbers, so it is the ceiling of any method that splits
+  the observed counts, soscope included; what it misses is the sampling noise of the split itself.
 - MERFISH: the truth is every transcript (2 µm bins), not cells: only ~39% of transcripts fall inside the
   498 cell outlines. The field is 500 × 450 µm, so the main lattice is 27.5 µm circles every 50 µm; the
   Visium-size lattice is run only when it leaves ≥ {min_spots} interior spots.
@@ -593,10 +601,12 @@ def report(results: list[dict], args, t_all: float) -> str:
         "## Scores (mean over the scored features)",
         "",
         "The last column is the share of features where soscope (defaults, with the image when there is one) "
-        "scores better than that method, per metric (Pearson / Spearman / RMSE / SSIM). The last row of "
-        "each case is an ORACLE, not a baseline: the observed counts split by the true number of cells in "
+        "scores better than that method, per metric (Pearson / Spearman / RMSE / SSIM). The last rows of "
+        "each case are ORACLES, not baselines: the observed counts split by the true number of cells in "
         "each sub-spot (it uses the truth; see the notes for where the cells come from) — a ceiling for "
-        "splitting by cell positions, shown so the reader sees how far from it every method is.",
+        "splitting by cell positions — and, on simulated data, split by the true expected counts — the "
+        "ceiling of any split of the observed counts —, shown so the reader sees how far from them every "
+        "method is.",
         "",
         "| case | method | Pearson | Spearman | RMSE ↓ | SSIM | soscope better on (P / S / RMSE / SSIM) |",
         "|---|---|---:|---:|---:|---:|---|",
@@ -606,7 +616,7 @@ def report(results: list[dict], args, t_all: float) -> str:
         s = r["summary"]
         for m in order:
             if m not in s["mean"]:
-                if m in ORACLE_LABELS:
+                if m == "count_oracle":  # the expected-counts oracle exists for simulated data only
                     lines.append(
                         f"| {r['name']} | {ORACLE_LABELS[m]}: unavailable (no cell counts) "
                         "| – | – | – | – | |"

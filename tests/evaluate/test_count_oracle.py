@@ -13,7 +13,15 @@ from spatialdata.transformations import Identity
 
 from soscope._errors import SoscopeInputError
 from soscope.datasets import synthetic
-from soscope.evaluate import BASELINES, ORACLES, count_oracle, even_split, pseudo_spots, score
+from soscope.evaluate import (
+    BASELINES,
+    ORACLES,
+    count_oracle,
+    even_split,
+    expected_counts_oracle,
+    pseudo_spots,
+    score,
+)
 from soscope.geometry import make_subspots
 
 
@@ -127,8 +135,8 @@ def test_pseudo_spots_counts_cells_of_another_element(lattice):
 def test_score_includes_the_oracle_when_the_truth_has_cells():
     s = synthetic(n_spots=60, n_features=12, seed=2)
     assert "n_cells" in s["truth"].obs
-    per_feature, summ = score(s, key_added=None, ssim=False)
-    assert ORACLES == ("count_oracle",) and "count_oracle" not in BASELINES
+    per_feature, summ = score(s, key_added=None, ssim=False, baselines=[*BASELINES, "count_oracle"])
+    assert "count_oracle" in ORACLES and "count_oracle" not in BASELINES
     assert summ["methods"][-1] == "count_oracle" and summ["oracles"] == ["count_oracle"]
     assert "pearson_count_oracle" in per_feature and not summ["skipped"]
     # the synthetic counts are sums of cells: knowing the cells beats splitting evenly
@@ -137,6 +145,32 @@ def test_score_includes_the_oracle_when_the_truth_has_cells():
     s["truth"].obs = s["truth"].obs.drop(columns="n_cells")
     _, summ = score(s, key_added=None, ssim=False)
     assert "count_oracle" not in summ["methods"] and "count_oracle" in summ["skipped"]
-    assert summ["oracles"] == []
+    assert summ["oracles"] == ["expected_counts_oracle"]
     _, summ = score(s, key_added=None, ssim=False, baselines=["even_split", "count_oracle"])
     assert summ["methods"] == ["even_split"] and "n_cells" in summ["skipped"]["count_oracle"]
+
+
+def test_expected_counts_oracle_splits_by_the_true_means_and_bounds_every_split():
+    s = synthetic(n_spots=150, n_features=40, seed=3)
+    truth = s["truth"]
+    assert "expected_counts_oracle" in ORACLES and "expected_counts_oracle" not in BASELINES
+    per_feature, summ = score(s, key_added=None, ssim=False)
+    assert summ["oracles"] == ["count_oracle", "expected_counts_oracle"] and not summ["skipped"]
+    ceiling = summ["mean"]["expected_counts_oracle"]["pearson"]
+    # the split that knows every sub-spot's mean beats every split one can run, and the count oracle
+    for m in ("even_split", "interpolation_split", "image_ridge_split", "count_oracle"):
+        assert ceiling > summ["mean"][m]["pearson"] + 0.02, (m, summ["mean"][m], ceiling)
+    # by hand on one spot: the footprint's counts split in proportion to w * mean
+    lay = make_subspots(s.shapes["spots"].iloc[:1], "hex7")
+    means = np.arange(1.0, 8.0)[:, None] * np.array([[1.0, 0.0]])
+    pred = expected_counts_oracle(np.array([[70.0, 7.0]]), means, lay)
+    w = lay.footprint_weight
+    np.testing.assert_allclose((w * pred[:, 0]).sum(), 70.0, rtol=1e-6)
+    np.testing.assert_allclose(pred[:, 0] / pred[0, 0], means[:, 0] / means[0, 0], rtol=1e-6)
+    np.testing.assert_allclose(pred[:, 1], 7.0 * lay.area / (w * lay.area).sum(), rtol=1e-6)  # no mean: even
+    with pytest.raises(SoscopeInputError, match="subspot_means"):
+        expected_counts_oracle(np.ones((1, 2)), -means, lay)
+    # without the truth's expected counts (real data): skipped, named
+    del truth.layers["mean"]
+    _, summ = score(s, key_added=None, ssim=False)
+    assert "expected_counts_oracle" in summ["skipped"] and summ["oracles"] == ["count_oracle"]

@@ -3,6 +3,7 @@
 from soscope.evaluate._baselines import (
     count_oracle,
     even_split,
+    expected_counts_oracle,
     gaussian_interpolation,
     image_regression,
     image_ridge_split,
@@ -37,6 +38,7 @@ __all__ = [
     "count_oracle",
     "domains",
     "even_split",
+    "expected_counts_oracle",
     "gaussian_interpolation",
     "image_regression",
     "image_ridge_split",

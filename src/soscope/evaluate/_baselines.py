@@ -20,6 +20,7 @@ from ._metrics import dense_2d
 
 __all__ = [
     "count_oracle",
+    "expected_counts_oracle",
     "even_split",
     "fit_footprint_ridge",
     "footprint_design",
@@ -330,3 +331,46 @@ def image_regression(
     xm, ym, beta = fit_footprint_ridge(d, z, layout, alpha=alpha)
     dens = ym[None, :] + (z - xm) @ beta
     return (np.clip(dens, 0.0, None) * layout.area[:, None]).astype(np.float32)
+
+
+def expected_counts_oracle(spot_counts, subspot_means, layout: SubspotLayout) -> np.ndarray:
+    """ORACLE (uses the truth): each spot's observed counts split in proportion to its sub-spots' true means.
+
+    Only simulated data has it: ``subspot_means`` are the expected counts the data were drawn from (e.g.
+    ``layers["mean"]`` of the truth table of :func:`soscope.datasets.synthetic`), so the split knows every
+    sub-spot's cell types, states and numbers exactly. It is the ceiling of any method that splits the
+    observed counts (as soscope does inside the footprint): what is left below it is the sampling noise of
+    the split itself (the sub-spots' counts are draws around their means).
+
+    Sub-spot ``k`` of spot ``i`` gets ``x_ig * m_kg / sum_j w_j m_jg`` (``m`` the true means, ``w`` the
+    footprint weight; as :func:`interpolation_split` with the density ``m_kg / a_k``); the footprint's counts
+    are conserved. A feature with no expected count in a spot is split evenly.
+
+    Parameters
+    ----------
+    spot_counts
+        ``(N, F)`` spot counts in layout order.
+    subspot_means
+        ``(M, F)`` non-negative true expected counts per sub-spot, in layout order, features as
+        ``spot_counts``.
+    layout
+        The sub-spots.
+
+    Returns
+    -------
+    ``(M, F)`` float32 expected counts.
+
+    """
+    counts = _counts(spot_counts, layout)
+    means = subspot_means.toarray() if sp.issparse(subspot_means) else np.asarray(subspot_means)
+    means = means.astype(np.float64)
+    if means.shape != (layout.n_subspots, counts.shape[1]):
+        raise SoscopeInputError(
+            f"`subspot_means` must be (sub-spots, features) = {(layout.n_subspots, counts.shape[1])}; got "
+            f"shape {means.shape}."
+        )
+    if not np.all(np.isfinite(means)) or np.any(means < 0):
+        raise SoscopeInputError("`subspot_means` must be finite and non-negative (expected counts).")
+    area = layout.area[:, None]
+    dens = np.divide(means, area, out=np.zeros_like(means), where=area > 0)
+    return _split_observed(counts, dens, layout)

@@ -15,6 +15,7 @@ from ..io import layer_names, table_annotation
 from ._baselines import (
     count_oracle,
     even_split,
+    expected_counts_oracle,
     gaussian_interpolation,
     image_regression,
     image_ridge_split,
@@ -39,7 +40,7 @@ BASELINES = (
 )
 #: reference methods that use the truth (not baselines: nothing one could run on real data); :func:`score`
 #: computes them with ``baselines=True`` when the truth has what they need
-ORACLES = ("count_oracle",)
+ORACLES = ("count_oracle", "expected_counts_oracle")
 
 
 def score_arrays(
@@ -210,8 +211,8 @@ def score(
         ``var`` column (e.g. ``"informative"``).
     baselines
         ``True`` (all of :data:`BASELINES` and :data:`ORACLES` that apply; ``image_regression`` and
-        ``image_ridge_split`` need an image, ``count_oracle`` the truth's cell counts), ``False``, or
-        a list of names.
+        ``image_ridge_split`` need an image, ``count_oracle`` the truth's cell counts,
+        ``expected_counts_oracle`` the truth's expected counts), ``False``, or a list of names.
     layer
         Layer of ``table`` with the spot counts (default ``X``). The enhanced and truth tables use ``X``.
     image
@@ -227,14 +228,18 @@ def score(
         obs column of the truth table with the true number of cells per sub-spot, for the ORACLE
         ``count_oracle`` (:func:`soscope.evaluate.count_oracle`: the observed counts split by the true
         cells; it uses the truth, so it is a ceiling to read beside the baselines, not one of them). When
-        the column is missing the oracle is skipped.
+        the column is missing the oracle is skipped. The ORACLE ``expected_counts_oracle``
+        (:func:`soscope.evaluate.expected_counts_oracle`: the observed counts split by the true expected
+        counts, the ceiling of any split of the observed counts) needs the truth's ``layers["mean"]``
+        (simulated data, :func:`soscope.datasets.synthetic`); skipped without it.
 
     Returns
     -------
     per_feature
         One row per feature; columns ``"<metric>_<method>"`` for metrics ``pearson``, ``spearman``,
         ``rmse`` (lower is better), ``ssim`` and methods ``soscope`` (the enhanced table, whatever its
-        ``key_added``), each baseline and the oracle ``count_oracle`` (uses the truth); plus ``truth_mean``.
+        ``key_added``), each baseline and the oracles ``count_oracle`` and ``expected_counts_oracle`` (they
+        use the truth); plus ``truth_mean``.
     summary
         :func:`soscope.evaluate.summary` of ``per_feature`` (means, medians, and under ``"beats"`` the share
         of features where soscope beats each baseline), plus ``n_subspots`` (matched rows), ``features``
@@ -313,6 +318,15 @@ def score(
             true_cells = np.where(np.isfinite(true_cells) & (true_cells >= 0), true_cells, 0.0)
         else:
             skipped["count_oracle"] = f"the truth table {truth!r} has no obs column {cell_counts!r} (cells)"
+    true_means = None
+    if "expected_counts_oracle" in wanted:
+        if "mean" in t_truth.layers:
+            true_means = t_truth.layers["mean"][:, t_truth.var_names.get_indexer(feats)]
+            true_means = true_means.toarray() if sp.issparse(true_means) else np.asarray(true_means)
+        else:
+            skipped["expected_counts_oracle"] = (
+                f"the truth table {truth!r} has no layer 'mean' (expected counts: simulated data only)"
+            )
     x_offset = 0.0
     for r in regions:
         rows = annotation.rows_of(t_spots, r)
@@ -354,6 +368,13 @@ def score(
                 pos = truth_keys.get_indexer(keys_parts[-1])
                 n = np.where(pos >= 0, true_cells[np.maximum(pos, 0)], 0.0)
                 preds["count_oracle"].append(count_oracle(counts, n, layout))
+        if "expected_counts_oracle" in wanted:
+            if true_means is None:
+                preds["expected_counts_oracle"].append(None)
+            else:  # sub-spots missing from the truth expect nothing
+                pos = truth_keys.get_indexer(keys_parts[-1])
+                m = np.where((pos >= 0)[:, None], true_means[np.maximum(pos, 0)], 0.0)
+                preds["expected_counts_oracle"].append(expected_counts_oracle(counts, m, layout))
         image_baselines = [b for b in ("image_regression", "image_ridge_split") if b in wanted]
         if image_baselines:
             img = _image_for(sdata, image, r, len(regions))
