@@ -132,8 +132,9 @@ NOTES = """\
   is an oracle of cell positions, not of the transcripts.
 - Expected-counts oracle (simulated data only; uses the truth): each spot's observed counts split in
   proportion to the expected counts its sub-spots were drawn from (`soscope.evaluate.expected_counts_oracle`)
-  — it knows every sub-spot's cell types, states and numbers, so it is the ceiling of any method that splits
-  the observed counts, soscope included; what it misses is the sampling noise of the split itself.
+  — it knows every sub-spot's cell types, states and numbers: how far splitting by the right proportions
+  goes. Not a strict bound: with over-dispersed counts the best guess given the spot's total shrinks the
+  proportions toward an even split, so a model can score above it.
 - MERFISH: the truth is every transcript (2 µm bins), not cells: only ~39% of transcripts fall inside the
   498 cell outlines. The field is 500 × 450 µm, so the main lattice is 27.5 µm circles every 50 µm; the
   Visium-size lattice is run only when it leaves ≥ {min_spots} interior spots.
@@ -605,7 +606,7 @@ def report(results: list[dict], args, t_all: float) -> str:
         "each case are ORACLES, not baselines: the observed counts split by the true number of cells in "
         "each sub-spot (it uses the truth; see the notes for where the cells come from) — a ceiling for "
         "splitting by cell positions — and, on simulated data, split by the true expected counts — the "
-        "ceiling of any split of the observed counts —, shown so the reader sees how far from them every "
+        "split by the right proportions —, shown so the reader sees how far from them every "
         "method is.",
         "",
         "| case | method | Pearson | Spearman | RMSE ↓ | SSIM | soscope better on (P / S / RMSE / SSIM) |",

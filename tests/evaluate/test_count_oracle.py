@@ -157,7 +157,7 @@ def test_expected_counts_oracle_splits_by_the_true_means_and_bounds_every_split(
     per_feature, summ = score(s, key_added=None, ssim=False)
     assert summ["oracles"] == ["count_oracle", "expected_counts_oracle"] and not summ["skipped"]
     ceiling = summ["mean"]["expected_counts_oracle"]["pearson"]
-    # the split that knows every sub-spot's mean beats every split one can run, and the count oracle
+    # the split that knows every sub-spot's mean beats the runnable splits and the count oracle here
     for m in ("even_split", "interpolation_split", "image_ridge_split", "count_oracle"):
         assert ceiling > summ["mean"][m]["pearson"] + 0.02, (m, summ["mean"][m], ceiling)
     # by hand on one spot: the footprint's counts split in proportion to w * mean

@@ -338,9 +338,10 @@ def expected_counts_oracle(spot_counts, subspot_means, layout: SubspotLayout) ->
 
     Only simulated data has it: ``subspot_means`` are the expected counts the data were drawn from (e.g.
     ``layers["mean"]`` of the truth table of :func:`soscope.datasets.synthetic`), so the split knows every
-    sub-spot's cell types, states and numbers exactly. It is the ceiling of any method that splits the
-    observed counts (as soscope does inside the footprint): what is left below it is the sampling noise of
-    the split itself (the sub-spots' counts are draws around their means).
+    sub-spot's cell types, states and numbers exactly: how far a split in proportion to the right means
+    goes. It is not a strict bound: with over-dispersed counts the best guess of a sub-spot's counts given
+    its spot's total shrinks the proportions toward an even split (a Dirichlet-multinomial), so a model that
+    does so (soscope's NB likelihood) can score above it.
 
     Sub-spot ``k`` of spot ``i`` gets ``x_ig * m_kg / sum_j w_j m_jg`` (``m`` the true means, ``w`` the
     footprint weight; as :func:`interpolation_split` with the density ``m_kg / a_k``); the footprint's counts

@@ -230,7 +230,7 @@ def score(
         cells; it uses the truth, so it is a ceiling to read beside the baselines, not one of them). When
         the column is missing the oracle is skipped. The ORACLE ``expected_counts_oracle``
         (:func:`soscope.evaluate.expected_counts_oracle`: the observed counts split by the true expected
-        counts, the ceiling of any split of the observed counts) needs the truth's ``layers["mean"]``
+        counts: how far splitting by the right proportions goes) needs the truth's ``layers["mean"]``
         (simulated data, :func:`soscope.datasets.synthetic`); skipped without it.
 
     Returns
