@@ -438,3 +438,50 @@ def test_cli_info_lists_the_segmentation(with_outlines, tmp_path):
     assert "segmentation: (none)" in res.output
     res = runner.invoke(app, ["info", str(store), "--table", "table", "--segmentation", "table"])
     assert res.exit_code == 2 and "is a table" in res.output
+
+
+def test_streamed_detection_equals_the_nuclei_table(base):
+    """Detection reduced to per-sub-spot sums inside each tile equals the whole-slide table path."""
+    from soscope.features import nuclei_per_polygon, read_nuclei, subspot_nuclei_features
+    from soscope.features._segmentation import _cs_to_spots, _detected_sums
+
+    small = base.images["image"].copy()
+    small["scale0"] = small["scale0"].chunk({"y": 128, "x": 128})  # many tiles, halos across their edges
+    sdata = sd.SpatialData(images={"image": small}, shapes=dict(base.shapes), tables=dict(base.tables))
+    p = _prepare(sdata, segmentation="segment_nuclei")
+    rec = p.segmentation["spots"]["spots"]
+    assert rec["parameters"]["tiles"] > 9
+    choice = find_segmentation(sdata, select(sdata, table="table"), "segment_nuclei")["spots"]
+    layout, mpu = p.layouts["spots"], rec["microns_per_unit"]
+    streamed = subspot_nuclei_features(sdata, choice, layout, "spots", microns_per_unit=mpu)
+
+    # the table path: every nucleus of the slide, then the sub-spot polygons holding each centroid
+    from soscope._transforms import affine_xy
+
+    cs = choice.coordinate_system
+    bounds = layout.polygons.bounds()
+    to_cs = affine_xy(sdata.shapes["spots"], cs)
+    x0, y0, x1, y1 = bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max()
+    corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]) @ to_cs[:2, :2].T + to_cs[:2, 2]
+    box = (corners[:, 0].min(), corners[:, 1].min(), corners[:, 0].max(), corners[:, 1].max())
+    table = read_nuclei(sdata, choice, microns_per_unit=mpu, box=box)
+    xy = _cs_to_spots(table[["x", "y"]].to_numpy(np.float64), np.linalg.inv(to_cs))
+    local = table.drop(columns=["x", "y"]).assign(x=xy[:, 0], y=xy[:, 1])
+    unit = mpu * float(np.sqrt(abs(np.linalg.det(to_cs[:2, :2]))))
+    stats = nuclei_per_polygon(local, layout.polygons, xy_columns=("x", "y"), microns_per_unit=unit)
+
+    assert rec["n_nuclei"] == streamed.provenance["n_nuclei"] == len(table) > 1000
+    assert streamed.provenance["parameters"] == table.attrs["detector"]
+    want = stats[[c for c in NUCLEI_FEATURES]].to_numpy(np.float32)
+    on = np.isfinite(streamed.counts)
+    assert on.mean() > 0.9
+    np.testing.assert_array_equal(streamed.counts[on], stats["n_nuclei"].to_numpy(np.float32)[on])
+    assert streamed.names == list(NUCLEI_FEATURES.values())
+    np.testing.assert_allclose(streamed.values[on], want[on], rtol=1e-6, atol=0)
+    # the private sums add up to the same counts whatever reduces them
+    sums, n, _ = _detected_sums(
+        sdata.images["image"], cs, box, mpu, soscope.features.NucleusDetector(), layout.polygons,
+        np.linalg.inv(to_cs),
+    )  # fmt: skip
+    assert n == len(table)
+    np.testing.assert_array_equal(sums[:, 0], stats["n_nuclei"].to_numpy())

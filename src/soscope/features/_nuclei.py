@@ -498,6 +498,20 @@ def _tile_task(
     return table.loc[own].drop(columns="local").reset_index(drop=True), core_labels
 
 
+def _with_units(table: pd.DataFrame, microns_per_pixel: float) -> pd.DataFrame:
+    """Add the µm columns ``x_um``, ``y_um`` and ``area_um2`` of a per-nucleus table (element-wise)."""
+    table["x_um"] = table["x_px"] * microns_per_pixel
+    table["y_um"] = table["y_px"] * microns_per_pixel
+    table["area_um2"] = table["area_px"] * microns_per_pixel**2
+    return table
+
+
+def _reduced_tile_task(reducer, microns_per_pixel: float, *args):
+    """Run :func:`_tile_task` and return ``reducer`` of its nuclei (not the table: bounded memory)."""
+    table, _ = _tile_task(*args)
+    return reducer(_with_units(table, microns_per_pixel))
+
+
 def _percentile_range(sample: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
     """Return the intensities mapped to 0 and 1 (a flat image gets a range of 1)."""
     lo, hi = np.percentile(sample, percentiles)
@@ -586,6 +600,61 @@ def segment_nuclei(
     several were projected).
 
     """
+    import dask.array as da
+
+    if microns_per_pixel <= 0:
+        raise ValueError("microns_per_pixel must be positive.")
+    results, record, ychunks, xchunks = _detect(
+        image,
+        microns_per_pixel=microns_per_pixel,
+        channel=channel,
+        channel_names=channel_names,
+        channel_axis=channel_axis,
+        stain=stain,
+        nucleus_diameter_um=nucleus_diameter_um,
+        detector=detector,
+        tile_size=tile_size,
+        return_labels=return_labels,
+    )
+    table = pd.concat([t for t, _ in results], ignore_index=True) if results else pd.DataFrame()
+    if table.empty:
+        table = pd.DataFrame({c: pd.Series(dtype=float) for c in NUCLEI_COLUMNS})
+    table = _with_units(table, microns_per_pixel)
+    table = table.sort_values(["y_px", "x_px"], kind="stable").reset_index(drop=True)
+    table = table[list(NUCLEI_COLUMNS)]
+    table["label"] = table["label"].astype(np.int64)
+    table.attrs["detector"] = record
+    if not return_labels:
+        return table
+    rows = []
+    for i in range(len(ychunks)):
+        rows.append([results[i * len(xchunks) + j][1] for j in range(len(xchunks))])
+    labels = np.block(rows) if len(results) == 1 else da.block([[da.from_array(b) for b in r] for r in rows])
+    return table, labels
+
+
+def _detect(
+    image,
+    *,
+    microns_per_pixel: float,
+    channel=None,
+    channel_names=None,
+    channel_axis=None,
+    stain: str = "auto",
+    nucleus_diameter_um: float = 6.0,
+    detector: NucleusDetector | None = None,
+    tile_size: int | None = None,
+    return_labels: bool = False,
+    reducer=None,
+):
+    """Run the detection of :func:`segment_nuclei` tile by tile; return each tile's result and the record.
+
+    Returns ``(results, record, ychunks, xchunks)``: one result per tile in row-major tile order — the
+    ``(table, core labels)`` of :func:`_tile_task`, or, with ``reducer``, ``reducer(table)`` computed inside
+    the tile's task on the tile's own nuclei (with the µm columns of :func:`_with_units`), so that no table of
+    the whole image is ever held. The normalisation is estimated once on the whole image either way, so the
+    nuclei are the same.
+    """
     import dask
     import dask.array as da
 
@@ -658,33 +727,25 @@ def segment_nuclei(
             y0, y1, x0, x1 = yst[i], yst[i + 1], xst[j], xst[j + 1]
             py0, py1, px0, px1 = max(y0 - halo, 0), min(y1 + halo, h), max(x0 - halo, 0), min(x1 + halo, w)
             block = src[..., py0:py1, px0:px1]  # a dask slice is computed by the task, one tile at a time
-            tasks.append(
-                dask.delayed(_tile_task)(
-                    block,
-                    (py0, px0),
-                    (y0, y1, x0, x1),
-                    w,
-                    stats,
-                    px,
-                    he,
-                    return_labels,
-                    factor,
-                    planes,
-                    rgb_top,
-                )
+            args = (
+                block,
+                (py0, px0),
+                (y0, y1, x0, x1),
+                w,
+                stats,
+                px,
+                he,
+                return_labels,
+                factor,
+                planes,
+                rgb_top,
             )
+            if reducer is None:
+                tasks.append(dask.delayed(_tile_task)(*args))
+            else:
+                tasks.append(dask.delayed(_reduced_tile_task)(reducer, microns_per_pixel, *args))
     results = dask.compute(*tasks) if len(tasks) > 1 else [_compute_one(tasks[0])]
-
-    table = pd.concat([t for t, _ in results], ignore_index=True) if results else pd.DataFrame()
-    if table.empty:
-        table = pd.DataFrame({c: pd.Series(dtype=float) for c in NUCLEI_COLUMNS})
-    table["x_um"] = table["x_px"] * microns_per_pixel
-    table["y_um"] = table["y_px"] * microns_per_pixel
-    table["area_um2"] = table["area_px"] * microns_per_pixel**2
-    table = table.sort_values(["y_px", "x_px"], kind="stable").reset_index(drop=True)
-    table = table[list(NUCLEI_COLUMNS)]
-    table["label"] = table["label"].astype(np.int64)
-    table.attrs["detector"] = asdict(det) | {
+    record = asdict(det) | {
         "microns_per_pixel": float(microns_per_pixel),
         "stain": "he" if he else "fluorescence",
         "channel": _channel_record(chosen, names),
@@ -692,13 +753,7 @@ def segment_nuclei(
         "tiles": len(tasks),
         "downsampling": factor,
     }
-    if not return_labels:
-        return table
-    rows = []
-    for i in range(len(ychunks)):
-        rows.append([results[i * len(xchunks) + j][1] for j in range(len(xchunks))])
-    labels = np.block(rows) if len(tasks) == 1 else da.block([[da.from_array(b) for b in r] for r in rows])
-    return table, labels
+    return list(results), record, ychunks, xchunks
 
 
 def _channel_record(chosen: list[int] | None, names: list[str] | None):
@@ -839,24 +894,62 @@ def nuclei_per_polygon(
             return geoms[s:e]
 
     xy = nuclei[list(xy_columns)].to_numpy(dtype=np.float64)
-    nan = np.full(len(nuclei), np.nan)
-    area = nuclei["area_um2"].to_numpy(dtype=np.float64) if "area_um2" in nuclei else nan
-    ecc = nuclei["eccentricity"].to_numpy(dtype=np.float64) if "eccentricity" in nuclei else nan
-    inten = nuclei["mean_intensity"].to_numpy(dtype=np.float64) if "mean_intensity" in nuclei else nan
+    values = _nucleus_values(nuclei)
     tree = shapely.STRtree(shapely.points(xy)) if len(xy) else None
 
-    sums = np.zeros((n_poly, 5))  # count, Σarea, Σarea², Σecc, Σintensity
+    sums = np.zeros((n_poly, 5))
     poly_area = np.zeros(n_poly)
     for s in range(0, n_poly, chunk_size):
         e = min(s + chunk_size, n_poly)
         geo = chunk(s, e)
         poly_area[s:e] = shapely.area(geo)
-        if tree is None:
-            continue
-        ip, inuc = tree.query(geo, predicate="contains")  # (polygon, point) pairs: linear in polygons
-        ip = ip + s
-        for k, vals in enumerate((np.ones(len(inuc)), area[inuc], area[inuc] ** 2, ecc[inuc], inten[inuc])):
-            sums[:, k] += np.bincount(ip, weights=vals, minlength=n_poly)
+        sums[s:e] = _polygon_sums(xy, values, geo, tree=tree)
+    return _polygon_stats(sums, poly_area, microns_per_unit)
+
+
+def _nucleus_values(nuclei: pd.DataFrame) -> np.ndarray:
+    """``(N, 3)`` area (µm²), eccentricity and mean intensity of each nucleus (NaN for a missing column)."""
+    nan = np.full(len(nuclei), np.nan)
+    cols = ("area_um2", "eccentricity", "mean_intensity")
+    return np.column_stack([nuclei[c].to_numpy(dtype=np.float64) if c in nuclei else nan for c in cols])
+
+
+def _polygon_sums(xy: np.ndarray, values: np.ndarray, geoms: np.ndarray, *, tree=None) -> np.ndarray:
+    """Return sums over the nuclei whose centroid lies inside each polygon (one term per polygon, nucleus).
+
+    Parameters
+    ----------
+    xy
+        ``(N, 2)`` centroids, in the polygons' frame.
+    values
+        ``(N, 3)`` area, eccentricity and intensity of each nucleus (:func:`_nucleus_values`).
+    geoms
+        ``(P,)`` shapely polygons.
+    tree
+        A ``shapely.STRtree`` of the points ``xy`` (built when not given; ``None`` with no nuclei).
+
+    Returns
+    -------
+    ``(P, 5)`` float64: count, Σarea, Σarea², Σeccentricity, Σintensity. Sums over disjoint sets of nuclei
+    (e.g. the nuclei of different tiles) add up to the sums over their union.
+
+    """
+    import shapely
+
+    out = np.zeros((len(geoms), 5))
+    if not len(xy) or not len(geoms):
+        return out
+    if tree is None:
+        tree = shapely.STRtree(shapely.points(xy))
+    ip, inuc = tree.query(geoms, predicate="contains")  # (polygon, point) pairs: linear in polygons
+    area, ecc, inten = values[inuc, 0], values[inuc, 1], values[inuc, 2]
+    for k, vals in enumerate((np.ones(len(inuc)), area, area**2, ecc, inten)):
+        out[:, k] = np.bincount(ip, weights=vals, minlength=len(geoms))
+    return out
+
+
+def _polygon_stats(sums: np.ndarray, poly_area: np.ndarray, microns_per_unit: float = 1.0) -> pd.DataFrame:
+    """Return the columns of :func:`nuclei_per_polygon` from :func:`_polygon_sums` and the polygons' areas."""
     n = sums[:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_area = sums[:, 1] / n

@@ -9,10 +9,13 @@ spots' intrinsic coordinates and summarised per sub-spot polygon by :func:`nucle
   label's centroid, area and eccentricity; only the window over the spots is read.
 * **shapes**: each polygon's centroid, area and eccentricity from its vertices (Green's theorem on the
   exterior ring of each part); circles give their centre and πr².
-* **segment_nuclei**: :func:`segment_nuclei` on the window of the image's full resolution over the spots.
+* **segment_nuclei**: :func:`segment_nuclei` on the window of the image's full resolution over the spots;
+  for the features, each tile's nuclei are reduced to per-sub-spot sums inside the tile's task (the
+  sums and statistics of :func:`nuclei_per_polygon`), so no table of every nucleus of the slide is held
+  (:func:`read_nuclei` still gives that table).
 
 Everything is linear in the number of nuclei and sub-spots (no pairwise matrices), and the same for the same
-data whatever the chunking.
+data whatever the chunking (up to float rounding of sums over tiles, for detection).
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from soscope._errors import SoscopeInputError
 from soscope._transforms import affine_xy
 from soscope.features._nuclei import (
     NucleusDetector,
+    _detect,
+    _nucleus_values,
+    _polygon_stats,
+    _polygon_sums,
     eccentricity,
     moment_stats,
     nuclei_per_polygon,
@@ -234,10 +241,10 @@ def _labels_task(_shared: Any, window: Any, origin: tuple[int, int]) -> pd.DataF
 
 
 # ---------------------------------------------------------------------------------------------- detection
-def _detected_nuclei(
+def _detection_window(
     image: Any, cs: str, box_cs: tuple | None, microns_per_unit: float, detector: NucleusDetector
-) -> tuple[pd.DataFrame, dict]:
-    """Nuclei detected by :func:`segment_nuclei` on the window of ``image`` over ``box_cs``."""
+) -> tuple:
+    """``(array (c, y, x), affine px → cs, µm per pixel, (y0, y1, x0, x1))``: the window detection reads."""
     affine = affine_xy(image, cs)
     arr = _full_resolution(image)
     if "c" not in arr.dims:
@@ -246,10 +253,20 @@ def _detected_nuclei(
     h, w = arr.shape[1:]
     microns_per_pixel = float(np.sqrt(abs(np.linalg.det(affine[:2, :2])))) * microns_per_unit
     if box_cs is None:
-        y0, y1, x0, x1 = 0, h, 0, w
+        window = (0, h, 0, w)
     else:
         margin = detector.halo(microns_per_pixel)  # nuclei at the window's edge see what they would whole
-        y0, y1, x0, x1 = _window(affine, box_cs, (h, w), margin)
+        window = _window(affine, box_cs, (h, w), margin)
+    return arr, affine, microns_per_pixel, window
+
+
+def _detected_nuclei(
+    image: Any, cs: str, box_cs: tuple | None, microns_per_unit: float, detector: NucleusDetector
+) -> tuple[pd.DataFrame, dict]:
+    """Nuclei detected by :func:`segment_nuclei` on the window of ``image`` over ``box_cs``."""
+    arr, affine, microns_per_pixel, (y0, y1, x0, x1) = _detection_window(
+        image, cs, box_cs, microns_per_unit, detector
+    )
     if y1 <= y0 or x1 <= x0:
         empty = pd.DataFrame(
             {c: np.zeros(0) for c in ("x", "y", "area_um2", "eccentricity", "mean_intensity")}
@@ -258,8 +275,7 @@ def _detected_nuclei(
     table = segment_nuclei(
         arr.isel(y=slice(y0, y1), x=slice(x0, x1)), microns_per_pixel=microns_per_pixel, detector=detector
     )
-    px = np.column_stack([table["x_px"] + x0 + 0.5, table["y_px"] + y0 + 0.5])
-    xy = px @ affine[:2, :2].T + affine[:2, 2]
+    xy = _px_to_cs(table, (x0, y0), affine)
     out = pd.DataFrame(
         {
             "x": xy[:, 0],
@@ -270,6 +286,99 @@ def _detected_nuclei(
         }
     )
     return out, dict(table.attrs.get("detector", {}))
+
+
+def _px_to_cs(table: pd.DataFrame, origin: tuple[int, int], affine: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` centroids of a :func:`segment_nuclei` table of a window at ``origin`` (x0, y0), in cs."""
+    px = np.column_stack([table["x_px"] + origin[0] + 0.5, table["y_px"] + origin[1] + 0.5])
+    return px @ affine[:2, :2].T + affine[:2, 2]
+
+
+def _cs_to_spots(xy: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    """Points of the coordinate system in the spots' intrinsic coordinates (``inv``: cs → spots)."""
+    return xy @ inv[:2, :2].T + inv[:2, 2]
+
+
+class _TileSums:
+    """Reduce one tile's detected nuclei to sums per sub-spot polygon (runs inside the tile's task).
+
+    The sub-spots are sorted by the lower y of their bounding box once; a tile's candidates are the band
+    whose boxes can reach the tile's nuclei (a binary search, then an x and y test), and shapely geometries
+    are built for those only. A polygon across tiles gets sums from each; they add up.
+    """
+
+    def __init__(self, polygons: Any, origin: tuple[int, int], affine: np.ndarray, inv: np.ndarray):
+        bounds = polygons.bounds()
+        ok = np.flatnonzero(np.isfinite(bounds).all(axis=1))
+        self.order = ok[np.argsort(bounds[ok, 1], kind="stable")]
+        self.bounds = bounds[self.order]
+        self.tallest = float((self.bounds[:, 3] - self.bounds[:, 1]).max()) if len(ok) else 0.0
+        self.polygons, self.origin, self.affine, self.inv = polygons, origin, affine, inv
+
+    def __call__(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(sub-spot indices, their (K, 5) sums, nuclei in the tile)``; only sub-spots with nuclei."""
+        n = len(table)
+        none = (np.zeros(0, dtype=np.int64), np.zeros((0, 5)), n)
+        if not n or not len(self.order):
+            return none
+        xy = _cs_to_spots(_px_to_cs(table, self.origin, self.affine), self.inv)
+        lo, hi = xy.min(axis=0), xy.max(axis=0)
+        ymin = self.bounds[:, 1]
+        s = np.searchsorted(ymin, lo[1] - self.tallest, side="left")
+        e = np.searchsorted(ymin, hi[1], side="right")
+        b = self.bounds[s:e]
+        near = (b[:, 3] >= lo[1]) & (b[:, 0] <= hi[0]) & (b[:, 2] >= lo[0])
+        cand = self.order[s:e][near]
+        if not len(cand):
+            return none
+        sums = _polygon_sums(xy, _nucleus_values(table), self.polygons[cand].to_shapely())
+        hit = sums[:, 0] > 0
+        return cand[hit], sums[hit], n
+
+
+def _detected_sums(
+    image: Any,
+    cs: str,
+    box_cs: tuple | None,
+    microns_per_unit: float,
+    detector: NucleusDetector,
+    polygons: Any,
+    inv: np.ndarray,
+) -> tuple[np.ndarray, int, dict]:
+    """Per-sub-spot sums (:func:`_polygon_sums`) of the nuclei detected over ``box_cs``, tile by tile.
+
+    The nuclei are those of :func:`_detected_nuclei` (the same detection, the same maths to the spots'
+    coordinates), reduced inside each tile's task: no table of the whole slide is held. Returns
+    ``(sums (M, 5), nuclei detected, the detector's record)``.
+    """
+    sums = np.zeros((len(polygons), 5))
+    arr, affine, microns_per_pixel, (y0, y1, x0, x1) = _detection_window(
+        image, cs, box_cs, microns_per_unit, detector
+    )
+    if y1 <= y0 or x1 <= x0:
+        return sums, 0, {}
+    results, record, _, _ = _detect(
+        arr.isel(y=slice(y0, y1), x=slice(x0, x1)),
+        microns_per_pixel=microns_per_pixel,
+        detector=detector,
+        reducer=_TileSums(polygons, (x0, y0), affine, inv),
+    )
+    n = 0
+    for cand, part, count in results:
+        np.add.at(sums, cand, part)
+        n += count
+    return sums, n, record
+
+
+def _polygon_areas(polygons: Any, chunk_size: int = 100_000) -> np.ndarray:
+    """Area of each polygon of a :class:`~soscope.geometry.PolygonArray` (shapely, a chunk at a time)."""
+    import shapely
+
+    out = np.zeros(len(polygons))
+    for s in range(0, len(polygons), chunk_size):
+        e = min(s + chunk_size, len(polygons))
+        out[s:e] = shapely.area(polygons[np.arange(s, e)].to_shapely())
+    return out
 
 
 def _on_raster(raster: Any, cs: str, cs_to_spots: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -381,14 +490,26 @@ def subspot_nuclei_features(
     )
     corners = corners @ to_cs[:2, :2].T + to_cs[:2, 2]
     box = (corners[:, 0].min(), corners[:, 1].min(), corners[:, 0].max(), corners[:, 1].max())
-    nuclei = read_nuclei(sdata, choice, microns_per_unit=microns_per_unit, box=box, detector=detector)
-    # centroids into the spots' intrinsic coordinates, where the sub-spot polygons are
     inv = np.linalg.inv(to_cs)
-    xy = nuclei[["x", "y"]].to_numpy(np.float64) @ inv[:2, :2].T + inv[:2, 2]
-    local = nuclei.drop(columns=["x", "y"]).assign(x=xy[:, 0], y=xy[:, 1])
     unit = microns_per_unit * float(np.sqrt(abs(np.linalg.det(to_cs[:2, :2]))))  # µm per intrinsic unit
-    stats = nuclei_per_polygon(local, layout.polygons, xy_columns=("x", "y"), microns_per_unit=unit)
-    columns = [c for c in NUCLEI_FEATURES if c != "intensity_mean" or "mean_intensity" in nuclei]
+    if choice.source == "segment_nuclei":
+        # detection: reduced to per-sub-spot sums inside each tile (no table of every nucleus of the slide)
+        if microns_per_unit <= 0 or not np.isfinite(microns_per_unit):
+            raise SoscopeInputError(f"microns_per_unit must be positive, got {microns_per_unit!r}.")
+        det = NucleusDetector() if detector is None else detector
+        image = sdata.images[choice.element]
+        sums, n_read, record = _detected_sums(image, cs, box, microns_per_unit, det, layout.polygons, inv)
+        stats = _polygon_stats(sums, _polygon_areas(layout.polygons), unit)
+        record = record or asdict(det)
+        has_intensity = True
+    else:
+        nuclei = read_nuclei(sdata, choice, microns_per_unit=microns_per_unit, box=box, detector=detector)
+        # centroids into the spots' intrinsic coordinates, where the sub-spot polygons are
+        xy = _cs_to_spots(nuclei[["x", "y"]].to_numpy(np.float64), inv)
+        local = nuclei.drop(columns=["x", "y"]).assign(x=xy[:, 0], y=xy[:, 1])
+        stats = nuclei_per_polygon(local, layout.polygons, xy_columns=("x", "y"), microns_per_unit=unit)
+        n_read, record, has_intensity = len(nuclei), None, "mean_intensity" in nuclei
+    columns = [c for c in NUCLEI_FEATURES if c != "intensity_mean" or has_intensity]
     values = stats[columns].to_numpy(np.float32)
     counts = stats["n_nuclei"].to_numpy(np.float32)
     if choice.source in ("labels", "segment_nuclei"):
@@ -402,16 +523,16 @@ def subspot_nuclei_features(
         "element": choice.element,
         "coordinate_system": cs,
         "reason": choice.reason,
-        "n_nuclei": int(len(nuclei)),
+        "n_nuclei": int(n_read),
         "n_nuclei_in_subspots": int(np.nansum(counts)),
         "microns_per_unit": float(microns_per_unit),
     }
     if choice.source == "segment_nuclei":
-        provenance["parameters"] = dict(nuclei.attrs.get("detector", {}))
+        provenance["parameters"] = dict(record)
     logger.info(
         "nuclei from %s: %d read, %d in %d sub-spots",
         choice.describe(),
-        len(nuclei),
+        n_read,
         np.nansum(counts),
         len(counts),
     )
