@@ -101,7 +101,7 @@ BASELINE_LABELS = {
 ORACLE_LABELS = {
     "count_oracle": "*oracle (uses the truth's cell counts)*: counts split by true cells",
     "expected_counts_oracle": "*oracle (uses the truth's expected counts; simulated data only)*: "
-    "counts split by the true expected counts",
+    "expected counts given the spot and the true means",
 }
 #: where each case's true cells per sub-spot (for the count oracle) come from
 ORACLE_CELLS = {
@@ -130,11 +130,14 @@ NOTES = """\
   the centroids of the CellLabels masks (the truth is every transcript); MERFISH — the centroids of the
   498 cell outlines, while the truth is every transcript (61% of them outside the outlines), so there it
   is an oracle of cell positions, not of the transcripts.
-- Expected-counts oracle (simulated data only; uses the truth): each spot's observed counts split in
-  proportion to the expected counts its sub-spots were drawn from (`soscope.evaluate.expected_counts_oracle`)
-  — it knows every sub-spot's cell types, states and numbers: how far splitting by the right proportions
-  goes. Not a strict bound: with over-dispersed counts the best guess given the spot's total shrinks the
-  proportions toward an even split, so a model can score above it.
+- Expected-counts oracle (simulated data only; uses the truth): each sub-spot's expected counts given its
+  spot's counts and the true means it was drawn from (`soscope.evaluate.expected_counts_oracle`): the
+  spot's observed counts split in proportion to the sub-spots' true footprint means, plus each polygon's
+  true mean outside the footprint, which no spot observes (circles of 55 µm every 100 µm cover about a
+  quarter of their hex7 polygons). It knows every sub-spot's cell types, states and
+  numbers: it is the posterior mean for Poisson counts, the best prediction from the spot counts (it
+  maximises the expected Pearson correlation), and close to it for the synthetic data's mildly
+  over-dispersed counts — the ceiling of what any method can reach there.
 - MERFISH: the truth is every transcript (2 µm bins), not cells: only ~39% of transcripts fall inside the
   498 cell outlines. The field is 500 × 450 µm, so the main lattice is 27.5 µm circles every 50 µm; the
   Visium-size lattice is run only when it leaves ≥ {min_spots} interior spots.
@@ -605,9 +608,9 @@ def report(results: list[dict], args, t_all: float) -> str:
         "scores better than that method, per metric (Pearson / Spearman / RMSE / SSIM). The last rows of "
         "each case are ORACLES, not baselines: the observed counts split by the true number of cells in "
         "each sub-spot (it uses the truth; see the notes for where the cells come from) — a ceiling for "
-        "splitting by cell positions — and, on simulated data, split by the true expected counts — the "
-        "split by the right proportions —, shown so the reader sees how far from them every "
-        "method is.",
+        "splitting by cell positions — and, on simulated data, the expected counts given the spot and the "
+        "true means — the best prediction from the spot counts —, shown so the reader sees how far from "
+        "them every method is.",
         "",
         "| case | method | Pearson | Spearman | RMSE ↓ | SSIM | soscope better on (P / S / RMSE / SSIM) |",
         "|---|---|---:|---:|---:|---:|---|",

@@ -154,20 +154,29 @@ def test_expected_counts_oracle_splits_by_the_true_means_and_bounds_every_split(
     s = synthetic(n_spots=150, n_features=40, seed=3)
     truth = s["truth"]
     assert "expected_counts_oracle" in ORACLES and "expected_counts_oracle" not in BASELINES
+    # the truth's footprint means are the expectation of its footprint counts (and part of the means)
+    foot_mean, mean = truth.layers["mean_footprint"], truth.layers["mean"]
+    assert np.all(foot_mean <= mean + 1e-4) and foot_mean.sum() < 0.9 * mean.sum()
+    np.testing.assert_allclose(truth.layers["footprint"].sum(), foot_mean.sum(), rtol=0.02)
     per_feature, summ = score(s, key_added=None, ssim=False)
     assert summ["oracles"] == ["count_oracle", "expected_counts_oracle"] and not summ["skipped"]
     ceiling = summ["mean"]["expected_counts_oracle"]["pearson"]
     # the split that knows every sub-spot's mean beats the runnable splits and the count oracle here
     for m in ("even_split", "interpolation_split", "image_ridge_split", "count_oracle"):
         assert ceiling > summ["mean"][m]["pearson"] + 0.02, (m, summ["mean"][m], ceiling)
-    # by hand on one spot: the footprint's counts split in proportion to w * mean
+    # by hand on one spot: the footprint's counts split in proportion to the footprint means, the outside
+    # part at its mean
     lay = make_subspots(s.shapes["spots"].iloc[:1], "hex7")
-    means = np.arange(1.0, 8.0)[:, None] * np.array([[1.0, 0.0]])
-    pred = expected_counts_oracle(np.array([[70.0, 7.0]]), means, lay)
     w = lay.footprint_weight
-    np.testing.assert_allclose((w * pred[:, 0]).sum(), 70.0, rtol=1e-6)
-    np.testing.assert_allclose(pred[:, 0] / pred[0, 0], means[:, 0] / means[0, 0], rtol=1e-6)
-    np.testing.assert_allclose(pred[:, 1], 7.0 * lay.area / (w * lay.area).sum(), rtol=1e-6)  # no mean: even
+    means = np.arange(1.0, 8.0)[:, None] * np.array([[1.0, 0.0]])
+    pred = expected_counts_oracle(np.array([[70.0, 7.0]]), means, lay)  # footprint means: w * means
+    inside = pred[:, 0] - (1 - w) * means[:, 0]
+    np.testing.assert_allclose(inside.sum(), 70.0, rtol=1e-6)
+    np.testing.assert_allclose(inside, 70.0 * w * means[:, 0] / (w * means[:, 0]).sum(), rtol=1e-6)
+    np.testing.assert_allclose(pred[:, 1], 7.0 * w * lay.area / (w * lay.area).sum(), rtol=1e-6)  # even
+    foot = means * np.linspace(0.1, 0.7, 7)[:, None]
+    pred = expected_counts_oracle(np.array([[70.0, 7.0]]), means, lay, foot)
+    np.testing.assert_allclose(pred[:, 0], means[:, 0] - foot[:, 0] + 70.0 * foot[:, 0] / foot[:, 0].sum())
     with pytest.raises(SoscopeInputError, match="subspot_means"):
         expected_counts_oracle(np.ones((1, 2)), -means, lay)
     # without the truth's expected counts (real data): skipped, named

@@ -485,3 +485,30 @@ def test_streamed_detection_equals_the_nuclei_table(base):
     )  # fmt: skip
     assert n == len(table)
     np.testing.assert_array_equal(sums[:, 0], stats["n_nuclei"].to_numpy())
+
+
+def test_auto_does_not_detect_nuclei_an_image_too_coarse_to_show(base, caplog):
+    """At 3 µm per pixel a 6 µm nucleus spans 2 px: "auto" detects nothing and says why; asked for, it runs."""
+    from skimage.transform import downscale_local_mean
+    from spatialdata.models import Image2DModel
+
+    mpp = base.tables["table"].uns["synthetic"]["microns_per_pixel"]
+    scale0 = base.images["image"]["scale0"]
+    pixels = next(iter(scale0.data_vars.values())).values
+    half = downscale_local_mean(pixels.astype(np.float32), (1, 2, 2)).astype(pixels.dtype)
+    image = Image2DModel.parse(
+        half, dims=("c", "y", "x"), transformations={"global": Scale([2 * mpp, 2 * mpp], axes=("x", "y"))}
+    )
+    coarse = sd.SpatialData(images={"image": image}, shapes=dict(base.shapes), tables=dict(base.tables))
+    with caplog.at_level("WARNING", logger="soscope"):
+        p = _prepare(coarse)
+    assert p.data.nuclei_count is None
+    assert not [n for n in p.data.image_feature_names if n.startswith("nuclei:")]
+    rec = p.segmentation
+    assert rec["source"] == "none" and "2.0 px" in rec["not_detected"]["spots"]
+    assert f"{2 * mpp:.3g} µm per pixel" in caplog.text and "segmentation=" in caplog.text
+    asked = _prepare(coarse, segmentation="segment_nuclei")  # the user's call: detected, with a warning
+    assert asked.segmentation["source"] == "segment_nuclei" and asked.data.nuclei_count is not None
+    assert "nuclei unreliable" in caplog.text
+    # the same tissue at its own 1.5 µm per pixel (4 px per nucleus): "auto" detects
+    assert _prepare(base).segmentation["source"] == "segment_nuclei"

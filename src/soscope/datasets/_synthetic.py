@@ -375,6 +375,7 @@ def _truth(
     x = np.empty((m, f), dtype=np.int32)
     foot = np.empty((m, f), dtype=np.int32)
     mean = np.empty((m, f), dtype=np.float32)
+    mean_foot = np.empty((m, f), dtype=np.float32)
     starts = list(range(0, m, chunk))
     seeds = rng.integers(0, 2**63 - 1, size=len(starts))
 
@@ -399,12 +400,13 @@ def _truth(
         x_in = _nb(crng, mu_in, theta, n_in[s:e])
         x_out = _nb(crng, mu_out, theta, n_out[s:e])
         foot[s:e] = x_in
+        mean_foot[s:e] = mu_in
         np.add(x_in, x_out, out=x[s:e])
         np.add(mu_in, mu_out, out=mean[s:e])
 
     _parallel(work, len(starts))
     tc = tc_in + tc_out
-    return x, foot, mean, tc, n_in
+    return x, foot, mean, mean_foot, tc, n_in
 
 
 # ------------------------------------------------------------------------------------------------ image
@@ -853,8 +855,9 @@ def synthetic(
       ``subspot``);
     * ``"truth"``: AnnData annotating it (instance key ``subspot_id``): ``X`` true sub-spot counts (dense
       int32), ``layers["mean"]`` expected counts (float32), ``layers["footprint"]`` the part of the counts
-      inside the parent's footprint; ``obs``: ``spot_id``, ``subspot``, ``section``, ``n_cells``,
-      ``cell_type`` (dominant), ``cell_type_fraction`` (its share); ``obsm["cell_type_fractions"]``;
+      inside the parent's footprint and ``layers["mean_footprint"]`` its expected counts; ``obs``:
+      ``spot_id``, ``subspot``, ``section``, ``n_cells``, ``cell_type`` (dominant), ``cell_type_fraction``
+      (its share); ``obsm["cell_type_fractions"]``;
       ``uns["subspots"]`` (``scheme``, ``spots``, ``spacing`` in pixels).
 
     With ``n_sections > 1`` the elements of section ``S`` (``"A"``, ``"B"``, ...) are ``image_S``,
@@ -931,6 +934,7 @@ def synthetic(
     obs_list: list = []
     truth_x: list = []
     truth_foot: list = []
+    truth_mean_foot: list = []
     truth_mean: list = []
     truth_obs: list = []
     fracs: list = []
@@ -971,7 +975,7 @@ def synthetic(
             tr = {"global": scale}
         gdf = _spots_gdf(spot_px, size / mpp, kind, ids, rows, cols)
         layout = make_subspots(gdf, scheme, spacing=spacing / mpp)
-        x, foot, mean, tc, n_foot_cells_sub = _truth(
+        x, foot, mean, mean_foot, tc, n_foot_cells_sub = _truth(
             sec_rng,
             layout,
             spot_px,
@@ -1048,6 +1052,7 @@ def synthetic(
         truth_x.append(x)
         truth_foot.append(foot)
         truth_mean.append(mean)
+        truth_mean_foot.append(mean_foot)
         fracs.append(frac.astype(np.float32))
         regions.append(spots_name)
         truth_regions.append(truth_name)
@@ -1122,6 +1127,7 @@ def synthetic(
     truth = ad.AnnData(X=np.vstack(truth_x), obs=tobs, var=var.copy())
     truth.layers["mean"] = np.vstack(truth_mean)
     truth.layers["footprint"] = np.vstack(truth_foot)
+    truth.layers["mean_footprint"] = np.vstack(truth_mean_foot)
     truth.obsm["cell_type_fractions"] = np.vstack(fracs)
     truth.uns[SoscopeKeys.TRUTH] = True  # reference truth: soscope never picks it as input
     truth.uns["subspots"] = {"scheme": scheme, "spots": regions, "spacing": float(spacing / mpp)}

@@ -333,29 +333,39 @@ def image_regression(
     return (np.clip(dens, 0.0, None) * layout.area[:, None]).astype(np.float32)
 
 
-def expected_counts_oracle(spot_counts, subspot_means, layout: SubspotLayout) -> np.ndarray:
-    """ORACLE (uses the truth): each spot's observed counts split in proportion to its sub-spots' true means.
+def expected_counts_oracle(
+    spot_counts, subspot_means, layout: SubspotLayout, footprint_means=None
+) -> np.ndarray:
+    r"""ORACLE (uses the truth): each sub-spot's expected counts given its spot's counts and the true means.
 
     Only simulated data has it: ``subspot_means`` are the expected counts the data were drawn from (e.g.
-    ``layers["mean"]`` of the truth table of :func:`soscope.datasets.synthetic`), so the split knows every
-    sub-spot's cell types, states and numbers exactly: how far a split in proportion to the right means
-    goes. It is not a strict bound: with over-dispersed counts the best guess of a sub-spot's counts given
-    its spot's total shrinks the proportions toward an even split (a Dirichlet-multinomial), so a model that
-    does so (soscope's NB likelihood) can score above it.
+    ``layers["mean"]`` of the truth table of :func:`soscope.datasets.synthetic`), and ``footprint_means``
+    the part of them inside the parent spot's footprint (``layers["mean_footprint"]``; default: ``w_k m_k``,
+    the polygon's footprint share ``w`` of its mean). With ``f`` the footprint means, sub-spot ``k`` of
+    spot ``i`` gets
 
-    Sub-spot ``k`` of spot ``i`` gets ``x_ig * m_kg / sum_j w_j m_jg`` (``m`` the true means, ``w`` the
-    footprint weight; as :func:`interpolation_split` with the density ``m_kg / a_k``); the footprint's counts
-    are conserved. A feature with no expected count in a spot is split evenly.
+    .. math::
+
+        (m_{kg} - f_{kg}) + x_{ig} \, \frac{f_{kg}}{\sum_j f_{jg}}
+
+    — the posterior mean of independent Poisson parts given their footprint's sum: the observed counts
+    split in proportion to the true footprint means, and the unobserved outside part at its mean (as
+    soscope's enhanced output, :func:`soscope.module._outputs.condition_counts`). It is the best
+    prediction from the spot counts (it maximises the expected Pearson correlation) when the counts are
+    Poisson around the means, and close to it for mildly over-dispersed ones. A feature with no footprint
+    mean in a spot has its counts split evenly over the footprint.
 
     Parameters
     ----------
     spot_counts
         ``(N, F)`` spot counts in layout order.
     subspot_means
-        ``(M, F)`` non-negative true expected counts per sub-spot, in layout order, features as
+        ``(M, F)`` non-negative true expected counts per sub-spot polygon, in layout order, features as
         ``spot_counts``.
     layout
         The sub-spots.
+    footprint_means
+        ``(M, F)`` the part of ``subspot_means`` inside the footprint (``0 <= f <= m``); None: ``w m``.
 
     Returns
     -------
@@ -363,15 +373,30 @@ def expected_counts_oracle(spot_counts, subspot_means, layout: SubspotLayout) ->
 
     """
     counts = _counts(spot_counts, layout)
-    means = subspot_means.toarray() if sp.issparse(subspot_means) else np.asarray(subspot_means)
-    means = means.astype(np.float64)
-    if means.shape != (layout.n_subspots, counts.shape[1]):
-        raise SoscopeInputError(
-            f"`subspot_means` must be (sub-spots, features) = {(layout.n_subspots, counts.shape[1])}; got "
-            f"shape {means.shape}."
-        )
-    if not np.all(np.isfinite(means)) or np.any(means < 0):
-        raise SoscopeInputError("`subspot_means` must be finite and non-negative (expected counts).")
-    area = layout.area[:, None]
-    dens = np.divide(means, area, out=np.zeros_like(means), where=area > 0)
-    return _split_observed(counts, dens, layout)
+    shape = (layout.n_subspots, counts.shape[1])
+
+    def dense(a, name: str) -> np.ndarray:
+        a = np.asarray(a.toarray() if sp.issparse(a) else a, dtype=np.float64)
+        if a.shape != shape:
+            raise SoscopeInputError(f"`{name}` must be (sub-spots, features) = {shape}; got shape {a.shape}.")
+        if not np.all(np.isfinite(a)) or np.any(a < 0):
+            raise SoscopeInputError(f"`{name}` must be finite and non-negative (expected counts).")
+        return a
+
+    means = dense(subspot_means, "subspot_means")
+    if footprint_means is None:
+        inside = means * layout.footprint_weight[:, None]
+    else:
+        inside = np.minimum(dense(footprint_means, "footprint_means"), means)
+    total = np.zeros(counts.shape)
+    np.add.at(total, layout.spot_index, inside)
+    even = np.repeat((layout.area * layout.footprint_weight)[:, None], counts.shape[1], axis=1)
+    even_total = np.zeros(counts.shape)
+    np.add.at(even_total, layout.spot_index, even)
+    zero = total[layout.spot_index] <= 0
+    share = np.where(
+        zero,
+        even / np.maximum(even_total[layout.spot_index], 1e-300),
+        inside / np.maximum(total[layout.spot_index], 1e-300),
+    )
+    return (means - inside + counts[layout.spot_index] * share).astype(np.float32)

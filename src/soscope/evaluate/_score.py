@@ -229,9 +229,11 @@ def score(
         ``count_oracle`` (:func:`soscope.evaluate.count_oracle`: the observed counts split by the true
         cells; it uses the truth, so it is a ceiling to read beside the baselines, not one of them). When
         the column is missing the oracle is skipped. The ORACLE ``expected_counts_oracle``
-        (:func:`soscope.evaluate.expected_counts_oracle`: the observed counts split by the true expected
-        counts: how far splitting by the right proportions goes) needs the truth's ``layers["mean"]``
-        (simulated data, :func:`soscope.datasets.synthetic`); skipped without it.
+        (:func:`soscope.evaluate.expected_counts_oracle`: each sub-spot's expected counts given its spot's
+        counts and the true means — the observed counts split by the true footprint means, the outside
+        part at its mean) needs the truth's ``layers["mean"]`` (simulated data,
+        :func:`soscope.datasets.synthetic`; ``layers["mean_footprint"]`` too when there is one); skipped
+        without it.
 
     Returns
     -------
@@ -318,11 +320,15 @@ def score(
             true_cells = np.where(np.isfinite(true_cells) & (true_cells >= 0), true_cells, 0.0)
         else:
             skipped["count_oracle"] = f"the truth table {truth!r} has no obs column {cell_counts!r} (cells)"
-    true_means = None
+    true_means = true_foot = None
     if "expected_counts_oracle" in wanted:
         if "mean" in t_truth.layers:
-            true_means = t_truth.layers["mean"][:, t_truth.var_names.get_indexer(feats)]
+            cols = t_truth.var_names.get_indexer(feats)
+            true_means = t_truth.layers["mean"][:, cols]
             true_means = true_means.toarray() if sp.issparse(true_means) else np.asarray(true_means)
+            if "mean_footprint" in t_truth.layers:  # the part inside the footprint (simulated)
+                foot = t_truth.layers["mean_footprint"][:, cols]
+                true_foot = foot.toarray() if sp.issparse(foot) else np.asarray(foot)
         else:
             skipped["expected_counts_oracle"] = (
                 f"the truth table {truth!r} has no layer 'mean' (expected counts: simulated data only)"
@@ -374,7 +380,12 @@ def score(
             else:  # sub-spots missing from the truth expect nothing
                 pos = truth_keys.get_indexer(keys_parts[-1])
                 m = np.where((pos >= 0)[:, None], true_means[np.maximum(pos, 0)], 0.0)
-                preds["expected_counts_oracle"].append(expected_counts_oracle(counts, m, layout))
+                f = (
+                    None
+                    if true_foot is None
+                    else np.where((pos >= 0)[:, None], true_foot[np.maximum(pos, 0)], 0.0)
+                )
+                preds["expected_counts_oracle"].append(expected_counts_oracle(counts, m, layout, f))
         image_baselines = [b for b in ("image_regression", "image_ridge_split") if b in wanted]
         if image_baselines:
             img = _image_for(sdata, image, r, len(regions))

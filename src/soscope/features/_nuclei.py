@@ -97,6 +97,10 @@ class NucleusDetector:
         Images finer than this many pixels per nucleus diameter are averaged by an integer factor down to
         about it before detection (the nuclei's scale needs no more; it makes fine scans several times
         faster); centroids and areas are reported in full-resolution pixels. ``None``: full resolution.
+    min_pixels_per_diameter
+        Fewest full-resolution pixels across a nucleus for the detector to resolve one: a coarser image
+        (e.g. a Visium ``hires`` image at 2–4 µm per pixel, where a 6 µm nucleus spans 2 px) shows no nuclei
+        to detect, only texture. ``segmentation="auto"`` does not detect nuclei on such an image.
 
     """
 
@@ -111,6 +115,7 @@ class NucleusDetector:
     max_area_frac: float = 6.0
     percentiles: tuple[float, float] = (1.0, 99.8)
     working_pixels_per_diameter: float | None = 24.0
+    min_pixels_per_diameter: float = 3.0
 
     def in_pixels(self, microns_per_pixel: float) -> dict[str, float]:
         """Return the lengths (px) and areas (px²) used by the detector at ``microns_per_pixel``."""
@@ -134,6 +139,10 @@ class NucleusDetector:
             "min_area": self.min_area_frac * nominal,
             "max_area": self.max_area_frac * nominal,
         }
+
+    def resolves(self, microns_per_pixel: float) -> bool:
+        """Return whether an image of ``microns_per_pixel`` has at least ``min_pixels_per_diameter``."""
+        return self.nucleus_diameter_um / microns_per_pixel >= self.min_pixels_per_diameter - 1e-9
 
     def factor(self, microns_per_pixel: float) -> int:
         """Return the integer downsampling factor applied before detection at ``microns_per_pixel``."""

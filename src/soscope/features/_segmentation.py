@@ -241,6 +241,11 @@ def _labels_task(_shared: Any, window: Any, origin: tuple[int, int]) -> pd.DataF
 
 
 # ---------------------------------------------------------------------------------------------- detection
+def detection_microns_per_pixel(image: Any, cs: str, microns_per_unit: float) -> float:
+    """Return the µm per full-resolution pixel of ``image`` in ``cs`` (unit: ``microns_per_unit`` µm)."""
+    return float(np.sqrt(abs(np.linalg.det(affine_xy(image, cs)[:2, :2])))) * microns_per_unit
+
+
 def _detection_window(
     image: Any, cs: str, box_cs: tuple | None, microns_per_unit: float, detector: NucleusDetector
 ) -> tuple:
@@ -251,7 +256,7 @@ def _detection_window(
         arr = arr.expand_dims("c")
     arr = arr.transpose("c", "y", "x")
     h, w = arr.shape[1:]
-    microns_per_pixel = float(np.sqrt(abs(np.linalg.det(affine[:2, :2])))) * microns_per_unit
+    microns_per_pixel = detection_microns_per_pixel(image, cs, microns_per_unit)
     if box_cs is None:
         window = (0, h, 0, w)
     else:

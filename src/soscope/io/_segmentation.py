@@ -17,6 +17,7 @@ image, and without an image there are none.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -197,14 +198,17 @@ def _candidates(sdata: Any, spots: str, cs: str, exclude: set[str]) -> list[tupl
     from soscope.geometry import spot_footprints
 
     spots_gdf = sdata.shapes[spots]
-    spots_box = _extent_box(spots_gdf, cs)
-    spot_area = float(np.median(shapely.area(spot_footprints(spots_gdf.iloc[:2000]))))
-    spot_area *= abs(np.linalg.det(affine_xy(spots_gdf, cs)[:2, :2]))
+
+    @functools.cache
+    def spots_box() -> tuple[float, float, float, float]:
+        # only when there is a candidate: the extent of a whole slide's spots takes seconds
+        return _extent_box(spots_gdf, cs)
+
     found = []
     for name, element in sdata.labels.items():
         if name in exclude or _REGION_NAME.search(name) or cs not in coordinate_systems_of(element):
             continue
-        if not _is_2d_labels(element) or _cover(spots_box, _extent_box(element, cs)) <= 0:
+        if not _is_2d_labels(element) or _cover(spots_box(), _extent_box(element, cs)) <= 0:
             continue
         rank = 0 if _NUCLEUS_NAME.search(name) else 1 if _CELL_NAME.search(name) else 2
         found.append((rank, 1, "labels", name))
@@ -219,7 +223,9 @@ def _candidates(sdata: Any, spots: str, cs: str, exclude: set[str]) -> list[tupl
         except SoscopeInputError:
             continue
         # outlines smaller than a spot (not other spots, sections or annotated regions) that overlap the spots
-        if not _median_area(gdf, cs, 500) < spot_area or _cover(spots_box, _extent_box(gdf, cs)) <= 0:
+        spot_area = float(np.median(shapely.area(spot_footprints(spots_gdf.iloc[:2000]))))
+        spot_area *= abs(np.linalg.det(affine_xy(spots_gdf, cs)[:2, :2]))
+        if not _median_area(gdf, cs, 500) < spot_area or _cover(spots_box(), _extent_box(gdf, cs)) <= 0:
             continue
         circles = "radius" in gdf.columns and bool(
             (shapely.get_type_id(gdf.geometry.values[:500]) == 0).all()
