@@ -488,7 +488,7 @@ def test_streamed_detection_equals_the_nuclei_table(base):
 
 
 def test_auto_does_not_detect_nuclei_an_image_too_coarse_to_show(base, caplog):
-    """At 3 µm per pixel a 6 µm nucleus spans 2 px: "auto" detects nothing and says why; asked for, it runs."""
+    """At 3 µm per pixel a 6 µm nucleus spans 2 px: "auto" detects nothing, says why; asked for, it runs."""
     from skimage.transform import downscale_local_mean
     from spatialdata.models import Image2DModel
 
