@@ -146,7 +146,7 @@ def test_info_reports_the_choice(stores):
     # named layers only: from anndata 0.13 on, X is also layers[None] and must not be listed (or crash)
     truth_line = next(ln for ln in out.splitlines() if "table  truth:" in ln)
     listed = truth_line.split("; layers: ")[1].split(" [")[0].split(", ")
-    assert sorted(listed) == ["footprint", "mean"], truth_line
+    assert sorted(listed) == ["footprint", "mean", "mean_footprint"], truth_line
 
 
 def test_ambiguous_store_fails_with_the_candidates_and_the_option(stores, tmp_path):

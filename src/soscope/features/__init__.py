@@ -18,6 +18,7 @@ Public functions
 * :func:`nuclei_per_polygon` — nucleus count, density and nuclear statistics per polygon.
 * :func:`subspot_nuclei_features` — nuclei per sub-spot from a segmentation (labels, outlines or detection).
 * :func:`read_nuclei` — the nuclei of a segmentation as one table (centroids in the coordinate system).
+* :func:`detection_microns_per_pixel` — the µm per pixel nuclei are detected at on an image.
 """
 
 from soscope.features._extract import (
@@ -41,6 +42,7 @@ from soscope.features._nuclei import (
 from soscope.features._segmentation import (
     NUCLEI_FEATURES,
     SubspotNuclei,
+    detection_microns_per_pixel,
     read_nuclei,
     subspot_nuclei_features,
 )
@@ -80,6 +82,7 @@ __all__ = [
     "SubspotFeatures",
     "SubspotNuclei",
     "choose_level",
+    "detection_microns_per_pixel",
     "image_levels",
     "image_microns_per_pixel",
     "label_coverage",

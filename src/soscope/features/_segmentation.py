@@ -46,7 +46,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from soscope.geometry import SubspotLayout
     from soscope.io import SegmentationChoice
 
-__all__ = ["NUCLEI_FEATURES", "SubspotNuclei", "read_nuclei", "subspot_nuclei_features"]
+__all__ = [
+    "NUCLEI_FEATURES",
+    "SubspotNuclei",
+    "detection_microns_per_pixel",
+    "read_nuclei",
+    "subspot_nuclei_features",
+]
 
 logger = logging.getLogger("soscope.features")
 
@@ -242,7 +248,22 @@ def _labels_task(_shared: Any, window: Any, origin: tuple[int, int]) -> pd.DataF
 
 # ---------------------------------------------------------------------------------------------- detection
 def detection_microns_per_pixel(image: Any, cs: str, microns_per_unit: float) -> float:
-    """Return the µm per full-resolution pixel of ``image`` in ``cs`` (unit: ``microns_per_unit`` µm)."""
+    """Return the µm per full-resolution pixel of an image: the scale :func:`segment_nuclei` detects at.
+
+    Parameters
+    ----------
+    image
+        An image element (single- or multiscale).
+    cs
+        A coordinate system of the image.
+    microns_per_unit
+        Length in µm of one unit of ``cs``.
+
+    Returns
+    -------
+    µm per pixel of the image's finest level (the square root of the pixel's area in µm²).
+
+    """
     return float(np.sqrt(abs(np.linalg.det(affine_xy(image, cs)[:2, :2])))) * microns_per_unit
 
 

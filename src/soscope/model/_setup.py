@@ -451,8 +451,7 @@ def _unresolved_detections(sdata, choices: dict, microns_per_unit: float) -> dic
     "nuclei" per 35 µm sub-spot), and it is the costliest step of a whole slide's set-up. A detection the
     user asked for (``segmentation="segment_nuclei"``) runs, with a warning. Returns spots → why dropped.
     """
-    from ..features import NucleusDetector
-    from ..features._segmentation import detection_microns_per_pixel
+    from ..features import NucleusDetector, detection_microns_per_pixel
     from ..io import SEGMENT_NUCLEI
 
     detector = NucleusDetector()
