@@ -507,6 +507,10 @@ def test_auto_does_not_detect_nuclei_an_image_too_coarse_to_show(base, caplog):
     rec = p.segmentation
     assert rec["source"] == "none" and "2.0 px" in rec["not_detected"]["spots"]
     assert f"{2 * mpp:.3g} µm per pixel" in caplog.text and "segmentation=" in caplog.text
+    # `soscope info` reports what enhancing uses
+    from soscope.cli._app import _segmentation_lines
+
+    assert _segmentation_lines(coarse, select(coarse, table="table"), "auto") == ["  segmentation: (none)"]
     asked = _prepare(coarse, segmentation="segment_nuclei")  # the user's call: detected, with a warning
     assert asked.segmentation["source"] == "segment_nuclei" and asked.data.nuclei_count is not None
     assert "nuclei unreliable" in caplog.text

@@ -482,9 +482,12 @@ def info(
 
 def _segmentation_lines(sdata: Any, sel: Any, segmentation: str | None) -> list[str]:
     """Return what `enhance` would count nuclei from, per spots element, and what else "auto" found."""
-    from soscope.io import find_segmentation
+    from soscope.features import drop_unresolved_detections
+    from soscope.io import detect_platform, find_segmentation
 
     choices = find_segmentation(sdata, sel, segmentation)
+    # as enhancing does: no detection on an image too coarse to show nuclei
+    drop_unresolved_detections(sdata, choices, detect_platform(sdata, sel).microns_per_unit, segmentation)
     lines = []
     for spots, choice in choices.items():
         head = "  segmentation: " if len(choices) == 1 else f"  segmentation of {spots}: "

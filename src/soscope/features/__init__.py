@@ -19,6 +19,7 @@ Public functions
 * :func:`subspot_nuclei_features` — nuclei per sub-spot from a segmentation (labels, outlines or detection).
 * :func:`read_nuclei` — the nuclei of a segmentation as one table (centroids in the coordinate system).
 * :func:`detection_microns_per_pixel` — the µm per pixel nuclei are detected at on an image.
+* :func:`drop_unresolved_detections` — no detection on images too coarse to show nuclei.
 """
 
 from soscope.features._extract import (
@@ -43,6 +44,7 @@ from soscope.features._segmentation import (
     NUCLEI_FEATURES,
     SubspotNuclei,
     detection_microns_per_pixel,
+    drop_unresolved_detections,
     read_nuclei,
     subspot_nuclei_features,
 )
@@ -83,6 +85,7 @@ __all__ = [
     "SubspotNuclei",
     "choose_level",
     "detection_microns_per_pixel",
+    "drop_unresolved_detections",
     "image_levels",
     "image_microns_per_pixel",
     "label_coverage",

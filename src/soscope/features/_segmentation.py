@@ -50,6 +50,7 @@ __all__ = [
     "NUCLEI_FEATURES",
     "SubspotNuclei",
     "detection_microns_per_pixel",
+    "drop_unresolved_detections",
     "read_nuclei",
     "subspot_nuclei_features",
 ]
@@ -568,3 +569,62 @@ def subspot_nuclei_features(
         counts=counts,
         provenance=provenance,
     )
+
+
+def drop_unresolved_detections(
+    sdata: Any,
+    choices: dict[str, SegmentationChoice | None],
+    microns_per_unit: float,
+    segmentation: str | None = "auto",
+) -> dict[str, str]:
+    """Drop (in place) the nucleus detections ``"auto"`` chose on images too coarse to show nuclei.
+
+    A nucleus under :attr:`~soscope.features.NucleusDetector.min_pixels_per_diameter` pixels across is not
+    resolved: detection there finds texture, not nuclei (on a Visium-like H&E at 2.8 µm per pixel, 15
+    "nuclei" per 35 µm sub-spot), and it is the costliest step of a whole slide's set-up. A detection the
+    user asked for (``segmentation="segment_nuclei"``) runs, with a warning.
+
+    Parameters
+    ----------
+    sdata
+        The SpatialData.
+    choices
+        What :func:`soscope.io.find_segmentation` returned (changed in place).
+    microns_per_unit
+        Length in µm of one unit of the coordinate systems (the platform's, as enhancing uses).
+    segmentation
+        The ``segmentation=`` setting the choices were made for: ``"segment_nuclei"`` keeps them.
+
+    Returns
+    -------
+    Spots element → why its detection was dropped.
+
+    """
+    from soscope.io import SEGMENT_NUCLEI
+
+    detector = NucleusDetector()
+    dropped = {}
+    for spots, choice in choices.items():
+        if choice is None or choice.source != SEGMENT_NUCLEI:
+            continue
+        image = sdata.images[choice.element]
+        mpp = detection_microns_per_pixel(image, choice.coordinate_system, microns_per_unit)
+        if detector.resolves(mpp):
+            continue
+        why = (
+            f"image '{choice.element}' has {mpp:.3g} µm per pixel: a {detector.nucleus_diameter_um:g} µm "
+            f"nucleus spans {detector.nucleus_diameter_um / mpp:.1f} px, fewer than the "
+            f"{detector.min_pixels_per_diameter:g} px the detector resolves"
+        )
+        if segmentation == SEGMENT_NUCLEI:
+            logger.warning("segmentation='segment_nuclei', spots '%s': %s; nuclei unreliable.", spots, why)
+            continue
+        logger.warning(
+            "segmentation='auto': no nuclei for spots '%s' (%s). Give the full-resolution image, or a "
+            "segmentation with `segmentation=`.",
+            spots,
+            why,
+        )
+        choices[spots] = None
+        dropped[spots] = why
+    return dropped

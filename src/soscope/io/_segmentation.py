@@ -204,6 +204,11 @@ def _candidates(sdata: Any, spots: str, cs: str, exclude: set[str]) -> list[tupl
         # only when there is a candidate: the extent of a whole slide's spots takes seconds
         return _extent_box(spots_gdf, cs)
 
+    @functools.cache
+    def spot_area() -> float:
+        area = float(np.median(shapely.area(spot_footprints(spots_gdf.iloc[:2000]))))
+        return area * abs(np.linalg.det(affine_xy(spots_gdf, cs)[:2, :2]))
+
     found = []
     for name, element in sdata.labels.items():
         if name in exclude or _REGION_NAME.search(name) or cs not in coordinate_systems_of(element):
@@ -223,9 +228,7 @@ def _candidates(sdata: Any, spots: str, cs: str, exclude: set[str]) -> list[tupl
         except SoscopeInputError:
             continue
         # outlines smaller than a spot (not other spots, sections or annotated regions) that overlap the spots
-        spot_area = float(np.median(shapely.area(spot_footprints(spots_gdf.iloc[:2000]))))
-        spot_area *= abs(np.linalg.det(affine_xy(spots_gdf, cs)[:2, :2]))
-        if not _median_area(gdf, cs, 500) < spot_area or _cover(spots_box(), _extent_box(gdf, cs)) <= 0:
+        if not _median_area(gdf, cs, 500) < spot_area() or _cover(spots_box(), _extent_box(gdf, cs)) <= 0:
             continue
         circles = "radius" in gdf.columns and bool(
             (shapely.get_type_id(gdf.geometry.values[:500]) == 0).all()

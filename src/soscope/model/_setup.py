@@ -392,12 +392,12 @@ def _nuclei_features(
     ``sel.spots`` then each layout; sub-spots of spots without a segmentation, or off the raster it was read
     from, get NaN (features stand at the mean, the count is unknown). ``record`` is ``uns``-ready (no None).
     """
-    from ..features import NUCLEI_FEATURES, subspot_nuclei_features
+    from ..features import NUCLEI_FEATURES, drop_unresolved_detections, subspot_nuclei_features
     from ..io import find_segmentation
 
     record: dict = {"setting": "None" if segmentation is None else str(segmentation)}
     choices = find_segmentation(sdata, sel, segmentation)
-    coarse = _unresolved_detections(sdata, choices, microns_per_unit)
+    coarse = drop_unresolved_detections(sdata, choices, microns_per_unit, segmentation)
     if coarse:
         record["not_detected"] = coarse
     if not any(choices.values()):
@@ -441,45 +441,6 @@ def _nuclei_features(
     if len(per_spots) == 1:
         record["element"] = next(iter(per_spots.values())).get("element", "")
     return np.vstack(values), names, np.concatenate(counts), _uns_ready(record)
-
-
-def _unresolved_detections(sdata, choices: dict, microns_per_unit: float) -> dict[str, str]:
-    """Drop (in place) the nucleus detections ``"auto"`` chose on images too coarse to show nuclei.
-
-    A nucleus under :attr:`~soscope.features.NucleusDetector.min_pixels_per_diameter` pixels across is not
-    resolved: detection there finds texture, not nuclei (on a Visium-like H&E at 2.8 µm per pixel, 15
-    "nuclei" per 35 µm sub-spot), and it is the costliest step of a whole slide's set-up. A detection the
-    user asked for (``segmentation="segment_nuclei"``) runs, with a warning. Returns spots → why dropped.
-    """
-    from ..features import NucleusDetector, detection_microns_per_pixel
-    from ..io import SEGMENT_NUCLEI
-
-    detector = NucleusDetector()
-    dropped = {}
-    for spots, choice in choices.items():
-        if choice is None or choice.source != SEGMENT_NUCLEI:
-            continue
-        image = sdata.images[choice.element]
-        mpp = detection_microns_per_pixel(image, choice.coordinate_system, microns_per_unit)
-        if detector.resolves(mpp):
-            continue
-        why = (
-            f"image '{choice.element}' has {mpp:.3g} µm per pixel: a {detector.nucleus_diameter_um:g} µm "
-            f"nucleus spans {detector.nucleus_diameter_um / mpp:.1f} px, fewer than the "
-            f"{detector.min_pixels_per_diameter:g} px the detector resolves"
-        )
-        if choice.reason == "asked for":
-            logger.warning("segmentation='segment_nuclei', spots '%s': %s; nuclei unreliable.", spots, why)
-            continue
-        logger.warning(
-            "segmentation='auto': no nuclei for spots '%s' (%s). Give the full-resolution image, or a "
-            "segmentation with `segmentation=`.",
-            spots,
-            why,
-        )
-        choices[spots] = None
-        dropped[spots] = why
-    return dropped
 
 
 def _uns_ready(value):
