@@ -36,10 +36,23 @@ The class vectors:
 * **image classes + spatial residual**: the same, with ``m`` and ``f`` times the spot counts' residual
   ``(x + a) / (sum f + a)`` (``a`` half the mean of ``sum f`` per feature) interpolated to the sub-spot by
   a Gaussian kernel (sigma 0.7 lattice spacings, cut at 3 sigma) — what neighbouring spots add;
+* **nuclei typed with a reference**: a perfect single-cell reference (the data's own per-type profiles,
+  ``uns["synthetic"]["type_profiles"]``) gives each spot's type proportions by Poisson deconvolution of its
+  counts with the profiles fixed; a classifier of the nuclei (the image features above; one hidden layer of
+  ``HIDDEN`` units, softmax over the types) is learnt from those proportions alone — the summed type
+  probabilities of the nuclei in a footprint are fitted to its number of nuclei times the spot's
+  proportions (Poisson loss, Adam, full batch; learning from label proportions) — and its probabilities
+  are the class memberships: no nucleus's type is ever shown to it;
+* **nuclei typed by spot programs (no reference)**: the same classifier, learnt from the proportions of
+  ``PROGRAMS`` expression programs that a Poisson non-negative factorisation of the spot counts finds
+  (``counts ~ W H``, KL multiplicative updates from a seeded random start) instead of a reference's types:
+  nothing but the spot counts and the image; and the same with the spatial residual;
 * **detected nuclei, one class**: their number only.
 
-Settings (``--classes 16``, the window sizes, the residual's ``a``, sigma and weight 1) were chosen on seed 0
-(``--classes`` from 8 / 12 / 16 / 24, soft and hard memberships); every seed given is reported. Beside them,
+Settings (``--classes 16``, the window sizes, the residual's ``a``, sigma and weight 1, the classifier's
+``HIDDEN`` units, ``PROGRAMS``) were chosen on seed 0 (``--classes`` from 8 / 12 / 16 / 24, soft and hard
+memberships; ``HIDDEN`` 32 against a linear classifier; ``PROGRAMS`` 10 against 6); every seed given is
+reported. Beside them,
 ``soscope.SoScope`` with its defaults (as ``benchmarks/accuracy.py``) and ``score``'s own baselines and
 oracles, all scored by :func:`soscope.evaluate.score` over the 90 ``informative`` features, as
 ``benchmarks/accuracy.py`` does. Detection precision / recall against the simulated cells (matched
@@ -77,8 +90,14 @@ WINDOWS_UM = (4.5, 13.5, 22.5)
 #: the spatial residual's kernel (lattice spacings) and pseudo-count (share of the mean footprint mean)
 RESIDUAL_SIGMA = 0.7
 RESIDUAL_OFFSET = 0.5
-#: EM iterations of the profile fit
+#: EM iterations of the profile fit and of the spots' deconvolution with the reference
 ITERATIONS = 300
+#: the nucleus classifier learnt from the spots' type proportions: hidden units, Adam steps, learning rate
+HIDDEN = 32
+LLP_STEPS = 400
+LLP_LR = 0.03
+#: expression programs of the spots' factorisation (no reference)
+PROGRAMS = 10
 
 
 def generate(seed: int):
@@ -195,6 +214,59 @@ def spatial_residual(m, f, counts, layout, spot_xy: np.ndarray, sub_xy: np.ndarr
     return m * np.exp(li), f * np.exp(li)
 
 
+def spot_type_proportions(counts: np.ndarray, profiles: np.ndarray) -> np.ndarray:
+    """Each spot's type proportions: Poisson deconvolution of its counts with the type profiles fixed."""
+    w = np.ones((counts.shape[0], profiles.shape[0]))
+    w *= counts.sum(axis=1, keepdims=True) / profiles.sum() + 1e-12
+    for _ in range(ITERATIONS):
+        w *= ((counts / (w @ profiles + 1e-12)) @ profiles.T) / profiles.sum(axis=1)[None, :]
+    return w / np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+
+
+def spot_programs(counts: np.ndarray, n_programs: int, seed: int) -> np.ndarray:
+    """Each spot's proportions of ``n_programs`` programs: Poisson NMF ``counts ~ W H`` (KL updates)."""
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(0.5, 1.5, (counts.shape[0], n_programs)) * counts.sum(axis=1, keepdims=True) / n_programs
+    h = rng.uniform(0.5, 1.5, (n_programs, counts.shape[1]))
+    h /= h.sum(axis=1, keepdims=True)
+    for _ in range(ITERATIONS):
+        w *= ((counts / (w @ h + 1e-12)) @ h.T) / h.sum(axis=1)[None, :]
+        h *= (w.T @ (counts / (w @ h + 1e-12))) / w.sum(axis=0)[:, None]
+        scale = h.sum(axis=1, keepdims=True)
+        h /= scale
+        w *= scale.T
+    return w / np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+
+
+def learn_nucleus_types(features, spot_of, proportions: np.ndarray, seed: int) -> np.ndarray:
+    """Type probabilities of every nucleus, learnt from the type proportions of the spots they lie in.
+
+    ``spot_of``: each nucleus's spot when it lies in a footprint, else -1 (not used to fit). The summed
+    probabilities of a footprint's nuclei are fitted to its number of nuclei times its proportions.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    fit = spot_of >= 0
+    n_spots, n_types = proportions.shape
+    n_in = np.bincount(spot_of[fit], minlength=n_spots).astype(np.float32)
+    target = torch.as_tensor(n_in[:, None] * proportions, dtype=torch.float32)
+    x = torch.as_tensor(features[fit], dtype=torch.float32)
+    where = torch.as_tensor(spot_of[fit])
+    net = torch.nn.Sequential(
+        torch.nn.Linear(features.shape[1], HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, n_types)
+    )
+    opt = torch.optim.Adam(net.parameters(), lr=LLP_LR)
+    for _ in range(LLP_STEPS):
+        summed = torch.zeros(n_spots, n_types).index_add_(0, where, torch.softmax(net(x), dim=1))
+        loss = (summed - target * torch.log(summed + 1e-6)).sum() / n_spots
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return torch.softmax(net(torch.as_tensor(features, dtype=torch.float32)), dim=1).numpy()
+
+
 def nucleus_features(image: np.ndarray, nuclei, mpp: float) -> np.ndarray:
     """Standardised per-nucleus features: the detector's, and stain statistics in windows around it."""
     from scipy import ndimage as ndi
@@ -272,6 +344,15 @@ def run_seed(seed: int, n_classes: int) -> dict:
     soft = gmm.predict_proba(nf)
     times["classes"] = time.perf_counter() - t0
     detected_types = np.eye(n_types + 1)[np.where(matched, cell_type[nearest], n_types)]
+    t0 = time.perf_counter()
+    profiles = np.asarray(tab.uns["synthetic"]["type_profiles"], dtype=np.float64)
+    assert profiles.shape == (n_types, tab.n_vars), "one profile per simulated type expected"
+    spot_of = np.where((nuc_sub >= 0) & nuc_in, layout.spot_index[np.maximum(nuc_sub, 0)], -1)
+    typed = learn_nucleus_types(nf, spot_of, spot_type_proportions(counts, profiles), seed)
+    times["reference typing"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    programs = learn_nucleus_types(nf, spot_of, spot_programs(counts, PROGRAMS, seed), seed)
+    times["program typing"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     preds: dict[str, np.ndarray] = {}
@@ -283,13 +364,15 @@ def run_seed(seed: int, n_classes: int) -> dict:
         "true cell types of all cells": (np.eye(n_types)[cell_type], cell_sub, cell_in),
         "true cell types of the detected nuclei": (detected_types, nuc_sub, nuc_in),
         f"image classes of the detected nuclei ({n_classes})": (soft, nuc_sub, nuc_in),
+        "nuclei typed with a reference (learnt from the spots' type proportions)": (typed, nuc_sub, nuc_in),
+        f"nuclei typed by {PROGRAMS} spot programs (no reference)": (programs, nuc_sub, nuc_in),
         "detected nuclei, one class (their number)": (np.ones((len(nuclei), 1)), nuc_sub, nuc_in),
     }
     for name, (member, where, inside) in variants.items():
         c, c_in = class_counts(member, where, inside, n_sub)
         m, f = deconvolve(c, c_in, counts, layout.spot_index)
         preds[name] = expected_counts_oracle(counts[:, fi], m[:, fi], layout, f[:, fi])
-        if name.startswith("image classes"):
+        if name.startswith(("image classes", "nuclei typed by")):
             m2, f2 = spatial_residual(m, f, counts, layout, spot_xy, sub_xy, spacing)
             preds[name + " + spatial residual"] = expected_counts_oracle(
                 counts[:, fi], m2[:, fi], layout, f2[:, fi]
