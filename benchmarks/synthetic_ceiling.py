@@ -46,7 +46,10 @@ The class vectors:
 * **nuclei typed by spot programs (no reference)**: the same classifier, learnt from the proportions of
   ``PROGRAMS`` expression programs that a Poisson non-negative factorisation of the spot counts finds
   (``counts ~ W H``, KL multiplicative updates from a seeded random start) instead of a reference's types:
-  nothing but the spot counts and the image; and the same with the spatial residual;
+  nothing but the spot counts and the image; and the same with the spatial residual; with the nuclei's
+  own three features only (log area, eccentricity, mean intensity: no stain windows); and split as if each
+  sub-spot's density were uniform (``c_in = w c``, ``w`` the sub-spot's share of area inside the footprint,
+  as soscope's output assumes) instead of by the nuclei inside the footprint;
 * **detected nuclei, one class**: their number only.
 
 Settings (``--classes 16``, the window sizes, the residual's ``a``, sigma and weight 1, the classifier's
@@ -352,6 +355,8 @@ def run_seed(seed: int, n_classes: int) -> dict:
     times["reference typing"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     programs = learn_nucleus_types(nf, spot_of, spot_programs(counts, PROGRAMS, seed), seed)
+    spot_props = spot_programs(counts, PROGRAMS, seed)
+    programs_morphology = learn_nucleus_types(nf[:, :3], spot_of, spot_props, seed)
     times["program typing"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -366,13 +371,27 @@ def run_seed(seed: int, n_classes: int) -> dict:
         f"image classes of the detected nuclei ({n_classes})": (soft, nuc_sub, nuc_in),
         "nuclei typed with a reference (learnt from the spots' type proportions)": (typed, nuc_sub, nuc_in),
         f"nuclei typed by {PROGRAMS} spot programs (no reference)": (programs, nuc_sub, nuc_in),
+        f"nuclei typed by {PROGRAMS} spot programs, the nuclei's own 3 features only": (
+            programs_morphology,
+            nuc_sub,
+            nuc_in,
+        ),
+        f"nuclei typed by {PROGRAMS} spot programs, split as if uniform inside each sub-spot": (
+            programs,
+            nuc_sub,
+            None,
+        ),
         "detected nuclei, one class (their number)": (np.ones((len(nuclei), 1)), nuc_sub, nuc_in),
     }
     for name, (member, where, inside) in variants.items():
-        c, c_in = class_counts(member, where, inside, n_sub)
+        if inside is None:  # uniform density inside each sub-spot: its footprint share of its members
+            c, _ = class_counts(member, where, np.zeros(len(where), dtype=bool), n_sub)
+            c_in = layout.footprint_weight[:, None] * c
+        else:
+            c, c_in = class_counts(member, where, inside, n_sub)
         m, f = deconvolve(c, c_in, counts, layout.spot_index)
         preds[name] = expected_counts_oracle(counts[:, fi], m[:, fi], layout, f[:, fi])
-        if name.startswith(("image classes", "nuclei typed by")):
+        if name.startswith("image classes") or name.endswith("(no reference)"):
             m2, f2 = spatial_residual(m, f, counts, layout, spot_xy, sub_xy, spacing)
             preds[name + " + spatial residual"] = expected_counts_oracle(
                 counts[:, fi], m2[:, fi], layout, f2[:, fi]
