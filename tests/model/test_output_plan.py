@@ -67,10 +67,9 @@ def test_named_features_equal_their_columns_of_the_full_run(model, full, block):
         out = model.enhance(inplace=False, key_added="sel", features=wanted)
     table = out.tables["table_sel"]
     assert list(table.var_names) == [names[3], names[9], names[17]]
-    if block is None:
-        np.testing.assert_array_equal(table.X, full.X[:, [3, 9, 17]])
-    else:  # other matrix widths: the same values up to float32 rounding (as in test_feature_blocks.py)
-        np.testing.assert_allclose(table.X, full.X[:, [3, 9, 17]], rtol=1e-5, atol=1e-6)
+    # 3 columns instead of 30 (and blocks of 2): other matrix widths, whose products some CPUs' kernels
+    # round differently, so the same values up to float32 rounding (as in test_feature_blocks.py)
+    np.testing.assert_allclose(table.X, full.X[:, [3, 9, 17]], rtol=1e-5, atol=1e-6)
     assert table.uns["soscope"]["output"]["n_features"] == 3
     assert table.n_obs == full.n_obs
 
@@ -80,7 +79,7 @@ def test_boolean_var_column_selects_features(model, full):
     table = out.tables["table_hv"]
     expected = np.flatnonzero(np.arange(N_FEATURES) % 3 == 0)
     assert list(table.var_names) == [full.var_names[i] for i in expected]
-    np.testing.assert_array_equal(table.X, full.X[:, expected])
+    np.testing.assert_allclose(table.X, full.X[:, expected], rtol=1e-5, atol=1e-6)  # other widths: rounding
 
 
 def test_streamed_selection_in_float16_reads_back(model, full, sample_store, tmp_path):
@@ -92,7 +91,10 @@ def test_streamed_selection_in_float16_reads_back(model, full, sample_store, tmp
     back = sd.read_zarr(store).tables["table_soscope"]
     x = np.asarray(back.X)
     assert x.dtype == np.float16 and x.shape == (full.n_obs, 7)
-    np.testing.assert_array_equal(x, full.X[:, :7].astype(np.float16))
+    # 7 of 30 columns: float32 values equal up to rounding, which can move a value to the next float16
+    expected = full.X[:, :7].astype(np.float16)
+    assert np.mean(x == expected) > 0.99
+    np.testing.assert_allclose(x.astype(np.float32), full.X[:, :7], rtol=1e-3, atol=1e-3)
     assert back.uns["soscope"]["output"]["dtype"] == "float16"
 
 
@@ -208,7 +210,10 @@ def test_features_across_modalities_write_only_the_tables_asked_for():
     assert "joint_r_rna" in only_rna.tables and "joint_r_protein" not in only_rna.tables
     got = only_rna.tables["joint_r_rna"]
     assert list(got.var_names) == [names[7], names[8]]
-    np.testing.assert_array_equal(got.X, full.tables["joint_all_rna"][:, [names[7], names[8]]].X)
+    # other matrix widths: equal up to float32 rounding
+    np.testing.assert_allclose(
+        got.X, full.tables["joint_all_rna"][:, [names[7], names[8]]].X, rtol=1e-5, atol=1e-6
+    )
     both = model.enhance(inplace=False, key_added="b", features=[names[1], names[10]])
     assert list(both.tables["joint_b_protein"].var_names) == [names[1]]
     assert list(both.tables["joint_b_rna"].var_names) == [names[10]]
