@@ -10,8 +10,8 @@ soscope's defaults and ``score``'s baselines, so that anyone building the method
 it can be trusted alone.
 
 Per case: nuclei by :func:`soscope.features.segment_nuclei` (defaults) on the case's image at its pixel size
-(µm per pixel from the image's transformation and the loaders' µm per coordinate unit; checked against the
-sizes the data README gives). They are placed in the sub-spot polygons, and in the footprint (a circle's
+(µm per pixel from the image's transformation to the cases' µm coordinates; checked against the sizes the
+data README gives). They are placed in the sub-spot polygons, and in the footprint (a circle's
 radius; a square bin is all footprint). Per-nucleus features: the detector's log area, eccentricity and
 mean intensity, plus, for every channel (normalised to its 1st-99.5th percentiles), the mean and standard
 deviation in windows of 4.5 / 13.5 / 22.5 µm around the centroid. These are the synthetic script's windows;
@@ -40,9 +40,9 @@ import numpy as np
 
 #: the real cases with an image (``benchmarks/accuracy.py``'s names)
 CASES = ("merfish_hex50", "merfish_sq16", "verafish_hex100_nuclei", "cosmx_sq16")
-#: µm per coordinate unit of each case's coordinate system (the loaders': MERFISH in µm, VeraFISH 0.0628 µm
-#: per unit assumed, the CosMx fields in image pixels of 0.18 µm)
-MICRONS_PER_UNIT = {"merfish": 1.0, "verafish": 0.0628, "cosmx": 0.18}
+#: µm per coordinate unit: every loader places its case in µm (VeraFISH after ``load_verafish`` scales its
+#: raw units by an assumed 0.0628 µm)
+MICRONS_PER_UNIT = 1.0
 #: µm per pixel the data README gives (MERFISH DAPI, rendered VeraFISH nuclei, CosMx): the check
 EXPECTED_MPP = {"merfish": 0.108, "verafish": 1.0, "cosmx": 0.18}
 PROGRAMS = (4, 10)
@@ -104,7 +104,7 @@ def run_case(name: str, seed: int) -> dict:
     family = name.split("_")[0]
     image = p.images["image"]
     full = get_pyramid_levels(image, n=0) if not hasattr(image, "dims") else image
-    mpp = detection_microns_per_pixel(image, "global", MICRONS_PER_UNIT[family])
+    mpp = detection_microns_per_pixel(image, "global", MICRONS_PER_UNIT)
     assert abs(mpp / EXPECTED_MPP[family] - 1) < 0.05, (
         f"{name}: {mpp:.4f} µm/px, expected {EXPECTED_MPP[family]}"
     )
