@@ -179,35 +179,17 @@ def code_state() -> str:
 
 def oracle_prediction(sdata, feats: list[str]) -> np.ndarray:
     """``expected_counts_oracle`` on the layout ``score`` builds, in the truth table's row order."""
-    import pandas as pd
+    from loaders import layout_rows
 
     from soscope.evaluate import expected_counts_oracle
-    from soscope.geometry import make_subspots
 
     tab, tru = sdata.tables["table"], sdata.tables["truth"]
-    regions = tab.uns["spatialdata_attrs"]["region"]
-    regions = [regions] if isinstance(regions, str) else list(regions)
-    assert len(regions) == 1, f"one section expected, got {regions}"
-    ids = tab.obs["spot_id"].to_numpy()
-    sub = tru.uns["subspots"]
-    spots = sdata.shapes[regions[0]].loc[ids]
-    layout = make_subspots(spots, str(sub["scheme"]), spacing=float(sub["spacing"]))
+    layout, pos, counts = layout_rows(sdata)
     fi = tab.var_names.get_indexer(feats)
     ti = tru.var_names.get_indexer(feats)
-    counts = np.asarray(tab.X[:, fi].toarray(), dtype=np.float64)
-    keys = pd.MultiIndex.from_arrays(
-        [ids[layout.spot_index].astype(np.int64), layout.subspot.astype(np.int64)]
-    )
-    truth_keys = pd.MultiIndex.from_arrays(
-        [tru.obs["spot_id"].to_numpy(np.int64), tru.obs["subspot"].to_numpy(np.int64)]
-    )
-    pos = truth_keys.get_indexer(keys)
-    assert np.all(pos >= 0) and len(np.unique(pos)) == tru.n_obs == layout.n_subspots, "layout != truth rows"
-    m = np.zeros((layout.n_subspots, len(feats)))
-    f = np.zeros_like(m)
-    m[:] = np.asarray(tru.layers["mean"], dtype=np.float64)[pos][:, ti]
-    f[:] = np.asarray(tru.layers["mean_footprint"], dtype=np.float64)[pos][:, ti]
-    pred = expected_counts_oracle(counts, m, layout, f)
+    m = np.asarray(tru.layers["mean"], dtype=np.float64)[pos][:, ti]
+    f = np.asarray(tru.layers["mean_footprint"], dtype=np.float64)[pos][:, ti]
+    pred = expected_counts_oracle(counts[:, fi], m, layout, f)
     out = np.zeros((tru.n_obs, len(feats)))
     out[pos] = pred
     return out

@@ -289,3 +289,34 @@ def render_nuclei(
         "seed": seed,
     }
     return image, what
+
+
+def layout_rows(sdata):
+    """Return the layout ``score`` builds, its sub-spots' truth rows and the spot counts (all features).
+
+    For a one-section case with the element names of :func:`soscope.datasets.synthetic` (``table``, ``truth``
+    and the spots ``table`` annotates): ``(layout, pos, counts)`` with ``pos[k]`` the truth row of the
+    layout's sub-spot ``k`` and ``counts`` ``(spots, features)`` float64 in the layout's spot order.
+    """
+    import pandas as pd
+
+    from soscope.geometry import make_subspots
+
+    tab, tru = sdata.tables["table"], sdata.tables["truth"]
+    regions = tab.uns["spatialdata_attrs"]["region"]
+    regions = [regions] if isinstance(regions, str) else list(regions)
+    assert len(regions) == 1, f"one section expected, got {regions}"
+    ids = tab.obs["spot_id"].to_numpy()
+    sub = tru.uns["subspots"]
+    spots = sdata.shapes[regions[0]].loc[ids]
+    layout = make_subspots(spots, str(sub["scheme"]), spacing=float(sub["spacing"]))
+    keys = pd.MultiIndex.from_arrays(
+        [ids[layout.spot_index].astype(np.int64), layout.subspot.astype(np.int64)]
+    )
+    truth_keys = pd.MultiIndex.from_arrays(
+        [tru.obs["spot_id"].to_numpy(np.int64), tru.obs["subspot"].to_numpy(np.int64)]
+    )
+    pos = truth_keys.get_indexer(keys)
+    assert np.all(pos >= 0) and len(np.unique(pos)) == tru.n_obs == layout.n_subspots, "layout != truth rows"
+    x = tab.X.toarray() if hasattr(tab.X, "toarray") else tab.X
+    return layout, pos, np.asarray(x, dtype=np.float64)

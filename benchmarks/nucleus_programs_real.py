@@ -90,6 +90,7 @@ def place_nuclei(p, layout, pos, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def run_case(name: str, seed: int) -> dict:
     import accuracy
     import synthetic_ceiling as sc
+    from loaders import layout_rows
     from spatialdata import get_pyramid_levels
     from spatialdata.transformations import get_transformation
 
@@ -112,7 +113,7 @@ def run_case(name: str, seed: int) -> dict:
     affine = lambda el: get_transformation(el, "global").to_affine_matrix(("x", "y"), ("x", "y"))  # noqa: E731
     px = np.column_stack([nuclei["x_px"], nuclei["y_px"], np.ones(len(nuclei))])
     xy = (np.linalg.inv(affine(p.shapes["spots"])) @ affine(image) @ px.T).T[:, :2]
-    layout, pos, counts = sc.layout_rows(p)
+    layout, pos, counts = layout_rows(p)
     sub_of, inside = place_nuclei(p, layout, pos, xy)
     cells = tru.obs["n_cells"].to_numpy()[pos]
     per_sub = np.bincount(sub_of[sub_of >= 0], minlength=layout.n_subspots)

@@ -124,27 +124,6 @@ def generate(seed: int):
     return sdata, captured[0]
 
 
-def layout_rows(sdata):
-    """Return the layout ``score`` builds, its sub-spots' truth rows and the spot counts (all features)."""
-    import pandas as pd
-
-    from soscope.geometry import make_subspots
-
-    tab, tru = sdata.tables["table"], sdata.tables["truth"]
-    ids = tab.obs["spot_id"].to_numpy()
-    sub = tru.uns["subspots"]
-    layout = make_subspots(sdata.shapes["spots"].loc[ids], str(sub["scheme"]), spacing=float(sub["spacing"]))
-    keys = pd.MultiIndex.from_arrays(
-        [ids[layout.spot_index].astype(np.int64), layout.subspot.astype(np.int64)]
-    )
-    truth_keys = pd.MultiIndex.from_arrays(
-        [tru.obs["spot_id"].to_numpy(np.int64), tru.obs["subspot"].to_numpy(np.int64)]
-    )
-    pos = truth_keys.get_indexer(keys)
-    assert np.all(pos >= 0) and len(np.unique(pos)) == tru.n_obs == layout.n_subspots, "layout != truth rows"
-    return layout, pos, np.asarray(tab.X.toarray(), dtype=np.float64)
-
-
 def place(sdata, layout, pos, xy_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Place points (pixels) in the sub-spots.
 
@@ -305,6 +284,7 @@ def table_of(truth, pred_layout: np.ndarray, pos: np.ndarray, feats: list[str]):
 
 
 def run_seed(seed: int, n_classes: int) -> dict:
+    from loaders import layout_rows
     from scipy.spatial import cKDTree
     from sklearn.mixture import GaussianMixture
 
